@@ -1,0 +1,716 @@
+//! The access lifecycle, protocol-blind: requests, approvals, grants, revokes and expiry.
+//!
+//! `Access` is the one place these rules live; SSH commands, Slack buttons and the host CLI all call
+//! it, each supplying only who is acting. Every transition and every refusal is written in one store
+//! transaction together with its audit event, so the state and the audit log cannot disagree, and a
+//! check-then-write cannot race (the transaction holds SQLite's write lock).
+//!
+//! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, Slack, HTTP or SQL.
+
+pub mod model;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::audit::{Actor, AuditEvent};
+use crate::clock::Clock;
+use crate::config::{Config, MIN_REQUEST_DURATION, Target, format_duration};
+use crate::ids::IdKind;
+use crate::store::{GrantFilter, RequestFilter, Store, StoreError, Tx};
+use model::{AccessRequest, Approval, Grant, GrantEnded, GrantState, RequestState};
+
+/// The longest reason accepted; reasons are shown in tables and Slack messages.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A refusal, worded for the person who asked. Store failures are separate: they deny too, but
+/// they are the bastion's problem, not the user's.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    #[error("unknown target {0}; list the ones you may request with: targets")]
+    UnknownTarget(String),
+    #[error("{user} may not request access to {target}")]
+    NotRequestable { user: String, target: String },
+    #[error("a reason is required (say why you need access, e.g. a ticket id)")]
+    EmptyReason,
+    #[error("the reason is too long ({0} characters; at most {MAX_REASON_CHARS})")]
+    ReasonTooLong(usize),
+    #[error("the reason may not contain control characters")]
+    ReasonControlCharacters,
+    #[error("{requested} is longer than the {max} allowed for {target}")]
+    TooLong {
+        requested: String,
+        max: String,
+        target: String,
+    },
+    #[error("{0} is shorter than the 1m minimum")]
+    TooShort(String),
+    #[error("no request {0}")]
+    UnknownRequest(String),
+    #[error("request {id} is {state}, not pending; nothing was changed")]
+    NotPending { id: String, state: RequestState },
+    #[error("you cannot approve your own request {0}; another approver must")]
+    SelfApproval(String),
+    #[error("{user} is not an approver for {target}")]
+    NotApprover { user: String, target: String },
+    #[error("{user} has already approved request {id}")]
+    AlreadyApproved { user: String, id: String },
+    #[error("only {requester} can cancel request {id}")]
+    NotRequester { requester: String, id: String },
+    #[error("no grant {0}")]
+    UnknownGrant(String),
+    #[error("grant {id} is {state}, not active; nothing was changed")]
+    GrantNotActive { id: String, state: GrantState },
+    #[error("{user} may not revoke grant {id} (only its holder or an approver of {target} may)")]
+    NotAllowedToRevoke {
+        user: String,
+        id: String,
+        target: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an approval led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approved {
+    /// Recorded; more approvals are needed.
+    Waiting {
+        request: AccessRequest,
+        approvals: u32,
+        required: u32,
+    },
+    /// The last approval needed: the request is approved and this grant is active.
+    Granted { request: AccessRequest, grant: Grant },
+}
+
+/// What one run of the expiry task changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired_requests: Vec<AccessRequest>,
+    pub expired_grants: Vec<Grant>,
+}
+
+/// The access core. Cheap to clone; clones share the store, clock and grant-end channel.
+#[derive(Clone)]
+pub struct Access {
+    config: Arc<Config>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    ended: broadcast::Sender<GrantEnded>,
+    /// Grants already announced as ended, with when they ended, so a revoke seen both in-process
+    /// and by the store scan is announced once.
+    announced: Arc<Mutex<HashMap<String, OffsetDateTime>>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Access").field("store", &self.store).finish()
+    }
+}
+
+/// The refusal or the value of one decision, after its transaction committed.
+type Decided<T> = Result<Result<T, AccessError>, StoreError>;
+
+impl Access {
+    pub fn new(config: Arc<Config>, store: Store, clock: Arc<dyn Clock>) -> Access {
+        let (ended, _) = broadcast::channel(1024);
+        Access {
+            config,
+            store,
+            clock,
+            ended,
+            announced: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Files a request. `duration` defaults to `access.default_duration`, capped by the target.
+    pub fn request(
+        &self,
+        requester: &str,
+        target: &str,
+        duration: Option<Duration>,
+        reason: &str,
+    ) -> Result<AccessRequest, AccessError> {
+        let now = self.now();
+        let checked = self.check_request(requester, target, duration, reason);
+        let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            let (duration, reason) = match checked {
+                Ok(valid) => valid,
+                Err(refusal) => {
+                    tx.append_audit(
+                        &AuditEvent::RequestRefused {
+                            requester: requester.to_string(),
+                            target: target.to_string(),
+                            why: refusal.to_string(),
+                        },
+                        now,
+                    )?;
+                    return Ok(Err(refusal));
+                }
+            };
+            let request = AccessRequest {
+                id: tx.fresh_id(IdKind::Request)?,
+                requester: requester.to_string(),
+                target: target.to_string(),
+                duration,
+                reason,
+                state: RequestState::Pending,
+                created_at: now,
+                decided_at: None,
+                decided_by: None,
+                decision_reason: None,
+                approvals: Vec::new(),
+                grant_id: None,
+            };
+            tx.insert_request(&request)?;
+            tx.append_audit(
+                &AuditEvent::Requested {
+                    request_id: request.id.clone(),
+                    requester: request.requester.clone(),
+                    target: request.target.clone(),
+                    duration: request.duration,
+                    reason: request.reason.clone(),
+                },
+                now,
+            )?;
+            Ok(Ok(request))
+        });
+        outcome?
+    }
+
+    fn check_request(
+        &self,
+        requester: &str,
+        target_name: &str,
+        duration: Option<Duration>,
+        reason: &str,
+    ) -> Result<(Duration, String), AccessError> {
+        let user = self
+            .config
+            .user(requester)
+            .ok_or_else(|| AccessError::UnknownUser(requester.to_string()))?;
+        let target = self
+            .config
+            .target(target_name)
+            .ok_or_else(|| AccessError::UnknownTarget(target_name.to_string()))?;
+        if !policy::may_request(user, target) {
+            return Err(AccessError::NotRequestable {
+                user: requester.to_string(),
+                target: target_name.to_string(),
+            });
+        }
+        let reason = check_reason(reason)?;
+        let max = self.config.max_duration_for(target);
+        let duration = duration.unwrap_or(self.config.access.default_duration.min(max));
+        if duration < MIN_REQUEST_DURATION {
+            return Err(AccessError::TooShort(format_duration(duration)));
+        }
+        if duration > max {
+            return Err(AccessError::TooLong {
+                requested: format_duration(duration),
+                max: format_duration(max),
+                target: target_name.to_string(),
+            });
+        }
+        Ok((duration, reason))
+    }
+
+    /// Records `approver`'s approval; the last one needed turns the request into a grant.
+    pub fn approve(&self, approver: &str, request_id: &str) -> Result<Approved, AccessError> {
+        let now = self.now();
+        let outcome: Decided<Approved> = self.store.write(|tx| {
+            let request = match self.pending_request(tx, request_id, now)? {
+                Ok(request) => request,
+                Err(refusal) => return self.refuse_decision(tx, approver, request_id, None, refusal, now),
+            };
+            let target = match self.check_approver(approver, &request) {
+                Ok(target) => target,
+                Err(refusal) => {
+                    let target = Some(request.target.clone());
+                    return self.refuse_decision(tx, approver, request_id, target, refusal, now);
+                }
+            };
+            let approval = Approval {
+                approver: approver.to_string(),
+                at: now,
+            };
+            tx.add_approval(&request.id, &approval)?;
+            let approvals = request.approvals.len() as u32 + 1;
+            let required = target.approvals_required;
+            tx.append_audit(
+                &AuditEvent::Approved {
+                    request_id: request.id.clone(),
+                    approver: approver.to_string(),
+                    target: request.target.clone(),
+                    approvals,
+                    required,
+                },
+                now,
+            )?;
+            if approvals < required {
+                let request = tx.request(&request.id)?.ok_or(StoreError::Corrupt {
+                    column: "requests.id",
+                    value: request.id.clone(),
+                })?;
+                return Ok(Ok(Approved::Waiting {
+                    request,
+                    approvals,
+                    required,
+                }));
+            }
+            // The config may have tightened since the request was filed: never grant more than
+            // the target allows now.
+            let duration = request.duration.min(self.config.max_duration_for(target));
+            let grant = Grant {
+                id: tx.fresh_id(IdKind::Grant)?,
+                request_id: request.id.clone(),
+                user: request.requester.clone(),
+                target: request.target.clone(),
+                state: GrantState::Active,
+                starts_at: now,
+                ends_at: now + duration,
+                ended_at: None,
+                revoked_by: None,
+                revoke_reason: None,
+            };
+            tx.insert_grant(&grant)?;
+            if !tx.decide_request(
+                &request.id,
+                RequestState::Approved,
+                now,
+                approver,
+                None,
+                Some(&grant.id),
+            )? {
+                // Unreachable while the transaction holds the write lock; fail closed if not.
+                return Err(StoreError::Corrupt {
+                    column: "requests.state",
+                    value: request.id.clone(),
+                });
+            }
+            tx.append_audit(
+                &AuditEvent::Granted {
+                    request_id: request.id.clone(),
+                    grant_id: grant.id.clone(),
+                    user: grant.user.clone(),
+                    target: grant.target.clone(),
+                    ends_at: grant.ends_at,
+                },
+                now,
+            )?;
+            let request = tx.request(&request.id)?.ok_or(StoreError::Corrupt {
+                column: "requests.id",
+                value: request.id.clone(),
+            })?;
+            Ok(Ok(Approved::Granted { request, grant }))
+        });
+        outcome?
+    }
+
+    /// Denies a pending request; any eligible approver's deny ends it.
+    pub fn deny(
+        &self,
+        approver: &str,
+        request_id: &str,
+        reason: &str,
+    ) -> Result<AccessRequest, AccessError> {
+        let now = self.now();
+        let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            let request = match self.pending_request(tx, request_id, now)? {
+                Ok(request) => request,
+                Err(refusal) => return self.refuse_decision(tx, approver, request_id, None, refusal, now),
+            };
+            let checked = self
+                .check_approver(approver, &request)
+                .and_then(|_| check_reason(reason));
+            let reason = match checked {
+                Ok(reason) => reason,
+                Err(refusal) => {
+                    let target = Some(request.target.clone());
+                    return self.refuse_decision(tx, approver, request_id, target, refusal, now);
+                }
+            };
+            tx.decide_request(
+                &request.id,
+                RequestState::Denied,
+                now,
+                approver,
+                Some(&reason),
+                None,
+            )?;
+            tx.append_audit(
+                &AuditEvent::Denied {
+                    request_id: request.id.clone(),
+                    approver: approver.to_string(),
+                    target: request.target.clone(),
+                    reason,
+                },
+                now,
+            )?;
+            self.reload(tx, &request.id).map(Ok)
+        });
+        outcome?
+    }
+
+    /// Withdraws a pending request; only its requester may.
+    pub fn cancel(&self, requester: &str, request_id: &str) -> Result<AccessRequest, AccessError> {
+        let now = self.now();
+        let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            let request = match self.pending_request(tx, request_id, now)? {
+                Ok(request) => request,
+                Err(refusal) => return self.refuse_decision(tx, requester, request_id, None, refusal, now),
+            };
+            if request.requester != requester {
+                let refusal = AccessError::NotRequester {
+                    requester: request.requester.clone(),
+                    id: request.id.clone(),
+                };
+                let target = Some(request.target.clone());
+                return self.refuse_decision(tx, requester, request_id, target, refusal, now);
+            }
+            tx.decide_request(&request.id, RequestState::Cancelled, now, requester, None, None)?;
+            tx.append_audit(
+                &AuditEvent::Cancelled {
+                    request_id: request.id.clone(),
+                    requester: requester.to_string(),
+                    target: request.target.clone(),
+                },
+                now,
+            )?;
+            self.reload(tx, &request.id).map(Ok)
+        });
+        outcome?
+    }
+
+    /// Ends an active grant at once. Users may revoke their own grants and the grants of targets
+    /// they approve; the operator on the bastion host may revoke any.
+    pub fn revoke(&self, actor: &Actor, grant_id: &str, reason: &str) -> Result<Grant, AccessError> {
+        let now = self.now();
+        let outcome: Decided<Grant> = self.store.write(|tx| {
+            let refuse = |refusal: AccessError| -> Decided<Grant> {
+                tx.append_audit(
+                    &AuditEvent::RevokeRefused {
+                        actor: actor.clone(),
+                        grant_id: grant_id.to_string(),
+                        why: refusal.to_string(),
+                    },
+                    now,
+                )?;
+                Ok(Err(refusal))
+            };
+            let reason = match check_reason(reason) {
+                Ok(reason) => reason,
+                Err(refusal) => return refuse(refusal),
+            };
+            let Some(grant) = tx.grant(grant_id)? else {
+                return refuse(AccessError::UnknownGrant(grant_id.to_string()));
+            };
+            if grant.state == GrantState::Active && !grant.is_active_at(now) {
+                self.expire_grant(tx, &grant, now)?;
+                return refuse(AccessError::GrantNotActive {
+                    id: grant.id.clone(),
+                    state: GrantState::Expired,
+                });
+            }
+            if grant.state != GrantState::Active {
+                return refuse(AccessError::GrantNotActive {
+                    id: grant.id.clone(),
+                    state: grant.state,
+                });
+            }
+            if let Actor::User(name) = actor {
+                let approver = self.config.user(name).zip(self.config.target(&grant.target));
+                let allowed = *name == grant.user
+                    || approver.is_some_and(|(user, target)| policy::is_approver(user, target));
+                if !allowed {
+                    return refuse(AccessError::NotAllowedToRevoke {
+                        user: name.clone(),
+                        id: grant.id.clone(),
+                        target: grant.target.clone(),
+                    });
+                }
+            }
+            let label = actor.label();
+            tx.end_grant(&grant.id, GrantState::Revoked, now, Some(&label), Some(&reason))?;
+            tx.append_audit(
+                &AuditEvent::Revoked {
+                    grant_id: grant.id.clone(),
+                    request_id: grant.request_id.clone(),
+                    actor: actor.clone(),
+                    user: grant.user.clone(),
+                    target: grant.target.clone(),
+                    reason,
+                },
+                now,
+            )?;
+            let grant = tx.grant(&grant.id)?.ok_or(StoreError::Corrupt {
+                column: "grants.id",
+                value: grant.id.clone(),
+            })?;
+            Ok(Ok(grant))
+        });
+        let grant = outcome??;
+        self.announce(&grant);
+        Ok(grant)
+    }
+
+    /// Appends an event that is not a lifecycle transition (server start and stop, and later the
+    /// session and authentication events of the front ends).
+    pub fn record(&self, event: &AuditEvent) -> Result<(), AccessError> {
+        let now = self.now();
+        self.store.write(|tx| tx.append_audit(event, now))?;
+        Ok(())
+    }
+
+    /// The grant that lets `user` reach `target` now, if any. Decided by time as well as state.
+    pub fn active_grant(&self, user: &str, target: &str) -> Result<Option<Grant>, AccessError> {
+        let now = self.now();
+        Ok(self.store.read(|tx| tx.active_grant(user, target, now))?)
+    }
+
+    pub fn request_by_id(&self, id: &str) -> Result<Option<AccessRequest>, AccessError> {
+        Ok(self.store.read(|tx| tx.request(id))?)
+    }
+
+    pub fn grant_by_id(&self, id: &str) -> Result<Option<Grant>, AccessError> {
+        Ok(self.store.read(|tx| tx.grant(id))?)
+    }
+
+    pub fn requests(&self, filter: RequestFilter) -> Result<Vec<AccessRequest>, AccessError> {
+        Ok(self.store.read(|tx| tx.requests(filter))?)
+    }
+
+    pub fn grants(&self, active_only: bool, limit: Option<u32>) -> Result<Vec<Grant>, AccessError> {
+        let filter = GrantFilter {
+            active_at: active_only.then(|| self.now()),
+            limit,
+        };
+        Ok(self.store.read(|tx| tx.grants(filter))?)
+    }
+
+    /// Expires overdue pending requests and grants, with their audit events, and announces the
+    /// grants that ended. Run by the expiry task every second; safe to run from several processes.
+    pub fn sweep(&self) -> Result<Sweep, AccessError> {
+        let now = self.now();
+        let ttl = self.config.access.pending_request_ttl;
+        let sweep = self.store.write(|tx| {
+            let mut sweep = Sweep::default();
+            for request in tx.pending_created_before(now - ttl)? {
+                self.expire_request(tx, &request, now)?;
+                sweep.expired_requests.push(self.reload(tx, &request.id)?);
+            }
+            for grant in tx.grants_due(now)? {
+                self.expire_grant(tx, &grant, now)?;
+                if let Some(grant) = tx.grant(&grant.id)? {
+                    sweep.expired_grants.push(grant);
+                }
+            }
+            Ok(sweep)
+        })?;
+        for grant in &sweep.expired_grants {
+            self.announce(grant);
+        }
+        Ok(sweep)
+    }
+
+    /// Announces grants that ended since `since` by any path, including another process such as
+    /// the operator's `portcullis revoke`, which cannot reach this process's channel.
+    pub fn announce_ended_since(&self, since: OffsetDateTime) -> Result<(), AccessError> {
+        let ended = self.store.read(|tx| tx.grants_ended_since(since))?;
+        for grant in &ended {
+            self.announce(grant);
+        }
+        let mut announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        announced.retain(|_, ended_at| *ended_at >= since);
+        Ok(())
+    }
+
+    /// A receiver told of every grant that stops being active ("grant G ended"), so the session
+    /// layer can cut live sessions.
+    pub fn subscribe_ended(&self) -> broadcast::Receiver<GrantEnded> {
+        self.ended.subscribe()
+    }
+
+    fn announce(&self, grant: &Grant) {
+        let ended_at = grant.ended_at.unwrap_or_else(|| self.now());
+        let first = self
+            .announced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(grant.id.clone(), ended_at)
+            .is_none();
+        if first {
+            tracing::info!(grant = %grant.id, user = %grant.user, target = %grant.target,
+                reason = %grant.state, "grant ended");
+            // No receiver is fine: no live session to cut.
+            let _ = self.ended.send(GrantEnded {
+                grant_id: grant.id.clone(),
+                user: grant.user.clone(),
+                target: grant.target.clone(),
+                reason: grant.state,
+            });
+        }
+    }
+
+    /// Loads a request that can still be decided. A pending request past its time-to-live is
+    /// expired on the spot, so a decision never lands on a request the expiry task has not reached.
+    fn pending_request(
+        &self,
+        tx: &Tx<'_>,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Result<AccessRequest, AccessError>, StoreError> {
+        let Some(request) = tx.request(id)? else {
+            return Ok(Err(AccessError::UnknownRequest(id.to_string())));
+        };
+        if request.state == RequestState::Pending
+            && request.created_at + self.config.access.pending_request_ttl <= now
+        {
+            self.expire_request(tx, &request, now)?;
+            return Ok(Err(AccessError::NotPending {
+                id: request.id,
+                state: RequestState::Expired,
+            }));
+        }
+        if request.state != RequestState::Pending {
+            return Ok(Err(AccessError::NotPending {
+                id: request.id,
+                state: request.state,
+            }));
+        }
+        Ok(Ok(request))
+    }
+
+    /// Checks that `approver` may decide `request`, returning its target.
+    fn check_approver(&self, approver: &str, request: &AccessRequest) -> Result<&Target, AccessError> {
+        let target = self
+            .config
+            .target(&request.target)
+            .ok_or_else(|| AccessError::UnknownTarget(request.target.clone()))?;
+        if approver == request.requester {
+            return Err(AccessError::SelfApproval(request.id.clone()));
+        }
+        let user = self
+            .config
+            .user(approver)
+            .ok_or_else(|| AccessError::UnknownUser(approver.to_string()))?;
+        if !policy::is_approver(user, target) {
+            return Err(AccessError::NotApprover {
+                user: approver.to_string(),
+                target: request.target.clone(),
+            });
+        }
+        if request.approvals.iter().any(|approval| approval.approver == approver) {
+            return Err(AccessError::AlreadyApproved {
+                user: approver.to_string(),
+                id: request.id.clone(),
+            });
+        }
+        Ok(target)
+    }
+
+    fn refuse_decision<T>(
+        &self,
+        tx: &Tx<'_>,
+        actor: &str,
+        request_id: &str,
+        target: Option<String>,
+        refusal: AccessError,
+        now: OffsetDateTime,
+    ) -> Decided<T> {
+        tx.append_audit(
+            &AuditEvent::DecisionRefused {
+                actor: Actor::User(actor.to_string()),
+                request_id: request_id.to_string(),
+                target,
+                why: refusal.to_string(),
+            },
+            now,
+        )?;
+        Ok(Err(refusal))
+    }
+
+    fn expire_request(
+        &self,
+        tx: &Tx<'_>,
+        request: &AccessRequest,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let label = Actor::System.label();
+        if tx.decide_request(&request.id, RequestState::Expired, now, &label, None, None)? {
+            tx.append_audit(
+                &AuditEvent::Expired {
+                    request_id: request.id.clone(),
+                    requester: request.requester.clone(),
+                    target: request.target.clone(),
+                },
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn expire_grant(&self, tx: &Tx<'_>, grant: &Grant, now: OffsetDateTime) -> Result<(), StoreError> {
+        // The grant ended at its end time, even if the sweep notices it later.
+        let ended_at = grant.ends_at.min(now);
+        if tx.end_grant(&grant.id, GrantState::Expired, ended_at, None, None)? {
+            tx.append_audit(
+                &AuditEvent::GrantExpired {
+                    grant_id: grant.id.clone(),
+                    request_id: grant.request_id.clone(),
+                    user: grant.user.clone(),
+                    target: grant.target.clone(),
+                },
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn reload(&self, tx: &Tx<'_>, id: &str) -> Result<AccessRequest, StoreError> {
+        tx.request(id)?.ok_or(StoreError::Corrupt {
+            column: "requests.id",
+            value: id.to_string(),
+        })
+    }
+}
+
+fn check_reason(reason: &str) -> Result<String, AccessError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(AccessError::EmptyReason);
+    }
+    let length = reason.chars().count();
+    if length > MAX_REASON_CHARS {
+        return Err(AccessError::ReasonTooLong(length));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(AccessError::ReasonControlCharacters);
+    }
+    Ok(reason.to_string())
+}
+
+#[cfg(test)]
+mod tests;

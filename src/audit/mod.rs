@@ -1,0 +1,477 @@
+//! Audit events: one closed, typed enum that the core emits, and the hash chain that makes the stored
+//! log tamper-evident.
+//!
+//! Every state change of the access lifecycle appends its event in the same database transaction as
+//! the change (see `store`), so the log and the state can never disagree. Each stored record carries
+//! its sequence number, the previous record's hash and its own SHA-256 over a canonical encoding;
+//! `verify` walks the chain and names the first record that does not fit. Sinks that forward events
+//! (later issues) only consume `AuditRecord`s; nothing outside the core constructs an event type
+//! string.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::clock::rfc3339;
+
+/// The hash that the first record chains to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Who did something: a configured user, the operator on the bastion host, or the bastion itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User(String),
+    /// The host CLI, with the OS user that ran it.
+    Operator(String),
+    System,
+}
+
+impl Actor {
+    pub fn label(&self) -> String {
+        match self {
+            Actor::User(name) => name.clone(),
+            Actor::Operator(os_user) => format!("operator:{os_user}"),
+            Actor::System => "portcullis".to_string(),
+        }
+    }
+}
+
+/// Everything the bastion audits. Closed on purpose: a new kind of event is a new variant here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditEvent {
+    Requested {
+        request_id: String,
+        requester: String,
+        target: String,
+        duration: Duration,
+        reason: String,
+    },
+    RequestRefused {
+        requester: String,
+        target: String,
+        why: String,
+    },
+    Approved {
+        request_id: String,
+        approver: String,
+        target: String,
+        approvals: u32,
+        required: u32,
+    },
+    DecisionRefused {
+        actor: Actor,
+        request_id: String,
+        target: Option<String>,
+        why: String,
+    },
+    Denied {
+        request_id: String,
+        approver: String,
+        target: String,
+        reason: String,
+    },
+    Expired {
+        request_id: String,
+        requester: String,
+        target: String,
+    },
+    Cancelled {
+        request_id: String,
+        requester: String,
+        target: String,
+    },
+    Granted {
+        request_id: String,
+        grant_id: String,
+        user: String,
+        target: String,
+        ends_at: OffsetDateTime,
+    },
+    Revoked {
+        grant_id: String,
+        request_id: String,
+        actor: Actor,
+        user: String,
+        target: String,
+        reason: String,
+    },
+    RevokeRefused {
+        actor: Actor,
+        grant_id: String,
+        why: String,
+    },
+    GrantExpired {
+        grant_id: String,
+        request_id: String,
+        user: String,
+        target: String,
+    },
+    ServerStarted {
+        version: String,
+    },
+    ServerStopped,
+}
+
+/// An event flattened to the columns every record has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub event_type: &'static str,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub session_id: Option<String>,
+    pub detail: Value,
+}
+
+impl AuditEvent {
+    pub fn entry(&self) -> AuditEntry {
+        let mut entry = AuditEntry {
+            event_type: self.event_type(),
+            actor: None,
+            target: None,
+            request_id: None,
+            grant_id: None,
+            session_id: None,
+            detail: json!({}),
+        };
+        match self {
+            AuditEvent::Requested {
+                request_id,
+                requester,
+                target,
+                duration,
+                reason,
+            } => {
+                entry.actor = Some(requester.clone());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.detail =
+                    json!({ "duration_seconds": duration.as_secs(), "reason": reason });
+            }
+            AuditEvent::RequestRefused {
+                requester,
+                target,
+                why,
+            } => {
+                entry.actor = Some(requester.clone());
+                entry.target = Some(target.clone());
+                entry.detail = json!({ "why": why });
+            }
+            AuditEvent::Approved {
+                request_id,
+                approver,
+                target,
+                approvals,
+                required,
+            } => {
+                entry.actor = Some(approver.clone());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.detail = json!({ "approvals": approvals, "required": required });
+            }
+            AuditEvent::DecisionRefused {
+                actor,
+                request_id,
+                target,
+                why,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.target = target.clone();
+                entry.request_id = Some(request_id.clone());
+                entry.detail = json!({ "why": why });
+            }
+            AuditEvent::Denied {
+                request_id,
+                approver,
+                target,
+                reason,
+            } => {
+                entry.actor = Some(approver.clone());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.detail = json!({ "reason": reason });
+            }
+            AuditEvent::Expired {
+                request_id,
+                requester,
+                target,
+            } => {
+                entry.actor = Some(Actor::System.label());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.detail = json!({ "requester": requester });
+            }
+            AuditEvent::Cancelled {
+                request_id,
+                requester,
+                target,
+            } => {
+                entry.actor = Some(requester.clone());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+            }
+            AuditEvent::Granted {
+                request_id,
+                grant_id,
+                user,
+                target,
+                ends_at,
+            } => {
+                entry.actor = Some(Actor::System.label());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.grant_id = Some(grant_id.clone());
+                entry.detail = json!({ "user": user, "ends_at": rfc3339(*ends_at) });
+            }
+            AuditEvent::Revoked {
+                grant_id,
+                request_id,
+                actor,
+                user,
+                target,
+                reason,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.grant_id = Some(grant_id.clone());
+                entry.detail = json!({ "user": user, "reason": reason });
+            }
+            AuditEvent::RevokeRefused {
+                actor,
+                grant_id,
+                why,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.grant_id = Some(grant_id.clone());
+                entry.detail = json!({ "why": why });
+            }
+            AuditEvent::GrantExpired {
+                grant_id,
+                request_id,
+                user,
+                target,
+            } => {
+                entry.actor = Some(Actor::System.label());
+                entry.target = Some(target.clone());
+                entry.request_id = Some(request_id.clone());
+                entry.grant_id = Some(grant_id.clone());
+                entry.detail = json!({ "user": user });
+            }
+            AuditEvent::ServerStarted { version } => {
+                entry.actor = Some(Actor::System.label());
+                entry.detail = json!({ "version": version });
+            }
+            AuditEvent::ServerStopped => {
+                entry.actor = Some(Actor::System.label());
+            }
+        }
+        entry
+    }
+
+    /// The stable type name stored and exported; sinks and reviewers filter on it.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            AuditEvent::Requested { .. } => "requested",
+            AuditEvent::RequestRefused { .. } => "request_refused",
+            AuditEvent::Approved { .. } => "approved",
+            AuditEvent::DecisionRefused { .. } => "decision_refused",
+            AuditEvent::Denied { .. } => "denied",
+            AuditEvent::Expired { .. } => "expired",
+            AuditEvent::Cancelled { .. } => "cancelled",
+            AuditEvent::Granted { .. } => "granted",
+            AuditEvent::Revoked { .. } => "revoked",
+            AuditEvent::RevokeRefused { .. } => "revoke_refused",
+            AuditEvent::GrantExpired { .. } => "grant_expired",
+            AuditEvent::ServerStarted { .. } => "server_started",
+            AuditEvent::ServerStopped => "server_stopped",
+        }
+    }
+}
+
+/// One stored, chained audit record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub id: String,
+    pub ts: OffsetDateTime,
+    pub event_type: String,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub session_id: Option<String>,
+    /// The detail object as stored: canonical JSON text, hashed exactly as it is.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// Builds the record that follows `prev` (`None` for the first) and computes its hash.
+    pub fn chain(
+        prev: Option<(i64, &str)>,
+        id: String,
+        ts: OffsetDateTime,
+        entry: AuditEntry,
+    ) -> AuditRecord {
+        let (seq, prev_hash) = match prev {
+            Some((seq, hash)) => (seq + 1, hash.to_string()),
+            None => (1, GENESIS_HASH.to_string()),
+        };
+        let mut record = AuditRecord {
+            seq,
+            id,
+            ts,
+            event_type: entry.event_type.to_string(),
+            actor: entry.actor,
+            target: entry.target,
+            request_id: entry.request_id,
+            grant_id: entry.grant_id,
+            session_id: entry.session_id,
+            detail: entry.detail.to_string(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        record
+    }
+
+    /// SHA-256 over a JSON array of every field but the hash, in a fixed order. An array, not an
+    /// object, so there is no key order to disagree about.
+    pub fn compute_hash(&self) -> String {
+        let canonical = json!([
+            self.seq,
+            self.id,
+            rfc3339(self.ts),
+            self.event_type,
+            self.actor,
+            self.target,
+            self.request_id,
+            self.grant_id,
+            self.session_id,
+            self.detail,
+            self.prev_hash,
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// Why the chain does not verify, at the first record that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("audit chain broken at seq {seq}: expected seq {expected} (a record is missing)")]
+    Gap { seq: i64, expected: i64 },
+    #[error("audit chain broken at seq {seq}: prev_hash does not match the hash of seq {}", .seq - 1)]
+    PrevHash { seq: i64 },
+    #[error("audit chain broken at seq {seq}: its hash does not match its contents (altered)")]
+    Hash { seq: i64 },
+}
+
+impl ChainError {
+    pub fn seq(&self) -> i64 {
+        match self {
+            ChainError::Gap { seq, .. } | ChainError::PrevHash { seq } | ChainError::Hash { seq } => {
+                *seq
+            }
+        }
+    }
+}
+
+/// Walks records in sequence order, carrying what the next one must chain to.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    expected_seq: i64,
+    prev_hash: String,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+impl ChainVerifier {
+    pub fn check(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
+        if record.seq != self.expected_seq {
+            return Err(ChainError::Gap {
+                seq: record.seq,
+                expected: self.expected_seq,
+            });
+        }
+        if record.prev_hash != self.prev_hash {
+            return Err(ChainError::PrevHash { seq: record.seq });
+        }
+        if record.compute_hash() != record.hash {
+            return Err(ChainError::Hash { seq: record.seq });
+        }
+        self.expected_seq += 1;
+        self.prev_hash = record.hash.clone();
+        Ok(())
+    }
+
+    /// How many records have verified so far.
+    pub fn verified(&self) -> i64 {
+        self.expected_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_of(count: usize) -> Vec<AuditRecord> {
+        let mut records: Vec<AuditRecord> = Vec::new();
+        for index in 0..count {
+            let prev = records.last().map(|record| (record.seq, record.hash.as_str()));
+            let event = AuditEvent::Cancelled {
+                request_id: format!("r-{index}"),
+                requester: "alice".to_string(),
+                target: "web-1".to_string(),
+            };
+            let record = AuditRecord::chain(
+                prev,
+                format!("e-{index}"),
+                OffsetDateTime::UNIX_EPOCH,
+                event.entry(),
+            );
+            records.push(record);
+        }
+        records
+    }
+
+    fn verify(records: &[AuditRecord]) -> Result<i64, ChainError> {
+        let mut verifier = ChainVerifier::default();
+        for record in records {
+            verifier.check(record)?;
+        }
+        Ok(verifier.verified())
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        assert_eq!(verify(&chain_of(5)), Ok(5));
+    }
+
+    #[test]
+    fn tampering_names_the_first_bad_record() {
+        let mut altered = chain_of(5);
+        altered[2].detail = r#"{"reason":"nothing to see"}"#.to_string();
+        assert_eq!(verify(&altered), Err(ChainError::Hash { seq: 3 }));
+
+        let mut removed = chain_of(5);
+        removed.remove(1);
+        assert_eq!(verify(&removed).map_err(|error| error.seq()), Err(3));
+
+        let mut rehashed = chain_of(5);
+        rehashed[3].actor = Some("mallory".to_string());
+        rehashed[3].hash = rehashed[3].compute_hash();
+        assert_eq!(verify(&rehashed), Err(ChainError::PrevHash { seq: 5 }));
+    }
+}

@@ -1,0 +1,670 @@
+//! The command line for the operator on the bastion host: argument parsing, each subcommand, and
+//! how results print (tables for people, one JSON object with `--json` for scripts).
+//!
+//! Exit codes are decided here, in `run`: 0 success, 1 refused or failed, 2 usage (clap's).
+//! Approvals deliberately have no command here: they come from authenticated leaders (Slack, or the
+//! SSH command interface), never from whoever holds a shell on the bastion host (issue #2).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::access::Access;
+use crate::access::model::{AccessRequest, Grant};
+use crate::audit::{Actor, AuditRecord, ChainVerifier};
+use crate::clock::{SystemClock, rfc3339};
+use crate::config::{self, Config, HostKeyPolicy, TargetKind, format_duration};
+use crate::keys;
+use crate::server::{Server, open_store};
+use crate::store::RequestFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = "A privileged-access-management bastion")]
+pub struct Cli {
+    /// The config file [default: config/portcullis.toml]
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print one JSON object instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bastion
+    Serve {
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
+    /// Validate the config and print who may request and approve each target
+    CheckConfig {
+        /// Do not check that secret files are readable and secret env vars are set
+        #[arg(long)]
+        skip_secrets: bool,
+    },
+    /// List access requests, newest first
+    Requests {
+        /// Only requests still waiting for a decision
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// List grants, newest first
+    Grants {
+        /// Only grants active now
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// End a grant at once
+    Revoke {
+        grant: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Read and verify the audit log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the public key the bastion uses for targets without a credential
+    ClientKey,
+    /// Print the fingerprint of the bastion's SSH host key
+    HostKey,
+    /// Print the version
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The last events, oldest first
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        count: u32,
+    },
+    /// Walk the hash chain and name the first bad sequence number
+    Verify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human on a terminal, JSON otherwise
+    Auto,
+    Human,
+    Json,
+}
+
+/// What a command reports besides its output: success, or a refusal already printed.
+enum Outcome {
+    Success,
+    Refused,
+}
+
+/// Parses arguments, runs the command and turns the result into an exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match dispatch(cli) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => ExitCode::from(1),
+        Err(error) => {
+            if json {
+                println!("{}", json!({ "error": format!("{error:#}") }));
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let output = Output { json: cli.json };
+    match cli.command {
+        Command::Version => {
+            output.print(
+                json!({ "version": env!("CARGO_PKG_VERSION") }),
+                format!("portcullis {}", env!("CARGO_PKG_VERSION")),
+            );
+            Ok(Outcome::Success)
+        }
+        Command::CheckConfig { skip_secrets } => check_config(&config_path, skip_secrets, output),
+        Command::Serve { log_format } => {
+            init_tracing(log_format);
+            let config = load(&config_path)?;
+            serve(config)?;
+            Ok(Outcome::Success)
+        }
+        command => {
+            let config = load(&config_path)?;
+            operator_command(command, config, output)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::start(config, Arc::new(SystemClock)).await?;
+        server.run_until_signal().await
+    })
+}
+
+fn operator_command(command: Command, config: Config, output: Output) -> anyhow::Result<Outcome> {
+    let state_dir = config.server.state_dir.clone();
+    match command {
+        Command::ClientKey | Command::HostKey => {
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            let (file, comment) = match command {
+                Command::ClientKey => (keys::CLIENT_KEY_FILE, "portcullis"),
+                _ => (keys::HOST_KEY_FILE, "portcullis host key"),
+            };
+            let key = keys::load_or_create(&state_dir.join(file), comment)?;
+            let public = keys::public_line(&key);
+            let fingerprint = keys::fingerprint(&key);
+            let text = match command {
+                Command::ClientKey => public.clone(),
+                _ => format!("{fingerprint}\n{public}"),
+            };
+            output.print(json!({ "public_key": public, "fingerprint": fingerprint }), text);
+            return Ok(Outcome::Success);
+        }
+        _ => {}
+    }
+    let store = open_store(&config)?;
+    let access = Access::new(Arc::new(config), store, Arc::new(SystemClock));
+    match command {
+        Command::Requests { pending, limit } => {
+            let requests = access.requests(RequestFilter {
+                pending_only: pending,
+                limit: Some(limit),
+            })?;
+            output.print(
+                json!({ "requests": requests.iter().map(request_json).collect::<Vec<_>>() }),
+                requests_table(&requests),
+            );
+        }
+        Command::Grants { active, limit } => {
+            let grants = access.grants(active, Some(limit))?;
+            output.print(
+                json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() }),
+                grants_table(&grants),
+            );
+        }
+        Command::Revoke { grant, reason } => {
+            let actor = Actor::Operator(operator_name());
+            match access.revoke(&actor, &grant, &reason) {
+                Ok(grant) => output.print(
+                    grant_json(&grant),
+                    format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
+                ),
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Tail { count },
+        } => {
+            let records = access.store().read(|tx| tx.audit_tail(count))?;
+            output.print(
+                json!({ "events": records.iter().map(audit_json).collect::<Vec<_>>() }),
+                audit_table(&records),
+            );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let mut verifier = ChainVerifier::default();
+            let result = access.store().read(|tx| tx.audit_scan(|record| verifier.check(&record)))?;
+            match result {
+                Ok(()) => output.print(
+                    json!({ "ok": true, "verified": verifier.verified() }),
+                    format!("ok: {} events verified", verifier.verified()),
+                ),
+                Err(broken) => {
+                    if output.json {
+                        println!(
+                            "{}",
+                            json!({ "ok": false, "verified": verifier.verified(),
+                                    "first_bad_seq": broken.seq(), "error": broken.to_string() })
+                        );
+                    }
+                    eprintln!("{broken}");
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        _ => bail!("unreachable command"),
+    }
+    Ok(Outcome::Success)
+}
+
+/// Who runs the host CLI, for the audit log: `sudo` keeps the invoking user in `SUDO_USER`.
+fn operator_name() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn check_config(
+    path: &std::path::Path,
+    skip_secrets: bool,
+    output: Output,
+) -> anyhow::Result<Outcome> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            output.refuse(&error.to_string());
+            return Ok(Outcome::Refused);
+        }
+    };
+    let mut problems = Vec::new();
+    if !skip_secrets {
+        for (key, path) in config.named_files() {
+            if let Err(error) = std::fs::File::open(path) {
+                problems.push(format!("{key}: cannot read {}: {error}", path.display()));
+            }
+        }
+        for (key, source) in config.secret_sources() {
+            if let Err(error) = source.read() {
+                problems.push(format!("{key}: {error}"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let message = format!(
+            "{}: {} problem(s):\n  {}",
+            config.path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        );
+        output.refuse(&message);
+        return Ok(Outcome::Refused);
+    }
+    let warnings = config_warnings(&config);
+    let summary = ConfigSummary::new(&config);
+    let mut value = summary.json();
+    value["warnings"] = json!(warnings);
+    let mut text = summary.text();
+    for warning in &warnings {
+        text.push_str(&format!("\nwarning: {warning}"));
+    }
+    output.print(value, text);
+    Ok(Outcome::Success)
+}
+
+/// Valid but probably not what the operator wants.
+fn config_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (index, target) in config.targets.iter().enumerate() {
+        if let TargetKind::Ssh(ssh) = &target.kind
+            && matches!(ssh.host_key, HostKeyPolicy::Unpinned)
+        {
+            warnings.push(format!(
+                "targets[{index}] ({}): no host_key or known_hosts_file; connections will be \
+                 refused until one is set (or host_key = \"accept-first\")",
+                target.name
+            ));
+        }
+        let requesters = config
+            .users
+            .iter()
+            .filter(|user| crate::access::policy::may_request(user, target))
+            .count();
+        if requesters == 0 {
+            warnings.push(format!(
+                "targets[{index}] ({}): no user holds a role in requestable_by",
+                target.name
+            ));
+        }
+    }
+    if config.slack.is_some() {
+        for (index, user) in config.users.iter().enumerate() {
+            let approves = config
+                .targets
+                .iter()
+                .any(|target| crate::access::policy::is_approver(user, target));
+            if approves && user.slack_user_id.is_none() {
+                warnings.push(format!(
+                    "users[{index}] ({}): approves access but has no slack_user_id",
+                    user.name
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// What `check-config` prints: who may do what.
+struct ConfigSummary<'a> {
+    config: &'a Config,
+}
+
+impl<'a> ConfigSummary<'a> {
+    fn new(config: &'a Config) -> Self {
+        ConfigSummary { config }
+    }
+
+    fn names_with(&self, roles: &std::collections::BTreeSet<String>, except: &[&str]) -> Vec<String> {
+        self.config
+            .users
+            .iter()
+            .filter(|user| !user.roles.is_disjoint(roles) && !except.contains(&user.name.as_str()))
+            .map(|user| user.name.clone())
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        let config = self.config;
+        json!({
+            "ok": true,
+            "config": config.path.display().to_string(),
+            "state_dir": config.server.state_dir.display().to_string(),
+            "recordings_dir": config.server.recordings_dir.display().to_string(),
+            "roles": config.roles,
+            "users": config.users.iter().map(|user| json!({
+                "name": user.name,
+                "roles": user.roles,
+                "ssh_keys": user.ssh_keys.len(),
+                "slack_user_id": user.slack_user_id,
+                "ip_allow": user.ip_allow.as_ref()
+                    .map(|networks| networks.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            })).collect::<Vec<_>>(),
+            "targets": config.targets.iter().map(|target| json!({
+                "name": target.name,
+                "kind": target.kind.name(),
+                "requestable_by": self.names_with(&target.requestable_by, &[]),
+                "approvers": self.names_with(&target.approvers, &[]),
+                "approvals_required": target.approvals_required,
+                "max_duration_seconds": config.max_duration_for(target).as_secs(),
+            })).collect::<Vec<_>>(),
+            "slack": config.slack.is_some(),
+        })
+    }
+
+    fn text(&self) -> String {
+        let config = self.config;
+        let mut text = format!("{}: ok\n", config.path.display());
+        text.push_str(&format!(
+            "state in {}, recordings in {}\n\nroles:\n",
+            config.server.state_dir.display(),
+            config.server.recordings_dir.display()
+        ));
+        for (name, description) in &config.roles {
+            text.push_str(&format!("  {name}: {description}\n"));
+        }
+        let mut users = vec![vec![
+            "USER".to_string(),
+            "ROLES".to_string(),
+            "SSH KEYS".to_string(),
+            "SLACK".to_string(),
+        ]];
+        for user in &config.users {
+            users.push(vec![
+                user.name.clone(),
+                join(&user.roles),
+                user.ssh_keys.len().to_string(),
+                user.slack_user_id.clone().unwrap_or_else(|| "-".to_string()),
+            ]);
+        }
+        text.push_str(&format!("\n{}\n", table(&users)));
+        let mut targets = vec![vec![
+            "TARGET".to_string(),
+            "KIND".to_string(),
+            "MAY REQUEST".to_string(),
+            "MAY APPROVE".to_string(),
+            "APPROVALS".to_string(),
+            "MAX".to_string(),
+        ]];
+        for target in &config.targets {
+            targets.push(vec![
+                target.name.clone(),
+                target.kind.name().to_string(),
+                or_dash(self.names_with(&target.requestable_by, &[]).join(",")),
+                or_dash(self.names_with(&target.approvers, &[]).join(",")),
+                target.approvals_required.to_string(),
+                format_duration(config.max_duration_for(target)),
+            ]);
+        }
+        text.push_str(&table(&targets));
+        text
+    }
+}
+
+fn join(set: &std::collections::BTreeSet<String>) -> String {
+    or_dash(set.iter().cloned().collect::<Vec<_>>().join(","))
+}
+
+fn or_dash(text: String) -> String {
+    if text.is_empty() { "-".to_string() } else { text }
+}
+
+/// Prints either the JSON object or the human text, never both.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn print(&self, value: Value, text: String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// A refusal: the message on stderr, and `{"error": ...}` on stdout for scripts.
+    fn refuse(&self, message: &str) {
+        if self.json {
+            println!("{}", json!({ "error": message }));
+        }
+        eprintln!("error: {message}");
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn request_json(request: &AccessRequest) -> Value {
+    json!({
+        "id": request.id,
+        "requester": request.requester,
+        "target": request.target,
+        "state": request.state.as_str(),
+        "duration_seconds": request.duration.as_secs(),
+        "reason": request.reason,
+        "created_at": rfc3339(request.created_at),
+        "approvals": request.approvals.iter().map(|approval| json!({
+            "approver": approval.approver,
+            "at": rfc3339(approval.at),
+        })).collect::<Vec<_>>(),
+        "grant_id": request.grant_id,
+        "decided_at": request.decided_at.map(rfc3339),
+        "decided_by": request.decided_by,
+        "decision_reason": request.decision_reason,
+    })
+}
+
+pub fn grant_json(grant: &Grant) -> Value {
+    json!({
+        "id": grant.id,
+        "request_id": grant.request_id,
+        "user": grant.user,
+        "target": grant.target,
+        "state": grant.state.as_str(),
+        "starts_at": rfc3339(grant.starts_at),
+        "ends_at": rfc3339(grant.ends_at),
+        "ended_at": grant.ended_at.map(rfc3339),
+        "revoked_by": grant.revoked_by,
+        "revoke_reason": grant.revoke_reason,
+    })
+}
+
+pub fn audit_json(record: &AuditRecord) -> Value {
+    let detail: Value = serde_json::from_str(&record.detail).unwrap_or(Value::String(record.detail.clone()));
+    json!({
+        "seq": record.seq,
+        "id": record.id,
+        "ts": rfc3339(record.ts),
+        "type": record.event_type,
+        "actor": record.actor,
+        "target": record.target,
+        "request_id": record.request_id,
+        "grant_id": record.grant_id,
+        "session_id": record.session_id,
+        "detail": detail,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    })
+}
+
+fn requests_table(requests: &[AccessRequest]) -> String {
+    if requests.is_empty() {
+        return "no requests".to_string();
+    }
+    let mut rows = vec![
+        ["ID", "REQUESTER", "TARGET", "STATE", "FOR", "CREATED", "APPROVALS", "GRANT", "REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for request in requests {
+        rows.push(vec![
+            request.id.clone(),
+            request.requester.clone(),
+            request.target.clone(),
+            request.state.to_string(),
+            format_duration(request.duration),
+            rfc3339(request.created_at),
+            or_dash(
+                request
+                    .approvals
+                    .iter()
+                    .map(|approval| approval.approver.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            request.grant_id.clone().unwrap_or_else(|| "-".to_string()),
+            request.reason.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+fn grants_table(grants: &[Grant]) -> String {
+    if grants.is_empty() {
+        return "no grants".to_string();
+    }
+    let mut rows = vec![
+        ["ID", "USER", "TARGET", "STATE", "STARTS", "ENDS", "REQUEST", "REVOKED BY"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for grant in grants {
+        rows.push(vec![
+            grant.id.clone(),
+            grant.user.clone(),
+            grant.target.clone(),
+            grant.state.to_string(),
+            rfc3339(grant.starts_at),
+            rfc3339(grant.ends_at),
+            grant.request_id.clone(),
+            grant.revoked_by.clone().unwrap_or_else(|| "-".to_string()),
+        ]);
+    }
+    table(&rows)
+}
+
+fn audit_table(records: &[AuditRecord]) -> String {
+    if records.is_empty() {
+        return "no events".to_string();
+    }
+    let mut rows = vec![
+        ["SEQ", "TIME", "TYPE", "ACTOR", "TARGET", "REQUEST", "GRANT", "DETAIL"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_string());
+    for record in records {
+        rows.push(vec![
+            record.seq.to_string(),
+            rfc3339(record.ts),
+            record.event_type.clone(),
+            dash(&record.actor),
+            dash(&record.target),
+            dash(&record.request_id),
+            dash(&record.grant_id),
+            record.detail.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (index, row) in rows.iter().enumerate() {
+        if index > 0 {
+            out.push('\n');
+        }
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            if column + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+            }
+        }
+        out.push_str(line.trim_end());
+    }
+    out
+}

@@ -1,0 +1,1030 @@
+//! The validated configuration: the second stage of loading, after `raw` has mirrored the TOML.
+//!
+//! `Config::load` reads a file, deserializes it strictly (unknown keys are errors) and then validates
+//! every field into a typed value. Every problem names its 0-based key path and the offending value,
+//! for example `targets[1].max_duration: "9x" is not a duration`, and all problems are reported at
+//! once so an operator fixes a file in one pass (issue #2). Relative paths resolve against the folder
+//! of the config file, so the bastion behaves the same whatever its working directory.
+
+mod duration;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use russh::keys::PublicKey;
+
+pub use duration::{format_duration, parse_duration};
+use raw::{RawAccess, RawConfig, RawServer, RawSlack, RawTarget, RawUser};
+
+use crate::secret::SecretSource;
+
+/// The default config path, relative to the working directory, used when neither `--config` nor
+/// `PORTCULLIS_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "config/portcullis.toml";
+
+/// The shortest access a request may ask for (issue #2: "a request may be as short as 1 minute").
+pub const MIN_REQUEST_DURATION: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub access: AccessConfig,
+    /// Role name → description.
+    pub roles: BTreeMap<String, String>,
+    pub users: Vec<User>,
+    pub targets: Vec<Target>,
+    pub slack: Option<SlackConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub state_dir: PathBuf,
+    pub recordings_dir: PathBuf,
+    pub ssh_listen: SocketAddr,
+    pub postgres_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub default_duration: Duration,
+    pub max_duration: Duration,
+    pub pending_request_ttl: Duration,
+    pub expiry_warning: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub ssh_keys: Vec<PublicKey>,
+    pub slack_user_id: Option<String>,
+    pub roles: BTreeSet<String>,
+    /// `None`: any address; `Some`: only these networks.
+    pub ip_allow: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    pub requestable_by: BTreeSet<String>,
+    pub approvers: BTreeSet<String>,
+    pub approvals_required: u32,
+    /// The target's own cap; the global `access.max_duration` applies as well.
+    pub max_duration: Option<Duration>,
+    pub slack_channel: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Ssh(SshTarget),
+    Postgres(PostgresTarget),
+    Container(ContainerTarget),
+}
+
+impl TargetKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetKind::Ssh(_) => "ssh",
+            TargetKind::Postgres(_) => "postgres",
+            TargetKind::Container(_) => "container",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    /// `host:port`; the host may be a DNS name.
+    pub address: String,
+    pub login: String,
+    pub credential: SshCredential,
+    pub host_key: HostKeyPolicy,
+    pub allow_port_forwarding: bool,
+    pub record_input: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SshCredential {
+    /// The bastion's own client key from the state dir (`portcullis client-key` prints it).
+    ClientKey,
+    PrivateKeyFile(PathBuf),
+    Password(SecretSource),
+}
+
+#[derive(Debug, Clone)]
+pub enum HostKeyPolicy {
+    Pinned(PublicKey),
+    KnownHostsFile(PathBuf),
+    /// Trust on first use, recorded in state.
+    AcceptFirst,
+    /// No policy given: connections are refused (issue #3), `check-config` warns.
+    Unpinned,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    pub address: String,
+    pub database: String,
+    pub login: String,
+    /// `None` sends no password: only for upstreams that trust the bastion by other means.
+    pub password: Option<SecretSource>,
+    pub tls: PostgresTls,
+    pub record_parameters: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresTls {
+    Disable,
+    Require,
+    VerifyFull { ca_file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerTarget {
+    /// The name of the SSH target the container runs on.
+    pub host: String,
+    pub container: String,
+    pub runtime: ContainerRuntime,
+    pub record_input: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerRuntime {
+    Docker,
+    Podman,
+    Kubectl,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    pub bot_token: SecretSource,
+    pub signing_secret: SecretSource,
+    pub channel: String,
+    pub alerts_channel: Option<String>,
+    pub api_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), Problems(.problems))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+struct Problems<'a>(&'a [String]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(formatter)?;
+            }
+            write!(formatter, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Config::parse(&text, path, &base)
+    }
+
+    /// Parses config text; `base` is the folder relative paths resolve against.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&error.to_string()),
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let message = one_line(&error.inner().to_string());
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: if key.is_empty() || key == "." {
+                    message
+                } else {
+                    format!("{key}: {message}")
+                },
+            }
+        })?;
+        let mut validator = Validator {
+            base: base.to_path_buf(),
+            problems: Vec::new(),
+        };
+        let config = validator.config(raw, path);
+        if validator.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems: validator.problems,
+            })
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|user| user.name == name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|target| target.name == name)
+    }
+
+    /// The longest access `target` may be granted for: the smaller of its own and the global cap.
+    pub fn max_duration_for(&self, target: &Target) -> Duration {
+        target
+            .max_duration
+            .map_or(self.access.max_duration, |own| own.min(self.access.max_duration))
+    }
+
+    /// Every secret source the config names, with its key path, for `check-config`.
+    pub fn secret_sources(&self) -> Vec<(String, &SecretSource)> {
+        let mut sources = Vec::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            match &target.kind {
+                TargetKind::Ssh(ssh) => {
+                    if let SshCredential::Password(source) = &ssh.credential {
+                        sources.push((format!("targets[{index}].password"), source));
+                    }
+                }
+                TargetKind::Postgres(postgres) => {
+                    if let Some(source) = &postgres.password {
+                        sources.push((format!("targets[{index}].password"), source));
+                    }
+                }
+                TargetKind::Container(_) => {}
+            }
+        }
+        if let Some(slack) = &self.slack {
+            sources.push(("slack.bot_token".to_string(), &slack.bot_token));
+            sources.push(("slack.signing_secret".to_string(), &slack.signing_secret));
+        }
+        sources
+    }
+
+    /// Every non-secret file the config names, with its key path, for `check-config`.
+    pub fn named_files(&self) -> Vec<(String, &Path)> {
+        let mut files = Vec::new();
+        for (index, target) in self.targets.iter().enumerate() {
+            match &target.kind {
+                TargetKind::Ssh(ssh) => {
+                    if let SshCredential::PrivateKeyFile(path) = &ssh.credential {
+                        files.push((format!("targets[{index}].private_key_file"), path.as_path()));
+                    }
+                    if let HostKeyPolicy::KnownHostsFile(path) = &ssh.host_key {
+                        files.push((format!("targets[{index}].known_hosts_file"), path.as_path()));
+                    }
+                }
+                TargetKind::Postgres(postgres) => {
+                    if let PostgresTls::VerifyFull { ca_file } = &postgres.tls {
+                        files.push((format!("targets[{index}].ca_file"), ca_file.as_path()));
+                    }
+                }
+                TargetKind::Container(_) => {}
+            }
+        }
+        files
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Names of users, targets and roles: they appear in SSH logins (`alice+web-1`), ids and messages,
+/// so they are kept to characters that need no quoting anywhere. `+` is the login separator.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+struct Validator {
+    base: PathBuf,
+    problems: Vec<String>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: impl fmt::Display, message: impl fmt::Display) {
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let server = self.server(raw.server);
+        let access = self.access(raw.access);
+        let roles = self.roles(raw.roles);
+        let users = self.users(raw.users, &roles);
+        let targets = self.targets(raw.targets, &roles, &access);
+        let slack = raw.slack.map(|slack| self.slack(slack));
+        self.approval_policies(&targets, &users);
+        Config {
+            path: path.to_path_buf(),
+            server,
+            access,
+            roles,
+            users,
+            targets,
+            slack,
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else {
+            normalize(&self.base.join(path))
+        }
+    }
+
+    fn socket(&mut self, key: &str, value: Option<String>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or_else(|| default.to_string());
+        text.parse().unwrap_or_else(|_| {
+            self.problem(key, format!("{text:?} is not a socket address (like 127.0.0.1:2222)"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn duration(&mut self, key: &str, value: Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => parse_duration(&text).unwrap_or_else(|message| {
+                self.problem(key, message);
+                default
+            }),
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let ssh_listen = self.socket("server.ssh_listen", raw.ssh_listen, "127.0.0.1:2222");
+        let postgres_listen =
+            self.socket("server.postgres_listen", raw.postgres_listen, "127.0.0.1:6432");
+        let http_listen = self.socket("server.http_listen", raw.http_listen, "127.0.0.1:8080");
+        let public_url = raw
+            .public_url
+            .unwrap_or_else(|| format!("http://{http_listen}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://"))
+            || public_url.len() <= "https://".len()
+        {
+            self.problem(
+                "server.public_url",
+                format!("{public_url:?} is not an http:// or https:// URL"),
+            );
+        }
+        for (key, value) in [
+            ("server.state_dir", &raw.state_dir),
+            ("server.recordings_dir", &raw.recordings_dir),
+        ] {
+            if value.trim().is_empty() {
+                self.problem(key, "must not be empty");
+            }
+        }
+        ServerConfig {
+            state_dir: self.path(&raw.state_dir),
+            recordings_dir: self.path(&raw.recordings_dir),
+            ssh_listen,
+            postgres_listen,
+            http_listen,
+            public_url: public_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn access(&mut self, raw: RawAccess) -> AccessConfig {
+        let hour = Duration::from_secs(3_600);
+        let access = AccessConfig {
+            default_duration: self.duration("access.default_duration", raw.default_duration, hour),
+            max_duration: self.duration("access.max_duration", raw.max_duration, 8 * hour),
+            pending_request_ttl: self.duration(
+                "access.pending_request_ttl",
+                raw.pending_request_ttl,
+                Duration::from_secs(30 * 60),
+            ),
+            expiry_warning: self.duration(
+                "access.expiry_warning",
+                raw.expiry_warning,
+                Duration::from_secs(5 * 60),
+            ),
+        };
+        if access.default_duration > access.max_duration {
+            self.problem(
+                "access.default_duration",
+                format!(
+                    "{:?} exceeds access.max_duration ({})",
+                    format_duration(access.default_duration),
+                    format_duration(access.max_duration)
+                ),
+            );
+        }
+        if access.max_duration < MIN_REQUEST_DURATION {
+            self.problem(
+                "access.max_duration",
+                format!(
+                    "{:?} is shorter than the 1m minimum request",
+                    format_duration(access.max_duration)
+                ),
+            );
+        }
+        access
+    }
+
+    fn roles(&mut self, raw: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        for name in raw.keys() {
+            if !is_valid_name(name) {
+                self.problem(
+                    format!("roles.{name}"),
+                    format!("{name:?} is not a valid role name (lowercase letters, digits, . _ -)"),
+                );
+            }
+        }
+        raw
+    }
+
+    fn role_refs(
+        &mut self,
+        key: &str,
+        names: Vec<String>,
+        roles: &BTreeMap<String, String>,
+    ) -> BTreeSet<String> {
+        let mut set = BTreeSet::new();
+        for (index, name) in names.into_iter().enumerate() {
+            if !roles.contains_key(&name) {
+                self.problem(
+                    format!("{key}[{index}]"),
+                    format!("{name:?} is not a role declared in [roles]"),
+                );
+            } else if !set.insert(name.clone()) {
+                self.problem(format!("{key}[{index}]"), format!("{name:?} is listed twice"));
+            }
+        }
+        set
+    }
+
+    fn users(&mut self, raw: Vec<RawUser>, roles: &BTreeMap<String, String>) -> Vec<User> {
+        let mut seen = BTreeSet::new();
+        let mut users = Vec::with_capacity(raw.len());
+        for (index, user) in raw.into_iter().enumerate() {
+            let key = format!("users[{index}]");
+            if !is_valid_name(&user.name) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is not a valid user name (lowercase letters, digits, . _ -)",
+                        user.name
+                    ),
+                );
+            } else if !seen.insert(user.name.clone()) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!("{:?} is a duplicate user name", user.name),
+                );
+            }
+            let mut ssh_keys = Vec::new();
+            for (key_index, text) in user.ssh_keys.iter().enumerate() {
+                match PublicKey::from_openssh(text.trim()) {
+                    Ok(public_key) => ssh_keys.push(public_key),
+                    Err(error) => self.problem(
+                        format!("{key}.ssh_keys[{key_index}]"),
+                        format!("{:?} is not an OpenSSH public key: {error}", shorten(text)),
+                    ),
+                }
+            }
+            let user_roles = self.role_refs(&format!("{key}.roles"), user.roles, roles);
+            let ip_allow = user.ip_allow.map(|networks| {
+                networks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(net_index, text)| match parse_network(text) {
+                        Some(network) => Some(network),
+                        None => {
+                            self.problem(
+                                format!("{key}.ip_allow[{net_index}]"),
+                                format!("{text:?} is not an IP address or CIDR network"),
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            if let Some(slack_id) = &user.slack_user_id
+                && slack_id.trim().is_empty()
+            {
+                self.problem(format!("{key}.slack_user_id"), "must not be empty");
+            }
+            users.push(User {
+                name: user.name,
+                ssh_keys,
+                slack_user_id: user.slack_user_id,
+                roles: user_roles,
+                ip_allow,
+            });
+        }
+        users
+    }
+
+    fn targets(
+        &mut self,
+        raw: Vec<RawTarget>,
+        roles: &BTreeMap<String, String>,
+        access: &AccessConfig,
+    ) -> Vec<Target> {
+        let ssh_names: BTreeSet<String> = raw
+            .iter()
+            .filter(|target| target.kind == "ssh")
+            .map(|target| target.name.clone())
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut targets = Vec::with_capacity(raw.len());
+        for (index, target) in raw.into_iter().enumerate() {
+            let key = format!("targets[{index}]");
+            if !is_valid_name(&target.name) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!(
+                        "{:?} is not a valid target name (lowercase letters, digits, . _ -)",
+                        target.name
+                    ),
+                );
+            } else if !seen.insert(target.name.clone()) {
+                self.problem(
+                    format!("{key}.name"),
+                    format!("{:?} is a duplicate target name", target.name),
+                );
+            }
+            let requestable_by =
+                self.role_refs(&format!("{key}.requestable_by"), target.requestable_by.clone(), roles);
+            let approvers =
+                self.role_refs(&format!("{key}.approvers"), target.approvers.clone(), roles);
+            if approvers.is_empty() {
+                self.problem(
+                    format!("{key}.approvers"),
+                    "no approver role: nobody could ever approve access to this target",
+                );
+            }
+            let approvals_required = match target.approvals_required {
+                None => 1,
+                Some(count) if (1..=10).contains(&count) => count as u32,
+                Some(count) => {
+                    self.problem(
+                        format!("{key}.approvals_required"),
+                        format!("{count} is out of range (1 to 10)"),
+                    );
+                    1
+                }
+            };
+            let max_duration = target.max_duration.clone().and_then(|text| {
+                match parse_duration(&text) {
+                    Ok(duration) if duration > access.max_duration => {
+                        self.problem(
+                            format!("{key}.max_duration"),
+                            format!(
+                                "{text:?} exceeds access.max_duration ({})",
+                                format_duration(access.max_duration)
+                            ),
+                        );
+                        None
+                    }
+                    Ok(duration) if duration < MIN_REQUEST_DURATION => {
+                        self.problem(
+                            format!("{key}.max_duration"),
+                            format!("{text:?} is shorter than the 1m minimum request"),
+                        );
+                        None
+                    }
+                    Ok(duration) => Some(duration),
+                    Err(message) => {
+                        self.problem(format!("{key}.max_duration"), message);
+                        None
+                    }
+                }
+            });
+            let kind = self.target_kind(&key, &target, &ssh_names);
+            targets.push(Target {
+                name: target.name,
+                kind,
+                requestable_by,
+                approvers,
+                approvals_required,
+                max_duration,
+                slack_channel: target.slack_channel,
+            });
+        }
+        targets
+    }
+
+    fn target_kind(
+        &mut self,
+        key: &str,
+        target: &RawTarget,
+        ssh_names: &BTreeSet<String>,
+    ) -> TargetKind {
+        // Keys that belong to another kind are errors: a `tls` on an SSH target would otherwise
+        // look like protection that is not there.
+        let foreign: &[(&str, bool)] = match target.kind.as_str() {
+            "ssh" => &[
+                ("database", target.database.is_some()),
+                ("tls", target.tls.is_some()),
+                ("ca_file", target.ca_file.is_some()),
+                ("host", target.host.is_some()),
+                ("container", target.container.is_some()),
+                ("runtime", target.runtime.is_some()),
+                ("record_parameters", target.record_parameters.is_some()),
+            ],
+            "postgres" => &[
+                ("private_key_file", target.private_key_file.is_some()),
+                ("host_key", target.host_key.is_some()),
+                ("known_hosts_file", target.known_hosts_file.is_some()),
+                ("host", target.host.is_some()),
+                ("container", target.container.is_some()),
+                ("runtime", target.runtime.is_some()),
+                ("allow_port_forwarding", target.allow_port_forwarding.is_some()),
+                ("record_input", target.record_input.is_some()),
+            ],
+            "container" => &[
+                ("address", target.address.is_some()),
+                ("login", target.login.is_some()),
+                ("database", target.database.is_some()),
+                ("private_key_file", target.private_key_file.is_some()),
+                ("password_file", target.password_file.is_some()),
+                ("password_env", target.password_env.is_some()),
+                ("host_key", target.host_key.is_some()),
+                ("known_hosts_file", target.known_hosts_file.is_some()),
+                ("tls", target.tls.is_some()),
+                ("ca_file", target.ca_file.is_some()),
+                ("allow_port_forwarding", target.allow_port_forwarding.is_some()),
+                ("record_parameters", target.record_parameters.is_some()),
+            ],
+            _ => &[],
+        };
+        for (name, present) in foreign {
+            if *present {
+                self.problem(
+                    format!("{key}.{name}"),
+                    format!("not a setting of a {} target", target.kind),
+                );
+            }
+        }
+        match target.kind.as_str() {
+            "ssh" => TargetKind::Ssh(SshTarget {
+                address: self.address(key, target.address.as_deref(), 22),
+                login: self.required(key, "login", target.login.as_deref()),
+                credential: self.ssh_credential(key, target),
+                host_key: self.host_key(key, target),
+                allow_port_forwarding: target.allow_port_forwarding.unwrap_or(false),
+                record_input: target.record_input.unwrap_or(true),
+            }),
+            "postgres" => TargetKind::Postgres(PostgresTarget {
+                address: self.address(key, target.address.as_deref(), 5432),
+                database: self.required(key, "database", target.database.as_deref()),
+                login: self.required(key, "login", target.login.as_deref()),
+                password: self.password(key, target),
+                tls: self.postgres_tls(key, target),
+                record_parameters: target.record_parameters.unwrap_or(true),
+            }),
+            "container" => {
+                let host = self.required(key, "host", target.host.as_deref());
+                if !host.is_empty() && !ssh_names.contains(&host) {
+                    self.problem(
+                        format!("{key}.host"),
+                        format!("{host:?} is not the name of an ssh target"),
+                    );
+                }
+                let runtime = match target.runtime.as_deref().unwrap_or("docker") {
+                    "docker" => ContainerRuntime::Docker,
+                    "podman" => ContainerRuntime::Podman,
+                    "kubectl" => ContainerRuntime::Kubectl,
+                    other => {
+                        self.problem(
+                            format!("{key}.runtime"),
+                            format!("{other:?} is not one of docker, podman, kubectl"),
+                        );
+                        ContainerRuntime::Docker
+                    }
+                };
+                TargetKind::Container(ContainerTarget {
+                    host,
+                    container: self.required(key, "container", target.container.as_deref()),
+                    runtime,
+                    record_input: target.record_input.unwrap_or(true),
+                })
+            }
+            other => {
+                self.problem(
+                    format!("{key}.kind"),
+                    format!("{other:?} is not one of ssh, postgres, container"),
+                );
+                TargetKind::Ssh(SshTarget {
+                    address: String::new(),
+                    login: String::new(),
+                    credential: SshCredential::ClientKey,
+                    host_key: HostKeyPolicy::Unpinned,
+                    allow_port_forwarding: false,
+                    record_input: true,
+                })
+            }
+        }
+    }
+
+    fn required(&mut self, key: &str, name: &str, value: Option<&str>) -> String {
+        match value {
+            Some(text) if !text.trim().is_empty() => text.to_string(),
+            Some(_) => {
+                self.problem(format!("{key}.{name}"), "must not be empty");
+                String::new()
+            }
+            None => {
+                self.problem(format!("{key}.{name}"), "is required");
+                String::new()
+            }
+        }
+    }
+
+    /// `host:port` or `[v6]:port`; the host may be a DNS name resolved when connecting.
+    fn address(&mut self, key: &str, value: Option<&str>, default_port: u16) -> String {
+        let Some(text) = value else {
+            self.problem(format!("{key}.address"), "is required");
+            return String::new();
+        };
+        if text.parse::<SocketAddr>().is_ok() {
+            return text.to_string();
+        }
+        let valid = text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['[', ']', ' ', '/'])
+                && port.parse::<u16>().is_ok_and(|port| port > 0)
+        });
+        if valid {
+            text.to_string()
+        } else {
+            self.problem(
+                format!("{key}.address"),
+                format!("{text:?} is not host:port (like db.internal:{default_port})"),
+            );
+            String::new()
+        }
+    }
+
+    fn password(&mut self, key: &str, target: &RawTarget) -> Option<SecretSource> {
+        match (&target.password_file, &target.password_env) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}.password_env"),
+                    "set only one of password_file and password_env",
+                );
+                None
+            }
+            (Some(file), None) => Some(SecretSource::File(self.path(file))),
+            (None, Some(env)) if env.trim().is_empty() => {
+                self.problem(format!("{key}.password_env"), "must not be empty");
+                None
+            }
+            (None, Some(env)) => Some(SecretSource::Env(env.clone())),
+            (None, None) => None,
+        }
+    }
+
+    fn ssh_credential(&mut self, key: &str, target: &RawTarget) -> SshCredential {
+        let password = self.password(key, target);
+        match (&target.private_key_file, password) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}.private_key_file"),
+                    "set only one of private_key_file, password_file and password_env",
+                );
+                SshCredential::ClientKey
+            }
+            (Some(file), None) => SshCredential::PrivateKeyFile(self.path(file)),
+            (None, Some(source)) => SshCredential::Password(source),
+            (None, None) => SshCredential::ClientKey,
+        }
+    }
+
+    fn host_key(&mut self, key: &str, target: &RawTarget) -> HostKeyPolicy {
+        match (&target.host_key, &target.known_hosts_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}.known_hosts_file"),
+                    "set only one of host_key and known_hosts_file",
+                );
+                HostKeyPolicy::Unpinned
+            }
+            (Some(text), None) if text == "accept-first" => HostKeyPolicy::AcceptFirst,
+            (Some(text), None) => match PublicKey::from_openssh(text.trim()) {
+                Ok(public_key) => HostKeyPolicy::Pinned(public_key),
+                Err(error) => {
+                    self.problem(
+                        format!("{key}.host_key"),
+                        format!(
+                            "{:?} is neither an OpenSSH public key nor \"accept-first\": {error}",
+                            shorten(text)
+                        ),
+                    );
+                    HostKeyPolicy::Unpinned
+                }
+            },
+            (None, Some(file)) => HostKeyPolicy::KnownHostsFile(self.path(file)),
+            (None, None) => HostKeyPolicy::Unpinned,
+        }
+    }
+
+    fn postgres_tls(&mut self, key: &str, target: &RawTarget) -> PostgresTls {
+        // Strict by default: a production database is reached over verified TLS unless the config
+        // says otherwise.
+        match target.tls.as_deref().unwrap_or("verify-full") {
+            "disable" | "require" if target.ca_file.is_some() => {
+                self.problem(
+                    format!("{key}.ca_file"),
+                    "is only used with tls = \"verify-full\"",
+                );
+                PostgresTls::Disable
+            }
+            "disable" => PostgresTls::Disable,
+            "require" => PostgresTls::Require,
+            "verify-full" => match &target.ca_file {
+                Some(file) => PostgresTls::VerifyFull {
+                    ca_file: self.path(file),
+                },
+                None => {
+                    self.problem(
+                        format!("{key}.ca_file"),
+                        "is required with tls = \"verify-full\" (the default)",
+                    );
+                    PostgresTls::Disable
+                }
+            },
+            other => {
+                self.problem(
+                    format!("{key}.tls"),
+                    format!("{other:?} is not one of disable, require, verify-full"),
+                );
+                PostgresTls::Disable
+            }
+        }
+    }
+
+    fn secret_pair(
+        &mut self,
+        key: &str,
+        env: &Option<String>,
+        file: &Option<String>,
+    ) -> SecretSource {
+        match (env, file) {
+            (Some(env), None) if !env.trim().is_empty() => SecretSource::Env(env.clone()),
+            (None, Some(file)) if !file.trim().is_empty() => SecretSource::File(self.path(file)),
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("slack.{key}_env"),
+                    format!("set only one of {key}_env and {key}_file"),
+                );
+                SecretSource::Env(String::new())
+            }
+            _ => {
+                self.problem(
+                    format!("slack.{key}_env"),
+                    format!("one of {key}_env or {key}_file is required (secrets are never inline)"),
+                );
+                SecretSource::Env(String::new())
+            }
+        }
+    }
+
+    fn slack(&mut self, raw: RawSlack) -> SlackConfig {
+        let bot_token = self.secret_pair("bot_token", &raw.bot_token_env, &raw.bot_token_file);
+        let signing_secret = self.secret_pair(
+            "signing_secret",
+            &raw.signing_secret_env,
+            &raw.signing_secret_file,
+        );
+        if raw.channel.trim().is_empty() {
+            self.problem("slack.channel", "must not be empty");
+        }
+        let api_url = raw
+            .api_url
+            .unwrap_or_else(|| "https://slack.com/api".to_string());
+        if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+            self.problem("slack.api_url", format!("{api_url:?} is not an http(s) URL"));
+        }
+        SlackConfig {
+            bot_token,
+            signing_secret,
+            channel: raw.channel,
+            alerts_channel: raw.alerts_channel,
+            api_url: api_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// A policy that can never be met is a config error, not a request that waits forever: for each
+    /// user who may request a target, the users holding an approver role, less the requester
+    /// (nobody approves their own request), must number at least `approvals_required`.
+    fn approval_policies(&mut self, targets: &[Target], users: &[User]) {
+        for (index, target) in targets.iter().enumerate() {
+            let approvers: Vec<&str> = users
+                .iter()
+                .filter(|user| !user.roles.is_disjoint(&target.approvers))
+                .map(|user| user.name.as_str())
+                .collect();
+            let required = target.approvals_required as usize;
+            if approvers.len() < required {
+                self.problem(
+                    format!("targets[{index}].approvals_required"),
+                    format!(
+                        "{required} can never be met: only {} user(s) hold an approver role",
+                        approvers.len()
+                    ),
+                );
+                continue;
+            }
+            let requesters = users
+                .iter()
+                .filter(|user| !user.roles.is_disjoint(&target.requestable_by));
+            for requester in requesters {
+                let others: Vec<&str> = approvers
+                    .iter()
+                    .copied()
+                    .filter(|name| *name != requester.name)
+                    .collect();
+                if others.len() < required {
+                    self.problem(
+                        format!("targets[{index}].approvals_required"),
+                        format!(
+                            "{required} can never be met for a request by {}: only {} other \
+                             user(s) hold an approver role ({})",
+                            requester.name,
+                            others.len(),
+                            if others.is_empty() {
+                                "none".to_string()
+                            } else {
+                                others.join(", ")
+                            }
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Folds `.` and `name/..` without touching the file system, so `config/../state` reads `state`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
+fn parse_network(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn shorten(text: &str) -> String {
+    if text.chars().count() > 40 {
+        format!("{}...", text.chars().take(40).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! The first stage of config loading: serde structs that mirror the TOML file key for key.
+//!
+//! Nothing here is trusted or interpreted: durations, addresses, keys and paths stay strings until
+//! `config::validate` turns them into typed values and names the key path of every problem.
+//! `deny_unknown_fields` everywhere, because a misspelt security option must not be silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub access: RawAccess,
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    pub slack: Option<RawSlack>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub state_dir: String,
+    pub recordings_dir: String,
+    pub ssh_listen: Option<String>,
+    pub postgres_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    pub default_duration: Option<String>,
+    pub max_duration: Option<String>,
+    pub pending_request_ttl: Option<String>,
+    pub expiry_warning: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: String,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    pub slack_user_id: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub ip_allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    pub kind: String,
+    pub address: Option<String>,
+    pub login: Option<String>,
+    pub database: Option<String>,
+    pub private_key_file: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub host_key: Option<String>,
+    pub known_hosts_file: Option<String>,
+    pub tls: Option<String>,
+    pub ca_file: Option<String>,
+    /// For `kind = "container"`: the SSH target the container runs on.
+    pub host: Option<String>,
+    pub container: Option<String>,
+    pub runtime: Option<String>,
+    #[serde(default)]
+    pub requestable_by: Vec<String>,
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    pub approvals_required: Option<i64>,
+    pub max_duration: Option<String>,
+    pub allow_port_forwarding: Option<bool>,
+    pub record_input: Option<bool>,
+    pub record_parameters: Option<bool>,
+    pub slack_channel: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlack {
+    pub bot_token_env: Option<String>,
+    pub bot_token_file: Option<String>,
+    pub signing_secret_env: Option<String>,
+    pub signing_secret_file: Option<String>,
+    pub channel: String,
+    pub alerts_channel: Option<String>,
+    pub api_url: Option<String>,
+}

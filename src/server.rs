@@ -1,0 +1,161 @@
+//! `portcullis serve`: prepares the state dir, binds the listeners, runs the expiry task, and shuts
+//! everything down cleanly on SIGTERM or SIGINT.
+//!
+//! `Server::start` binds and spawns, then returns the bound addresses, so tests run the real server
+//! in-process on `127.0.0.1:0`; `run_until_signal` is what the binary does with it.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::access::Access;
+use crate::audit::AuditEvent;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::keys;
+use crate::store::Store;
+use crate::web;
+
+/// The state database's file name inside the state dir.
+pub const DATABASE_FILE: &str = "portcullis.db";
+
+/// How often the expiry task looks for requests and grants that are due.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Opens the state dir (creating it, mode 0700) and its database; shared by `serve` and the CLI.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let state_dir = &config.server.state_dir;
+    create_private_dir(state_dir)?;
+    Store::open(&state_dir.join(DATABASE_FILE)).context("cannot open the state database")
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A running bastion.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub access: Access,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Prepares state, binds every listener and starts serving.
+    pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+        let store = open_store(&config)?;
+        create_private_dir(&config.server.recordings_dir)?;
+        let host_key = keys::load_or_create(
+            &config.server.state_dir.join(keys::HOST_KEY_FILE),
+            "portcullis host key",
+        )?;
+        let client_key = keys::load_or_create(
+            &config.server.state_dir.join(keys::CLIENT_KEY_FILE),
+            "portcullis",
+        )?;
+        tracing::info!(fingerprint = %keys::fingerprint(&host_key), "ssh host key");
+        tracing::info!(public_key = %keys::public_line(&client_key),
+            "client key (put it in the authorized_keys of targets without a credential)");
+
+        let config = Arc::new(config);
+        let access = Access::new(config.clone(), store, clock);
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        access.record(&AuditEvent::ServerStarted { version })?;
+
+        let http = tokio::net::TcpListener::bind(config.server.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (http)", config.server.http_listen))?;
+        let http_addr = http.local_addr()?;
+        tracing::info!(address = %http_addr, "http listening");
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut http_shutdown = shutdown_rx.clone();
+        let router = web::router(access.clone());
+        tasks.push(tokio::spawn(async move {
+            let graceful = async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = axum::serve(http, router)
+                .with_graceful_shutdown(graceful)
+                .await
+            {
+                tracing::error!(%error, "http listener failed");
+            }
+        }));
+        tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
+        Ok(Server {
+            http_addr,
+            access,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the listeners and background tasks and waits for them (bounded).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), task).await.is_err() {
+                tracing::warn!("a task did not stop within 10s");
+            }
+        }
+        let access = self.access.clone();
+        tokio::task::spawn_blocking(move || access.record(&AuditEvent::ServerStopped)).await??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down cleanly.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        self.shutdown().await
+    }
+}
+
+/// Expires due requests and grants every second and announces grants that ended elsewhere (an
+/// operator's `portcullis revoke` runs in another process).
+async fn expiry_task(access: Access, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since: OffsetDateTime = access.now() - Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let worker = access.clone();
+        let scan_from = since;
+        let result = tokio::task::spawn_blocking(move || {
+            let now = worker.now();
+            worker.sweep()?;
+            worker.announce_ended_since(scan_from)?;
+            Ok::<_, crate::access::AccessError>(now)
+        })
+        .await;
+        match result {
+            // Overlap the windows by two seconds: `ended_at` has whole-second precision.
+            Ok(Ok(now)) => since = now - Duration::from_secs(2),
+            Ok(Err(error)) => tracing::error!(%error, "expiry task failed; retrying"),
+            Err(error) => tracing::error!(%error, "expiry task panicked; retrying"),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Numbered schema migrations, applied in order at start, each in its own transaction together with
+//! the `user_version` bump, so a crash mid-migration leaves the previous version intact.
+//!
+//! Append new migrations; never edit one that has shipped.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the access lifecycle, sessions, audit log and failed-auth counters (issue #2).
+    "
+    CREATE TABLE requests (
+        id               TEXT PRIMARY KEY,
+        requester        TEXT NOT NULL,
+        target           TEXT NOT NULL,
+        duration_seconds INTEGER NOT NULL CHECK (duration_seconds > 0),
+        reason           TEXT NOT NULL CHECK (length(reason) > 0),
+        state            TEXT NOT NULL
+                         CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'cancelled')),
+        created_at       INTEGER NOT NULL,
+        decided_at       INTEGER,
+        decided_by       TEXT,
+        decision_reason  TEXT,
+        grant_id         TEXT
+    ) STRICT;
+    CREATE INDEX requests_by_state ON requests (state, created_at);
+
+    CREATE TABLE approvals (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        approver   TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    ) STRICT;
+
+    CREATE TABLE grants (
+        id            TEXT PRIMARY KEY,
+        request_id    TEXT NOT NULL UNIQUE REFERENCES requests (id),
+        user          TEXT NOT NULL,
+        target        TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('active', 'expired', 'revoked')),
+        starts_at     INTEGER NOT NULL,
+        ends_at       INTEGER NOT NULL CHECK (ends_at > starts_at),
+        ended_at      INTEGER,
+        revoked_by    TEXT,
+        revoke_reason TEXT
+    ) STRICT;
+    CREATE INDEX grants_by_user_target ON grants (user, target, state);
+    CREATE INDEX grants_by_state_end ON grants (state, ends_at);
+    CREATE INDEX grants_by_ended ON grants (ended_at);
+
+    CREATE TABLE sessions (
+        id               TEXT PRIMARY KEY,
+        grant_id         TEXT REFERENCES grants (id),
+        user             TEXT NOT NULL,
+        target           TEXT NOT NULL,
+        protocol         TEXT NOT NULL,
+        client_address   TEXT,
+        started_at       INTEGER NOT NULL,
+        ended_at         INTEGER,
+        end_reason       TEXT,
+        recording_path   TEXT,
+        recording_sha256 TEXT,
+        recording_size   INTEGER,
+        bytes_in         INTEGER NOT NULL DEFAULT 0,
+        bytes_out        INTEGER NOT NULL DEFAULT 0,
+        statements       INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+
+    CREATE TABLE audit_events (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT NOT NULL UNIQUE,
+        ts         INTEGER NOT NULL,
+        type       TEXT NOT NULL,
+        actor      TEXT,
+        target     TEXT,
+        request_id TEXT,
+        grant_id   TEXT,
+        session_id TEXT,
+        detail     TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE failed_auth (
+        user     TEXT NOT NULL,
+        source   TEXT NOT NULL,
+        count    INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at  INTEGER NOT NULL,
+        PRIMARY KEY (user, source)
+    ) STRICT;
+
+    CREATE TABLE known_hosts (
+        target     TEXT PRIMARY KEY,
+        host_key   TEXT NOT NULL,
+        first_seen INTEGER NOT NULL
+    ) STRICT;
+    ",
+];
+
+/// Brings the schema to the newest version; refuses a database from a newer build.
+pub fn apply(connection: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while this one waited for the lock.
+        let now: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if now > index as i64 {
+            continue;
+        }
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,643 @@
+//! Embedded state in SQLite: the only module that writes SQL.
+//!
+//! The database runs in WAL mode with `synchronous = FULL`, so a committed transaction survives a
+//! crash or `kill -9` and an interrupted one leaves nothing behind. Every state change goes through
+//! `Store::write`, one `BEGIN IMMEDIATE` transaction that takes the write lock up front: two
+//! processes (the server and an operator's `portcullis revoke`) or two threads deciding the same
+//! request are serialized by SQLite itself, so a check-then-write inside the closure cannot race.
+//! Schema changes are numbered migrations tracked in `PRAGMA user_version`.
+
+mod migrations;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use time::OffsetDateTime;
+
+use crate::access::model::{AccessRequest, Approval, Grant, GrantState, RequestState};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::ids::{IdKind, new_id};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database is from a newer portcullis (schema {found}, this build knows {known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("state database holds an invalid value in {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+/// A handle to the state database; clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The database holds who may reach production: readable by the bastion's user only. SQLite
+        // gives its -wal and -shm files the same permissions as the database file.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|error| open_error(rusqlite::Error::InvalidPath(format!("{}: {error}", path.display()).into())))?;
+        let mut connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        migrations::apply(&mut connection)?;
+        Ok(Store {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-written transaction behind (SQLite
+        // rolls back an uncommitted one when its guard drops), so a poisoned lock is safe to reuse.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `work` in one write transaction, committed only if `work` returns `Ok`.
+    pub fn write<T>(
+        &self,
+        work: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = work(&Tx {
+            transaction: &transaction,
+        })?;
+        transaction.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `work` on one consistent snapshot.
+    pub fn read<T>(
+        &self,
+        work: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = work(&Tx {
+            transaction: &transaction,
+        })?;
+        transaction.finish()?;
+        Ok(value)
+    }
+
+    /// Cheap liveness probe for `/healthz`.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.lock().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Which requests a listing wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFilter {
+    pub pending_only: bool,
+    pub limit: Option<u32>,
+}
+
+/// Which grants a listing wants; `active_at` keeps those active at that time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrantFilter {
+    pub active_at: Option<OffsetDateTime>,
+    pub limit: Option<u32>,
+}
+
+/// The operations of one transaction. Everything takes `&self`: the transaction is the unit.
+pub struct Tx<'a> {
+    transaction: &'a rusqlite::Transaction<'a>,
+}
+
+const REQUEST_COLUMNS: &str = "id, requester, target, duration_seconds, reason, state, created_at, \
+     decided_at, decided_by, decision_reason, grant_id";
+const GRANT_COLUMNS: &str = "id, request_id, user, target, state, starts_at, ends_at, ended_at, \
+     revoked_by, revoke_reason";
+const AUDIT_COLUMNS: &str = "seq, id, ts, type, actor, target, request_id, grant_id, session_id, \
+     detail, prev_hash, hash";
+
+impl Tx<'_> {
+    /// A new id of `kind` not used by any request, grant or session yet.
+    pub fn fresh_id(&self, kind: IdKind) -> Result<String, StoreError> {
+        let table = match kind {
+            IdKind::Request => "requests",
+            IdKind::Grant => "grants",
+            IdKind::Session => "sessions",
+            IdKind::AuditEvent => return Ok(new_id(kind)),
+        };
+        loop {
+            let id = new_id(kind);
+            let taken: bool = self.transaction.query_row(
+                &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"),
+                [&id],
+                |row| row.get(0),
+            )?;
+            if !taken {
+                return Ok(id);
+            }
+        }
+    }
+
+    pub fn insert_request(&self, request: &AccessRequest) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO requests (id, requester, target, duration_seconds, reason, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                request.id,
+                request.requester,
+                request.target,
+                request.duration.as_secs() as i64,
+                request.reason,
+                request.state.as_str(),
+                request.created_at.unix_timestamp(),
+            ],
+        )?;
+        for approval in &request.approvals {
+            self.add_approval(&request.id, approval)?;
+        }
+        Ok(())
+    }
+
+    pub fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        let row = self
+            .transaction
+            .query_row(
+                &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+                [id],
+                RequestRow::read,
+            )
+            .optional()?;
+        row.map(|row| self.finish_request(row)).transpose()
+    }
+
+    pub fn requests(&self, filter: RequestFilter) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM requests");
+        if filter.pending_only {
+            sql.push_str(" WHERE state = 'pending'");
+        }
+        sql.push_str(" ORDER BY created_at DESC, rowid DESC");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        self.request_rows(&sql, [])
+    }
+
+    /// Pending requests created at or before `cutoff`: due to expire.
+    pub fn pending_created_before(
+        &self,
+        cutoff: OffsetDateTime,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        self.request_rows(
+            &format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests
+                 WHERE state = 'pending' AND created_at <= ?1 ORDER BY created_at"
+            ),
+            [cutoff.unix_timestamp()],
+        )
+    }
+
+    fn request_rows(
+        &self,
+        sql: &str,
+        parameters: impl rusqlite::Params,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut statement = self.transaction.prepare(sql)?;
+        let rows = statement
+            .query_map(parameters, RequestRow::read)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|row| self.finish_request(row))
+            .collect()
+    }
+
+    fn finish_request(&self, row: RequestRow) -> Result<AccessRequest, StoreError> {
+        let mut statement = self.transaction.prepare_cached(
+            "SELECT approver, at FROM approvals WHERE request_id = ?1 ORDER BY at, rowid",
+        )?;
+        let approvals = statement
+            .query_map([&row.id], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?
+            .map(|approval| {
+                let (approver, at) = approval?;
+                Ok(Approval {
+                    approver,
+                    at: timestamp(at)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(AccessRequest {
+            state: RequestState::parse(&row.state).ok_or(StoreError::Corrupt {
+                column: "requests.state",
+                value: row.state.clone(),
+            })?,
+            duration: Duration::from_secs(row.duration_seconds.max(0) as u64),
+            created_at: timestamp(row.created_at)?,
+            decided_at: row.decided_at.map(timestamp).transpose()?,
+            id: row.id,
+            requester: row.requester,
+            target: row.target,
+            reason: row.reason,
+            decided_by: row.decided_by,
+            decision_reason: row.decision_reason,
+            grant_id: row.grant_id,
+            approvals,
+        })
+    }
+
+    pub fn add_approval(&self, request_id: &str, approval: &Approval) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO approvals (request_id, approver, at) VALUES (?1, ?2, ?3)",
+            params![request_id, approval.approver, approval.at.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a request out of `pending`; refuses (as an SQL no-op) to move any other.
+    pub fn decide_request(
+        &self,
+        id: &str,
+        state: RequestState,
+        at: OffsetDateTime,
+        by: &str,
+        reason: Option<&str>,
+        grant_id: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let changed = self.transaction.execute(
+            "UPDATE requests SET state = ?2, decided_at = ?3, decided_by = ?4,
+                 decision_reason = ?5, grant_id = ?6
+             WHERE id = ?1 AND state = 'pending'",
+            params![id, state.as_str(), at.unix_timestamp(), by, reason, grant_id],
+        )?;
+        Ok(changed == 1)
+    }
+
+    pub fn insert_grant(&self, grant: &Grant) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO grants (id, request_id, user, target, state, starts_at, ends_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                grant.id,
+                grant.request_id,
+                grant.user,
+                grant.target,
+                grant.state.as_str(),
+                grant.starts_at.unix_timestamp(),
+                grant.ends_at.unix_timestamp(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let row = self
+            .transaction
+            .query_row(
+                &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
+                [id],
+                GrantRow::read,
+            )
+            .optional()?;
+        row.map(GrantRow::finish).transpose()
+    }
+
+    pub fn grants(&self, filter: GrantFilter) -> Result<Vec<Grant>, StoreError> {
+        let mut sql = format!("SELECT {GRANT_COLUMNS} FROM grants");
+        let now = filter.active_at.map(OffsetDateTime::unix_timestamp);
+        if now.is_some() {
+            sql.push_str(" WHERE state = 'active' AND starts_at <= ?1 AND ends_at > ?1");
+        }
+        sql.push_str(" ORDER BY starts_at DESC, rowid DESC");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        match now {
+            Some(now) => self.grant_rows(&sql, [now]),
+            None => self.grant_rows(&sql, []),
+        }
+    }
+
+    /// The grant that lets `user` reach `target` at `now`, the one ending last if several.
+    pub fn active_grant(
+        &self,
+        user: &str,
+        target: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Grant>, StoreError> {
+        let row = self
+            .transaction
+            .query_row(
+                &format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants
+                     WHERE user = ?1 AND target = ?2 AND state = 'active'
+                       AND starts_at <= ?3 AND ends_at > ?3
+                     ORDER BY ends_at DESC LIMIT 1"
+                ),
+                params![user, target, now.unix_timestamp()],
+                GrantRow::read,
+            )
+            .optional()?;
+        row.map(GrantRow::finish).transpose()
+    }
+
+    /// Grants still marked active whose end is at or before `now`.
+    pub fn grants_due(&self, now: OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        self.grant_rows(
+            &format!(
+                "SELECT {GRANT_COLUMNS} FROM grants
+                 WHERE state = 'active' AND ends_at <= ?1 ORDER BY ends_at"
+            ),
+            [now.unix_timestamp()],
+        )
+    }
+
+    /// Grants that stopped being active at or after `since`, however they ended.
+    pub fn grants_ended_since(&self, since: OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        self.grant_rows(
+            &format!(
+                "SELECT {GRANT_COLUMNS} FROM grants
+                 WHERE state != 'active' AND ended_at >= ?1 ORDER BY ended_at"
+            ),
+            [since.unix_timestamp()],
+        )
+    }
+
+    fn grant_rows(
+        &self,
+        sql: &str,
+        parameters: impl rusqlite::Params,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let mut statement = self.transaction.prepare(sql)?;
+        let rows = statement
+            .query_map(parameters, GrantRow::read)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(GrantRow::finish).collect()
+    }
+
+    /// Ends an active grant; returns false if it was no longer active.
+    pub fn end_grant(
+        &self,
+        id: &str,
+        state: GrantState,
+        at: OffsetDateTime,
+        revoked_by: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let changed = self.transaction.execute(
+            "UPDATE grants SET state = ?2, ended_at = ?3, revoked_by = ?4, revoke_reason = ?5
+             WHERE id = ?1 AND state = 'active'",
+            params![id, state.as_str(), at.unix_timestamp(), revoked_by, reason],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Appends `event` to the hash-chained audit log, inside this transaction.
+    pub fn append_audit(
+        &self,
+        event: &AuditEvent,
+        at: OffsetDateTime,
+    ) -> Result<AuditRecord, StoreError> {
+        let prev: Option<(i64, String)> = self
+            .transaction
+            .query_row(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let record = AuditRecord::chain(
+            prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+            new_id(IdKind::AuditEvent),
+            at,
+            event.entry(),
+        );
+        self.transaction.execute(
+            &format!(
+                "INSERT INTO audit_events ({AUDIT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                record.seq,
+                record.id,
+                record.ts.unix_timestamp(),
+                record.event_type,
+                record.actor,
+                record.target,
+                record.request_id,
+                record.grant_id,
+                record.session_id,
+                record.detail,
+                record.prev_hash,
+                record.hash,
+            ],
+        )?;
+        Ok(record)
+    }
+
+    /// The last `count` audit records, oldest first.
+    pub fn audit_tail(&self, count: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut statement = self.transaction.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM
+               (SELECT * FROM audit_events ORDER BY seq DESC LIMIT ?1) ORDER BY seq"
+        ))?;
+        let records = statement
+            .query_map([count], read_audit)?
+            .collect::<Result<Vec<_>, _>>()?;
+        records.into_iter().collect()
+    }
+
+    /// Visits every audit record in sequence order without loading the log into memory; stops at
+    /// the first `Err` the visitor returns.
+    pub fn audit_scan<E>(
+        &self,
+        mut visit: impl FnMut(AuditRecord) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let mut statement = self
+            .transaction
+            .prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq"))?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let record = read_audit(row)??;
+            if let Err(error) = visit(record) {
+                return Ok(Err(error));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Counts a failed authentication of `user` from `source`; returns the count in the current run.
+    pub fn record_failed_auth(
+        &self,
+        user: &str,
+        source: &str,
+        at: OffsetDateTime,
+    ) -> Result<u32, StoreError> {
+        let count: i64 = self.transaction.query_row(
+            "INSERT INTO failed_auth (user, source, count, first_at, last_at)
+             VALUES (?1, ?2, 1, ?3, ?3)
+             ON CONFLICT (user, source) DO UPDATE SET count = count + 1, last_at = excluded.last_at
+             RETURNING count",
+            params![user, source, at.unix_timestamp()],
+            |row| row.get(0),
+        )?;
+        Ok(count.clamp(0, u32::MAX as i64) as u32)
+    }
+
+    /// Forgets the failures of `user` from `source` after a success.
+    pub fn clear_failed_auth(&self, user: &str, source: &str) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "DELETE FROM failed_auth WHERE user = ?1 AND source = ?2",
+            params![user, source],
+        )?;
+        Ok(())
+    }
+}
+
+fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| StoreError::Corrupt {
+        column: "timestamp",
+        value: seconds.to_string(),
+    })
+}
+
+/// A `requests` row as stored, before its strings become typed values.
+struct RequestRow {
+    id: String,
+    requester: String,
+    target: String,
+    duration_seconds: i64,
+    reason: String,
+    state: String,
+    created_at: i64,
+    decided_at: Option<i64>,
+    decided_by: Option<String>,
+    decision_reason: Option<String>,
+    grant_id: Option<String>,
+}
+
+impl RequestRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<RequestRow> {
+        Ok(RequestRow {
+            id: row.get(0)?,
+            requester: row.get(1)?,
+            target: row.get(2)?,
+            duration_seconds: row.get(3)?,
+            reason: row.get(4)?,
+            state: row.get(5)?,
+            created_at: row.get(6)?,
+            decided_at: row.get(7)?,
+            decided_by: row.get(8)?,
+            decision_reason: row.get(9)?,
+            grant_id: row.get(10)?,
+        })
+    }
+}
+
+/// A `grants` row as stored.
+struct GrantRow {
+    id: String,
+    request_id: String,
+    user: String,
+    target: String,
+    state: String,
+    starts_at: i64,
+    ends_at: i64,
+    ended_at: Option<i64>,
+    revoked_by: Option<String>,
+    revoke_reason: Option<String>,
+}
+
+impl GrantRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<GrantRow> {
+        Ok(GrantRow {
+            id: row.get(0)?,
+            request_id: row.get(1)?,
+            user: row.get(2)?,
+            target: row.get(3)?,
+            state: row.get(4)?,
+            starts_at: row.get(5)?,
+            ends_at: row.get(6)?,
+            ended_at: row.get(7)?,
+            revoked_by: row.get(8)?,
+            revoke_reason: row.get(9)?,
+        })
+    }
+
+    fn finish(self) -> Result<Grant, StoreError> {
+        Ok(Grant {
+            state: GrantState::parse(&self.state).ok_or(StoreError::Corrupt {
+                column: "grants.state",
+                value: self.state.clone(),
+            })?,
+            starts_at: timestamp(self.starts_at)?,
+            ends_at: timestamp(self.ends_at)?,
+            ended_at: self.ended_at.map(timestamp).transpose()?,
+            id: self.id,
+            request_id: self.request_id,
+            user: self.user,
+            target: self.target,
+            revoked_by: self.revoked_by,
+            revoke_reason: self.revoke_reason,
+        })
+    }
+}
+
+fn read_audit(row: &Row<'_>) -> rusqlite::Result<Result<AuditRecord, StoreError>> {
+    let ts: i64 = row.get(2)?;
+    let record = AuditRecord {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        ts: OffsetDateTime::UNIX_EPOCH,
+        event_type: row.get(3)?,
+        actor: row.get(4)?,
+        target: row.get(5)?,
+        request_id: row.get(6)?,
+        grant_id: row.get(7)?,
+        session_id: row.get(8)?,
+        detail: row.get(9)?,
+        prev_hash: row.get(10)?,
+        hash: row.get(11)?,
+    };
+    Ok(timestamp(ts).map(|ts| AuditRecord { ts, ..record }))
+}

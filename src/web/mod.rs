@@ -1,0 +1,41 @@
+//! The HTTP listener: the only module that knows HTTP.
+//!
+//! For now it serves `GET /healthz`; Slack interactions and the review pages come in later issues
+//! and are routed here.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::access::Access;
+
+/// The router for the HTTP listener.
+pub fn router(access: Access) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(access)
+}
+
+/// 200 when the state database answers, 503 otherwise, so a load balancer stops sending engineers
+/// to a bastion that could not check a grant.
+async fn healthz(State(access): State<Access>) -> (StatusCode, Json<Value>) {
+    let store = access.store().clone();
+    let ping = tokio::task::spawn_blocking(move || store.ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ok" }))),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "health check: state database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "error": "state database unavailable" })),
+            )
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable" })),
+        ),
+    }
+}
