@@ -23,7 +23,11 @@ use crate::server::{Server, open_store};
 use crate::store::RequestFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "A privileged-access-management bastion")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A privileged-access-management bastion"
+)]
 pub struct Cli {
     /// The config file [default: config/portcullis.toml]
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG", value_name = "PATH")]
@@ -185,7 +189,10 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 Command::ClientKey => public.clone(),
                 _ => format!("{fingerprint}\n{public}"),
             };
-            output.print(json!({ "public_key": public, "fingerprint": fingerprint }), text);
+            output.print(
+                json!({ "public_key": public, "fingerprint": fingerprint }),
+                text,
+            );
             return Ok(Outcome::Success);
         }
         _ => {}
@@ -237,7 +244,9 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             command: AuditCommand::Verify,
         } => {
             let mut verifier = ChainVerifier::default();
-            let result = access.store().read(|tx| tx.audit_scan(|record| verifier.check(&record)))?;
+            let result = access
+                .store()
+                .read(|tx| tx.audit_scan(|record| verifier.check(&record)))?;
             match result {
                 Ok(()) => output.print(
                     json!({ "ok": true, "verified": verifier.verified() }),
@@ -368,7 +377,11 @@ impl<'a> ConfigSummary<'a> {
         ConfigSummary { config }
     }
 
-    fn names_with(&self, roles: &std::collections::BTreeSet<String>, except: &[&str]) -> Vec<String> {
+    fn names_with(
+        &self,
+        roles: &std::collections::BTreeSet<String>,
+        except: &[&str],
+    ) -> Vec<String> {
         self.config
             .users
             .iter()
@@ -427,7 +440,9 @@ impl<'a> ConfigSummary<'a> {
                 user.name.clone(),
                 join(&user.roles),
                 user.ssh_keys.len().to_string(),
-                user.slack_user_id.clone().unwrap_or_else(|| "-".to_string()),
+                user.slack_user_id
+                    .clone()
+                    .unwrap_or_else(|| "-".to_string()),
             ]);
         }
         text.push_str(&format!("\n{}\n", table(&users)));
@@ -459,7 +474,11 @@ fn join(set: &std::collections::BTreeSet<String>) -> String {
 }
 
 fn or_dash(text: String) -> String {
-    if text.is_empty() { "-".to_string() } else { text }
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text
+    }
 }
 
 /// Prints either the JSON object or the human text, never both.
@@ -541,7 +560,8 @@ pub fn grant_json(grant: &Grant) -> Value {
 }
 
 pub fn audit_json(record: &AuditRecord) -> Value {
-    let detail: Value = serde_json::from_str(&record.detail).unwrap_or(Value::String(record.detail.clone()));
+    let detail: Value =
+        serde_json::from_str(&record.detail).unwrap_or(Value::String(record.detail.clone()));
     json!({
         "seq": record.seq,
         "id": record.id,
@@ -563,9 +583,19 @@ fn requests_table(requests: &[AccessRequest]) -> String {
         return "no requests".to_string();
     }
     let mut rows = vec![
-        ["ID", "REQUESTER", "TARGET", "STATE", "FOR", "CREATED", "APPROVALS", "GRANT", "REASON"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "ID",
+            "REQUESTER",
+            "TARGET",
+            "STATE",
+            "FOR",
+            "CREATED",
+            "APPROVALS",
+            "GRANT",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for request in requests {
         rows.push(vec![
@@ -595,9 +625,18 @@ fn grants_table(grants: &[Grant]) -> String {
         return "no grants".to_string();
     }
     let mut rows = vec![
-        ["ID", "USER", "TARGET", "STATE", "STARTS", "ENDS", "REQUEST", "REVOKED BY"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "ID",
+            "USER",
+            "TARGET",
+            "STATE",
+            "STARTS",
+            "ENDS",
+            "REQUEST",
+            "REVOKED BY",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for grant in grants {
         rows.push(vec![
@@ -619,9 +658,11 @@ fn audit_table(records: &[AuditRecord]) -> String {
         return "no events".to_string();
     }
     let mut rows = vec![
-        ["SEQ", "TIME", "TYPE", "ACTOR", "TARGET", "REQUEST", "GRANT", "DETAIL"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "SEQ", "TIME", "TYPE", "ACTOR", "TARGET", "REQUEST", "GRANT", "DETAIL",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     let dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_string());
     for record in records {

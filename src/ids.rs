@@ -60,7 +60,12 @@ mod tests {
 
     #[test]
     fn ids_have_their_prefix_and_alphabet() {
-        for kind in [IdKind::Request, IdKind::Grant, IdKind::Session, IdKind::AuditEvent] {
+        for kind in [
+            IdKind::Request,
+            IdKind::Grant,
+            IdKind::Session,
+            IdKind::AuditEvent,
+        ] {
             let id = new_id(kind);
             assert!(is_id(kind, &id), "{id}");
         }

@@ -20,11 +20,17 @@ pub const CLIENT_KEY_FILE: &str = "client_ed25519_key";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key {path} is not an OpenSSH private key: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("cannot write key {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode a new key: {0}")]
     Encode(String),
 }
@@ -106,9 +112,8 @@ mod tests {
         let second = load_or_create(&path, "portcullis")?;
         assert_eq!(public_line(&first), public_line(&second));
         assert!(public_line(&first).starts_with("ssh-ed25519 "));
-        let mode = std::fs::metadata(&path).map(|meta| {
-            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
-        });
+        let mode = std::fs::metadata(&path)
+            .map(|meta| std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777);
         assert_eq!(mode.ok(), Some(0o600));
         Ok(())
     }

@@ -48,7 +48,10 @@ pub enum SecretError {
     #[error("environment variable {0} is empty")]
     EnvEmpty(String),
     #[error("cannot read secret file {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("secret file {0} is empty")]
     FileEmpty(PathBuf),
 }

@@ -87,7 +87,10 @@ pub enum Approved {
         required: u32,
     },
     /// The last approval needed: the request is approved and this grant is active.
-    Granted { request: AccessRequest, grant: Grant },
+    Granted {
+        request: AccessRequest,
+        grant: Grant,
+    },
 }
 
 /// What one run of the expiry task changed.
@@ -111,7 +114,10 @@ pub struct Access {
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Access").field("store", &self.store).finish()
+        formatter
+            .debug_struct("Access")
+            .field("store", &self.store)
+            .finish()
     }
 }
 
@@ -240,7 +246,9 @@ impl Access {
         let outcome: Decided<Approved> = self.store.write(|tx| {
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
-                Err(refusal) => return self.refuse_decision(tx, approver, request_id, None, refusal, now),
+                Err(refusal) => {
+                    return self.refuse_decision(tx, approver, request_id, None, refusal, now);
+                }
             };
             let target = match self.check_approver(approver, &request) {
                 Ok(target) => target,
@@ -337,7 +345,9 @@ impl Access {
         let outcome: Decided<AccessRequest> = self.store.write(|tx| {
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
-                Err(refusal) => return self.refuse_decision(tx, approver, request_id, None, refusal, now),
+                Err(refusal) => {
+                    return self.refuse_decision(tx, approver, request_id, None, refusal, now);
+                }
             };
             let checked = self
                 .check_approver(approver, &request)
@@ -377,7 +387,9 @@ impl Access {
         let outcome: Decided<AccessRequest> = self.store.write(|tx| {
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
-                Err(refusal) => return self.refuse_decision(tx, requester, request_id, None, refusal, now),
+                Err(refusal) => {
+                    return self.refuse_decision(tx, requester, request_id, None, refusal, now);
+                }
             };
             if request.requester != requester {
                 let refusal = AccessError::NotRequester {
@@ -387,7 +399,14 @@ impl Access {
                 let target = Some(request.target.clone());
                 return self.refuse_decision(tx, requester, request_id, target, refusal, now);
             }
-            tx.decide_request(&request.id, RequestState::Cancelled, now, requester, None, None)?;
+            tx.decide_request(
+                &request.id,
+                RequestState::Cancelled,
+                now,
+                requester,
+                None,
+                None,
+            )?;
             tx.append_audit(
                 &AuditEvent::Cancelled {
                     request_id: request.id.clone(),
@@ -403,7 +422,12 @@ impl Access {
 
     /// Ends an active grant at once. Users may revoke their own grants and the grants of targets
     /// they approve; the operator on the bastion host may revoke any.
-    pub fn revoke(&self, actor: &Actor, grant_id: &str, reason: &str) -> Result<Grant, AccessError> {
+    pub fn revoke(
+        &self,
+        actor: &Actor,
+        grant_id: &str,
+        reason: &str,
+    ) -> Result<Grant, AccessError> {
         let now = self.now();
         let outcome: Decided<Grant> = self.store.write(|tx| {
             let refuse = |refusal: AccessError| -> Decided<Grant> {
@@ -438,7 +462,10 @@ impl Access {
                 });
             }
             if let Actor::User(name) = actor {
-                let approver = self.config.user(name).zip(self.config.target(&grant.target));
+                let approver = self
+                    .config
+                    .user(name)
+                    .zip(self.config.target(&grant.target));
                 let allowed = *name == grant.user
                     || approver.is_some_and(|(user, target)| policy::is_approver(user, target));
                 if !allowed {
@@ -450,7 +477,13 @@ impl Access {
                 }
             }
             let label = actor.label();
-            tx.end_grant(&grant.id, GrantState::Revoked, now, Some(&label), Some(&reason))?;
+            tx.end_grant(
+                &grant.id,
+                GrantState::Revoked,
+                now,
+                Some(&label),
+                Some(&reason),
+            )?;
             tx.append_audit(
                 &AuditEvent::Revoked {
                     grant_id: grant.id.clone(),
@@ -604,7 +637,11 @@ impl Access {
     }
 
     /// Checks that `approver` may decide `request`, returning its target.
-    fn check_approver(&self, approver: &str, request: &AccessRequest) -> Result<&Target, AccessError> {
+    fn check_approver(
+        &self,
+        approver: &str,
+        request: &AccessRequest,
+    ) -> Result<&Target, AccessError> {
         let target = self
             .config
             .target(&request.target)
@@ -622,7 +659,11 @@ impl Access {
                 target: request.target.clone(),
             });
         }
-        if request.approvals.iter().any(|approval| approval.approver == approver) {
+        if request
+            .approvals
+            .iter()
+            .any(|approval| approval.approver == approver)
+        {
             return Err(AccessError::AlreadyApproved {
                 user: approver.to_string(),
                 id: request.id.clone(),
@@ -672,7 +713,12 @@ impl Access {
         Ok(())
     }
 
-    fn expire_grant(&self, tx: &Tx<'_>, grant: &Grant, now: OffsetDateTime) -> Result<(), StoreError> {
+    fn expire_grant(
+        &self,
+        tx: &Tx<'_>,
+        grant: &Grant,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         // The grant ended at its end time, even if the sweep notices it later.
         let ended_at = grant.ends_at.min(now);
         if tx.end_grant(&grant.id, GrantState::Expired, ended_at, None, None)? {

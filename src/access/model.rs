@@ -68,7 +68,9 @@ impl GrantState {
     }
 
     pub fn parse(text: &str) -> Option<GrantState> {
-        GrantState::ALL.into_iter().find(|state| state.as_str() == text)
+        GrantState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 }
 

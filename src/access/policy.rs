@@ -17,7 +17,11 @@ pub fn is_approver(user: &User, target: &Target) -> bool {
 }
 
 /// The users who could approve a request by `requester` for `target`, for notifications.
-pub fn eligible_approvers<'a>(config: &'a Config, target: &Target, requester: &str) -> Vec<&'a User> {
+pub fn eligible_approvers<'a>(
+    config: &'a Config,
+    target: &Target,
+    requester: &str,
+) -> Vec<&'a User> {
     config
         .users
         .iter()

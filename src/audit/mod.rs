@@ -148,8 +148,7 @@ impl AuditEvent {
                 entry.actor = Some(requester.clone());
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
-                entry.detail =
-                    json!({ "duration_seconds": duration.as_secs(), "reason": reason });
+                entry.detail = json!({ "duration_seconds": duration.as_secs(), "reason": reason });
             }
             AuditEvent::RequestRefused {
                 requester,
@@ -374,9 +373,9 @@ pub enum ChainError {
 impl ChainError {
     pub fn seq(&self) -> i64 {
         match self {
-            ChainError::Gap { seq, .. } | ChainError::PrevHash { seq } | ChainError::Hash { seq } => {
-                *seq
-            }
+            ChainError::Gap { seq, .. }
+            | ChainError::PrevHash { seq }
+            | ChainError::Hash { seq } => *seq,
         }
     }
 }
@@ -429,7 +428,9 @@ mod tests {
     fn chain_of(count: usize) -> Vec<AuditRecord> {
         let mut records: Vec<AuditRecord> = Vec::new();
         for index in 0..count {
-            let prev = records.last().map(|record| (record.seq, record.hash.as_str()));
+            let prev = records
+                .last()
+                .map(|record| (record.seq, record.hash.as_str()));
             let event = AuditEvent::Cancelled {
                 request_id: format!("r-{index}"),
                 requester: "alice".to_string(),

@@ -17,7 +17,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut next_unit = 0;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
         if digits == 0 {
             return Err(invalid());
         }
@@ -73,14 +75,29 @@ mod tests {
             ("90m", 5_400),
         ];
         for (text, seconds) in cases {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(seconds)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn refuses_everything_else() {
         for text in [
-            "", "9x", "h", "1", "1h1h", "30m1h", "-1h", "1.5h", "0s", "0h0m", "1 h", "99999999999999999999d",
+            "",
+            "9x",
+            "h",
+            "1",
+            "1h1h",
+            "30m1h",
+            "-1h",
+            "1.5h",
+            "0s",
+            "0h0m",
+            "1 h",
+            "99999999999999999999d",
         ] {
             assert!(parse_duration(text).is_err(), "{text:?} should be refused");
         }

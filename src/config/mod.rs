@@ -175,11 +175,17 @@ pub struct SlackConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", .problems.len(), Problems(.problems))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 struct Problems<'a>(&'a [String]);
@@ -216,11 +222,11 @@ impl Config {
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: one_line(&error.to_string()),
+            message: toml_message(text, &error),
         })?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let key = error.path().to_string();
-            let message = one_line(&error.inner().to_string());
+            let message = toml_message(text, error.inner());
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: if key.is_empty() || key == "." {
@@ -255,9 +261,9 @@ impl Config {
 
     /// The longest access `target` may be granted for: the smaller of its own and the global cap.
     pub fn max_duration_for(&self, target: &Target) -> Duration {
-        target
-            .max_duration
-            .map_or(self.access.max_duration, |own| own.min(self.access.max_duration))
+        target.max_duration.map_or(self.access.max_duration, |own| {
+            own.min(self.access.max_duration)
+        })
     }
 
     /// Every secret source the config names, with its key path, for `check-config`.
@@ -267,20 +273,32 @@ impl Config {
             match &target.kind {
                 TargetKind::Ssh(ssh) => {
                     if let SshCredential::Password(source) = &ssh.credential {
-                        sources.push((format!("targets[{index}].password"), source));
+                        sources.push((
+                            secret_key(&format!("targets[{index}].password"), source),
+                            source,
+                        ));
                     }
                 }
                 TargetKind::Postgres(postgres) => {
                     if let Some(source) = &postgres.password {
-                        sources.push((format!("targets[{index}].password"), source));
+                        sources.push((
+                            secret_key(&format!("targets[{index}].password"), source),
+                            source,
+                        ));
                     }
                 }
                 TargetKind::Container(_) => {}
             }
         }
         if let Some(slack) = &self.slack {
-            sources.push(("slack.bot_token".to_string(), &slack.bot_token));
-            sources.push(("slack.signing_secret".to_string(), &slack.signing_secret));
+            sources.push((
+                secret_key("slack.bot_token", &slack.bot_token),
+                &slack.bot_token,
+            ));
+            sources.push((
+                secret_key("slack.signing_secret", &slack.signing_secret),
+                &slack.signing_secret,
+            ));
         }
         sources
     }
@@ -310,8 +328,28 @@ impl Config {
     }
 }
 
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The key that named a secret: `prefix_env` or `prefix_file`.
+fn secret_key(prefix: &str, source: &SecretSource) -> String {
+    match source {
+        SecretSource::Env(_) => format!("{prefix}_env"),
+        SecretSource::File(_) => format!("{prefix}_file"),
+    }
+}
+
+/// A TOML error as one line: its message and where it is, without the quoted source.
+fn toml_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{message} (line {line})")
+        }
+        None => message,
+    }
 }
 
 /// Names of users, targets and roles: they appear in SSH logins (`alice+web-1`), ids and messages,
@@ -322,7 +360,10 @@ fn is_valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 struct Validator {
@@ -366,7 +407,10 @@ impl Validator {
     fn socket(&mut self, key: &str, value: Option<String>, default: &str) -> SocketAddr {
         let text = value.unwrap_or_else(|| default.to_string());
         text.parse().unwrap_or_else(|_| {
-            self.problem(key, format!("{text:?} is not a socket address (like 127.0.0.1:2222)"));
+            self.problem(
+                key,
+                format!("{text:?} is not a socket address (like 127.0.0.1:2222)"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -383,8 +427,11 @@ impl Validator {
 
     fn server(&mut self, raw: RawServer) -> ServerConfig {
         let ssh_listen = self.socket("server.ssh_listen", raw.ssh_listen, "127.0.0.1:2222");
-        let postgres_listen =
-            self.socket("server.postgres_listen", raw.postgres_listen, "127.0.0.1:6432");
+        let postgres_listen = self.socket(
+            "server.postgres_listen",
+            raw.postgres_listen,
+            "127.0.0.1:6432",
+        );
         let http_listen = self.socket("server.http_listen", raw.http_listen, "127.0.0.1:8080");
         let public_url = raw
             .public_url
@@ -479,7 +526,10 @@ impl Validator {
                     format!("{name:?} is not a role declared in [roles]"),
                 );
             } else if !set.insert(name.clone()) {
-                self.problem(format!("{key}[{index}]"), format!("{name:?} is listed twice"));
+                self.problem(
+                    format!("{key}[{index}]"),
+                    format!("{name:?} is listed twice"),
+                );
             }
         }
         set
@@ -576,8 +626,11 @@ impl Validator {
                     format!("{:?} is a duplicate target name", target.name),
                 );
             }
-            let requestable_by =
-                self.role_refs(&format!("{key}.requestable_by"), target.requestable_by.clone(), roles);
+            let requestable_by = self.role_refs(
+                &format!("{key}.requestable_by"),
+                target.requestable_by.clone(),
+                roles,
+            );
             let approvers =
                 self.role_refs(&format!("{key}.approvers"), target.approvers.clone(), roles);
             if approvers.is_empty() {
@@ -597,32 +650,34 @@ impl Validator {
                     1
                 }
             };
-            let max_duration = target.max_duration.clone().and_then(|text| {
-                match parse_duration(&text) {
-                    Ok(duration) if duration > access.max_duration => {
-                        self.problem(
-                            format!("{key}.max_duration"),
-                            format!(
-                                "{text:?} exceeds access.max_duration ({})",
-                                format_duration(access.max_duration)
-                            ),
-                        );
-                        None
-                    }
-                    Ok(duration) if duration < MIN_REQUEST_DURATION => {
-                        self.problem(
-                            format!("{key}.max_duration"),
-                            format!("{text:?} is shorter than the 1m minimum request"),
-                        );
-                        None
-                    }
-                    Ok(duration) => Some(duration),
-                    Err(message) => {
-                        self.problem(format!("{key}.max_duration"), message);
-                        None
-                    }
-                }
-            });
+            let max_duration =
+                target
+                    .max_duration
+                    .clone()
+                    .and_then(|text| match parse_duration(&text) {
+                        Ok(duration) if duration > access.max_duration => {
+                            self.problem(
+                                format!("{key}.max_duration"),
+                                format!(
+                                    "{text:?} exceeds access.max_duration ({})",
+                                    format_duration(access.max_duration)
+                                ),
+                            );
+                            None
+                        }
+                        Ok(duration) if duration < MIN_REQUEST_DURATION => {
+                            self.problem(
+                                format!("{key}.max_duration"),
+                                format!("{text:?} is shorter than the 1m minimum request"),
+                            );
+                            None
+                        }
+                        Ok(duration) => Some(duration),
+                        Err(message) => {
+                            self.problem(format!("{key}.max_duration"), message);
+                            None
+                        }
+                    });
             let kind = self.target_kind(&key, &target, &ssh_names);
             targets.push(Target {
                 name: target.name,
@@ -662,7 +717,10 @@ impl Validator {
                 ("host", target.host.is_some()),
                 ("container", target.container.is_some()),
                 ("runtime", target.runtime.is_some()),
-                ("allow_port_forwarding", target.allow_port_forwarding.is_some()),
+                (
+                    "allow_port_forwarding",
+                    target.allow_port_forwarding.is_some(),
+                ),
                 ("record_input", target.record_input.is_some()),
             ],
             "container" => &[
@@ -676,7 +734,10 @@ impl Validator {
                 ("known_hosts_file", target.known_hosts_file.is_some()),
                 ("tls", target.tls.is_some()),
                 ("ca_file", target.ca_file.is_some()),
-                ("allow_port_forwarding", target.allow_port_forwarding.is_some()),
+                (
+                    "allow_port_forwarding",
+                    target.allow_port_forwarding.is_some(),
+                ),
                 ("record_parameters", target.record_parameters.is_some()),
             ],
             _ => &[],
@@ -906,7 +967,9 @@ impl Validator {
             _ => {
                 self.problem(
                     format!("slack.{key}_env"),
-                    format!("one of {key}_env or {key}_file is required (secrets are never inline)"),
+                    format!(
+                        "one of {key}_env or {key}_file is required (secrets are never inline)"
+                    ),
                 );
                 SecretSource::Env(String::new())
             }
@@ -927,7 +990,10 @@ impl Validator {
             .api_url
             .unwrap_or_else(|| "https://slack.com/api".to_string());
         if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-            self.problem("slack.api_url", format!("{api_url:?} is not an http(s) URL"));
+            self.problem(
+                "slack.api_url",
+                format!("{api_url:?} is not an http(s) URL"),
+            );
         }
         SlackConfig {
             bot_token,

@@ -45,7 +45,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Store").field("path", &self.path).finish()
+        formatter
+            .debug_struct("Store")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -63,7 +66,11 @@ impl Store {
             .append(true)
             .mode(0o600)
             .open(path)
-            .map_err(|error| open_error(rusqlite::Error::InvalidPath(format!("{}: {error}", path.display()).into())))?;
+            .map_err(|error| {
+                open_error(rusqlite::Error::InvalidPath(
+                    format!("{}: {error}", path.display()).into(),
+                ))
+            })?;
         let mut connection = Connection::open(path).map_err(open_error)?;
         connection
             .busy_timeout(Duration::from_secs(10))
@@ -308,7 +315,14 @@ impl Tx<'_> {
             "UPDATE requests SET state = ?2, decided_at = ?3, decided_by = ?4,
                  decision_reason = ?5, grant_id = ?6
              WHERE id = ?1 AND state = 'pending'",
-            params![id, state.as_str(), at.unix_timestamp(), by, reason, grant_id],
+            params![
+                id,
+                state.as_str(),
+                at.unix_timestamp(),
+                by,
+                reason,
+                grant_id
+            ],
         )?;
         Ok(changed == 1)
     }
@@ -493,9 +507,9 @@ impl Tx<'_> {
         &self,
         mut visit: impl FnMut(AuditRecord) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
-        let mut statement = self
-            .transaction
-            .prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq"))?;
+        let mut statement = self.transaction.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq"
+        ))?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let record = read_audit(row)??;
