@@ -83,15 +83,12 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut http_shutdown = shutdown_rx.clone();
-        let router = web::router(access.clone());
+        let web_access = access.clone();
         tasks.push(tokio::spawn(async move {
             let graceful = async move {
                 let _ = http_shutdown.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = axum::serve(http, router)
-                .with_graceful_shutdown(graceful)
-                .await
-            {
+            if let Err(error) = web::serve(http, web_access, graceful).await {
                 tracing::error!(%error, "http listener failed");
             }
         }));

@@ -1,6 +1,9 @@
 //! Proves the test harness: the real `sshd` and PostgreSQL it starts accept direct connections
 //! from the real clients, with the authentication they are configured for.
 
+// Tests fail by panicking; the no-panic rule is for code that handles network input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use support::{Postgres, Sshd, run};
@@ -17,7 +20,14 @@ fn sshd_accepts_the_harness_key_and_pins_its_host_key() {
     let (stranger, _) = support::ssh_keygen(other.path(), "stranger");
     let ssh = support::require_binary("ssh", &[], "openssh-client");
     let (code, _, stderr) = run(std::process::Command::new(ssh)
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", sshd.known_hosts.display()))
         .arg("-i")
@@ -44,5 +54,8 @@ fn postgres_accepts_scram_logins_and_refuses_a_wrong_password() {
         .arg(wrong)
         .args(["-X", "-c", "SELECT 1"]));
     assert_ne!(code, 0);
-    assert!(stderr.contains("password authentication failed"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
 }

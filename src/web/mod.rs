@@ -12,6 +12,17 @@ use serde_json::{Value, json};
 
 use crate::access::Access;
 
+/// Serves HTTP on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    access: Access,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(access))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// The router for the HTTP listener.
 pub fn router(access: Access) -> Router {
     Router::new()

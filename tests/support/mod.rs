@@ -235,7 +235,14 @@ impl Sshd {
         let ssh = require_binary("ssh", &[], "openssh-client");
         let mut command = Command::new(ssh);
         command
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .arg("-i")
@@ -280,7 +287,7 @@ impl Postgres {
         // The server's tools live together; resolve links (some images link initdb into PATH).
         let initdb = initdb.canonicalize().unwrap_or(initdb);
         let bin = initdb.parent().map(Path::to_path_buf).unwrap_or_default();
-        let postgres = require_binary("postgres", &[bin.clone()], "postgresql");
+        let postgres = require_binary("postgres", std::slice::from_ref(&bin), "postgresql");
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as_postgres = is_root();
         if run_as_postgres {
@@ -300,7 +307,14 @@ impl Postgres {
             as_postgres(&initdb, run_as_postgres)
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ])
                 .arg(format!("--pwfile={}", password_file.display())),
         );
         for _attempt in 0..5 {
@@ -352,12 +366,16 @@ impl Postgres {
 
     /// Runs SQL with `psql` as the superuser; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
-        let psql = require_binary("psql", &[self.bin.clone()], "postgresql-client");
-        let output = run_checked(
-            Command::new(psql)
-                .arg(self.url("postgres"))
-                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-        );
+        let psql = require_binary("psql", std::slice::from_ref(&self.bin), "postgresql-client");
+        let output = run_checked(Command::new(psql).arg(self.url("postgres")).args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]));
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 }
@@ -390,7 +408,7 @@ fn postgres_bin_dirs() -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     dirs.into_iter().map(|(_, dir)| dir).collect()
 }
 
@@ -416,7 +434,12 @@ fn as_postgres(program: &Path, switch: bool) -> Command {
     if switch {
         let mut command = Command::new("setpriv");
         command
-            .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
             .arg(program);
         command
     } else {
