@@ -20,6 +20,7 @@ use crate::audit::AuditEvent;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::keys;
+use crate::ssh;
 use crate::store::Store;
 use crate::web;
 
@@ -47,6 +48,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// A running bastion.
 pub struct Server {
     pub http_addr: SocketAddr,
+    pub ssh_addr: SocketAddr,
     pub access: Access,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -80,6 +82,12 @@ impl Server {
         let http_addr = http.local_addr()?;
         tracing::info!(address = %http_addr, "http listening");
 
+        let ssh = tokio::net::TcpListener::bind(config.server.ssh_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (ssh)", config.server.ssh_listen))?;
+        let ssh_addr = ssh.local_addr()?;
+        tracing::info!(address = %ssh_addr, "ssh listening");
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut http_shutdown = shutdown_rx.clone();
@@ -92,9 +100,20 @@ impl Server {
                 tracing::error!(%error, "http listener failed");
             }
         }));
+        let mut ssh_shutdown = shutdown_rx.clone();
+        let ssh_access = access.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = ssh_shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = ssh::serve(ssh, ssh_access, host_key, stop).await {
+                tracing::error!(%error, "ssh listener failed");
+            }
+        }));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,
+            ssh_addr,
             access,
             shutdown,
             tasks,

@@ -49,6 +49,8 @@ pub enum AccessError {
         max: String,
         target: String,
     },
+    #[error("{0}")]
+    BadDuration(String),
     #[error("{0} is shorter than the 1m minimum")]
     TooShort(String),
     #[error("no request {0}")]
@@ -511,6 +513,57 @@ impl Access {
     pub fn record(&self, event: &AuditEvent) -> Result<(), AccessError> {
         let now = self.now();
         self.store.write(|tx| tx.append_audit(event, now))?;
+        Ok(())
+    }
+
+    /// Audits and counts a failed authentication of `user` from `source` (the counter feeds the
+    /// lockout of a later issue). Returns how many failures in a row that source has now.
+    pub fn record_auth_failure(
+        &self,
+        user: &str,
+        source: &str,
+        protocol: &'static str,
+        why: &str,
+    ) -> Result<u32, AccessError> {
+        let now = self.now();
+        let count = self.store.write(|tx| {
+            let count = tx.record_failed_auth(user, source, now)?;
+            tx.append_audit(
+                &AuditEvent::AuthFailed {
+                    user: user.to_string(),
+                    source: source.to_string(),
+                    protocol,
+                    why: why.to_string(),
+                    failures: count,
+                },
+                now,
+            )?;
+            Ok(count)
+        })?;
+        Ok(count)
+    }
+
+    /// Audits a successful login and resets the failure counter of that user and source.
+    pub fn record_login(
+        &self,
+        user: &str,
+        source: &str,
+        protocol: &'static str,
+        target: Option<&str>,
+    ) -> Result<(), AccessError> {
+        let now = self.now();
+        self.store.write(|tx| {
+            tx.clear_failed_auth(user, source)?;
+            tx.append_audit(
+                &AuditEvent::LoggedIn {
+                    user: user.to_string(),
+                    source: source.to_string(),
+                    protocol,
+                    target: target.map(str::to_string),
+                },
+                now,
+            )
+        })?;
         Ok(())
     }
 

@@ -108,6 +108,26 @@ pub enum AuditEvent {
         user: String,
         target: String,
     },
+    AuthFailed {
+        user: String,
+        source: String,
+        protocol: &'static str,
+        why: String,
+        failures: u32,
+    },
+    LoggedIn {
+        user: String,
+        source: String,
+        protocol: &'static str,
+        target: Option<String>,
+    },
+    /// A connection to a target refused before it reached the target (no grant, unknown target).
+    SessionRefused {
+        user: String,
+        target: String,
+        source: String,
+        why: String,
+    },
     ServerStarted {
         version: String,
     },
@@ -260,6 +280,37 @@ impl AuditEvent {
                 entry.grant_id = Some(grant_id.clone());
                 entry.detail = json!({ "user": user });
             }
+            AuditEvent::AuthFailed {
+                user,
+                source,
+                protocol,
+                why,
+                failures,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.detail = json!({ "source": source, "protocol": protocol, "why": why,
+                    "failures": failures });
+            }
+            AuditEvent::LoggedIn {
+                user,
+                source,
+                protocol,
+                target,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = target.clone();
+                entry.detail = json!({ "source": source, "protocol": protocol });
+            }
+            AuditEvent::SessionRefused {
+                user,
+                target,
+                source,
+                why,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.detail = json!({ "source": source, "why": why });
+            }
             AuditEvent::ServerStarted { version } => {
                 entry.actor = Some(Actor::System.label());
                 entry.detail = json!({ "version": version });
@@ -285,6 +336,9 @@ impl AuditEvent {
             AuditEvent::Revoked { .. } => "revoked",
             AuditEvent::RevokeRefused { .. } => "revoke_refused",
             AuditEvent::GrantExpired { .. } => "grant_expired",
+            AuditEvent::AuthFailed { .. } => "auth_failed",
+            AuditEvent::LoggedIn { .. } => "logged_in",
+            AuditEvent::SessionRefused { .. } => "session_refused",
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
         }

@@ -1,0 +1,408 @@
+//! The bastion's command interface for engineers and leaders: `targets`, `request`, `status`,
+//! `cancel`, `grants`, `approve`, `deny`, `pending`, `revoke`, `help` (issue #3).
+//!
+//! Protocol-blind: the SSH front end hands over an authenticated user name and the words of the
+//! command line and writes back what this returns; a Slack slash command can do the same. Every
+//! decision goes through `Access`, so the rules (no self-approval, approver role required) are the
+//! same as on every other path. Exit codes: 0 success, 1 refused, 2 usage error. With `--json`,
+//! stdout carries exactly one JSON object.
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::access::model::{AccessRequest, Grant, RequestState};
+use crate::access::{Access, AccessError, Approved, policy};
+use crate::audit::Actor;
+use crate::clock::rfc3339;
+use crate::config::{format_duration, parse_duration};
+use crate::store::RequestFilter;
+use crate::views::{grant_json, request_json};
+
+/// What a command prints and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: u32,
+}
+
+impl CommandOutput {
+    fn success(stdout: String) -> Self {
+        CommandOutput {
+            stdout,
+            stderr: String::new(),
+            exit_code: 0,
+        }
+    }
+
+    fn refused(message: String, json: bool) -> Self {
+        CommandOutput {
+            stdout: if json {
+                format!("{}\n", json!({ "error": message }))
+            } else {
+                String::new()
+            },
+            stderr: format!("error: {message}\n"),
+            exit_code: 1,
+        }
+    }
+
+    fn usage(message: String) -> Self {
+        CommandOutput {
+            stdout: String::new(),
+            stderr: message,
+            exit_code: 2,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    no_binary_name = true,
+    disable_version_flag = true,
+    about = "Request, approve and inspect production access"
+)]
+struct CommandLine {
+    /// Print one JSON object
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Targets you may request, and your access to each now
+    Targets,
+    /// Ask for access to a target
+    Request {
+        target: String,
+        /// How long, like 30m, 1h, 2h30m (default: the configured default)
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why you need access (a ticket id helps the approvers)
+        #[arg(long)]
+        reason: String,
+    },
+    /// Your requests, or one request
+    Status { request: Option<String> },
+    /// Withdraw your pending request
+    Cancel { request: String },
+    /// Your grants that are active now
+    Grants,
+    /// Approve a request (approvers only; never your own)
+    Approve { request: String },
+    /// Deny a request (approvers only)
+    Deny {
+        request: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Requests waiting for your decision
+    Pending,
+    /// End a grant at once (its holder, or an approver of its target)
+    Revoke {
+        grant: String,
+        #[arg(long, default_value = "revoked over ssh")]
+        reason: String,
+    },
+}
+
+/// Parses a command line as typed after `ssh alice@bastion` and runs it as `user`.
+pub fn run_line(access: &Access, user: &str, line: &str) -> CommandOutput {
+    match shell_words::split(line) {
+        Ok(words) => run(access, user, &words),
+        Err(error) => CommandOutput::usage(format!("error: cannot parse the command: {error}\n")),
+    }
+}
+
+/// Runs one command as the authenticated `user`.
+pub fn run(access: &Access, user: &str, words: &[String]) -> CommandOutput {
+    let line = match CommandLine::try_parse_from(words) {
+        Ok(line) => line,
+        Err(error) => {
+            let text = error.render().to_string();
+            return match error.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    CommandOutput::success(text)
+                }
+                _ => CommandOutput::usage(text),
+            };
+        }
+    };
+    let json = line.json;
+    match execute(access, user, line.command) {
+        Ok((value, text)) => CommandOutput::success(if json {
+            format!("{value}\n")
+        } else {
+            format!("{text}\n")
+        }),
+        Err(AccessError::Store(error)) => {
+            tracing::error!(%error, "command failed on the state database");
+            CommandOutput::refused(
+                "the bastion could not reach its state; nothing was changed".to_string(),
+                json,
+            )
+        }
+        Err(refusal) => CommandOutput::refused(refusal.to_string(), json),
+    }
+}
+
+fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, String), AccessError> {
+    match command {
+        Command::Targets => targets(access, user),
+        Command::Request {
+            target,
+            duration,
+            reason,
+        } => {
+            let duration = match duration.as_deref().map(parse_duration) {
+                None => None,
+                Some(Ok(duration)) => Some(duration),
+                Some(Err(message)) => return Err(AccessError::BadDuration(message)),
+            };
+            let request = access.request(user, &target, duration, &reason)?;
+            let approvers = access
+                .config()
+                .target(&target)
+                .map(|target| policy::eligible_approvers(access.config(), target, user))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|approver| approver.name.clone())
+                .collect::<Vec<_>>();
+            let mut value = request_json(&request);
+            value["approvers"] = json!(approvers);
+            let text = format!(
+                "request {} filed: {} for {} ({})\nwaiting for approval by one of: {}\n\
+                 check with: status {}",
+                request.id,
+                request.target,
+                format_duration(request.duration),
+                request.reason,
+                approvers.join(", "),
+                request.id
+            );
+            Ok((value, text))
+        }
+        Command::Status { request: Some(id) } => {
+            let request = visible_request(access, user, &id)?;
+            Ok((request_json(&request), describe_request(&request)))
+        }
+        Command::Status { request: None } => {
+            let requests: Vec<AccessRequest> = access
+                .requests(RequestFilter {
+                    pending_only: false,
+                    limit: Some(200),
+                })?
+                .into_iter()
+                .filter(|request| request.requester == user)
+                .take(20)
+                .collect();
+            let text = if requests.is_empty() {
+                "no requests".to_string()
+            } else {
+                requests
+                    .iter()
+                    .map(describe_request)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok((
+                json!({ "requests": requests.iter().map(request_json).collect::<Vec<_>>() }),
+                text,
+            ))
+        }
+        Command::Cancel { request } => {
+            let request = access.cancel(user, &request)?;
+            Ok((
+                request_json(&request),
+                format!("request {} cancelled", request.id),
+            ))
+        }
+        Command::Grants => {
+            let grants: Vec<Grant> = access
+                .grants(true, None)?
+                .into_iter()
+                .filter(|grant| grant.user == user)
+                .collect();
+            let text = if grants.is_empty() {
+                "no active grants".to_string()
+            } else {
+                grants
+                    .iter()
+                    .map(|grant| {
+                        format!(
+                            "{}  {}  until {}",
+                            grant.id,
+                            grant.target,
+                            rfc3339(grant.ends_at)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok((
+                json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() }),
+                text,
+            ))
+        }
+        Command::Approve { request } => match access.approve(user, &request)? {
+            Approved::Waiting {
+                request,
+                approvals,
+                required,
+            } => Ok((
+                request_json(&request),
+                format!(
+                    "approved {}: {approvals} of {required} approvals",
+                    request.id
+                ),
+            )),
+            Approved::Granted { request, grant } => {
+                let mut value = request_json(&request);
+                value["grant"] = grant_json(&grant);
+                let text = format!(
+                    "approved {}: {} may reach {} until {} (grant {})",
+                    request.id,
+                    grant.user,
+                    grant.target,
+                    rfc3339(grant.ends_at),
+                    grant.id
+                );
+                Ok((value, text))
+            }
+        },
+        Command::Deny { request, reason } => {
+            let request = access.deny(user, &request, &reason)?;
+            Ok((request_json(&request), format!("denied {}", request.id)))
+        }
+        Command::Pending => {
+            let config = access.config();
+            let decidable: Vec<AccessRequest> = access
+                .requests(RequestFilter {
+                    pending_only: true,
+                    limit: None,
+                })?
+                .into_iter()
+                .filter(|request| {
+                    request.requester != user
+                        && !request
+                            .approvals
+                            .iter()
+                            .any(|approval| approval.approver == user)
+                        && config
+                            .user(user)
+                            .zip(config.target(&request.target))
+                            .is_some_and(|(me, target)| policy::is_approver(me, target))
+                })
+                .collect();
+            let text = if decidable.is_empty() {
+                "nothing waiting for you".to_string()
+            } else {
+                decidable
+                    .iter()
+                    .map(describe_request)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok((
+                json!({ "requests": decidable.iter().map(request_json).collect::<Vec<_>>() }),
+                text,
+            ))
+        }
+        Command::Revoke { grant, reason } => {
+            let grant = access.revoke(&Actor::User(user.to_string()), &grant, &reason)?;
+            Ok((
+                grant_json(&grant),
+                format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
+            ))
+        }
+    }
+}
+
+fn targets(access: &Access, user: &str) -> Result<(Value, String), AccessError> {
+    let config = access.config();
+    let me = config
+        .user(user)
+        .ok_or_else(|| AccessError::UnknownUser(user.to_string()))?;
+    let mut rows = Vec::new();
+    let mut text = Vec::new();
+    for target in policy::requestable_targets(config, me) {
+        let grant = access.active_grant(user, &target.name)?;
+        rows.push(json!({
+            "name": target.name,
+            "kind": target.kind.name(),
+            "max_duration_seconds": config.max_duration_for(target).as_secs(),
+            "access_until": grant.as_ref().map(|grant| rfc3339(grant.ends_at)),
+            "grant_id": grant.as_ref().map(|grant| grant.id.clone()),
+        }));
+        text.push(match grant {
+            Some(grant) => format!(
+                "{}  {}  access until {} ({})",
+                target.name,
+                target.kind.name(),
+                rfc3339(grant.ends_at),
+                grant.id
+            ),
+            None => format!(
+                "{}  {}  no access (request up to {})",
+                target.name,
+                target.kind.name(),
+                format_duration(config.max_duration_for(target))
+            ),
+        });
+    }
+    let text = if text.is_empty() {
+        "you may not request any target".to_string()
+    } else {
+        text.join("\n")
+    };
+    Ok((json!({ "targets": rows }), text))
+}
+
+/// A request the user may look at: their own, or one they may decide.
+fn visible_request(access: &Access, user: &str, id: &str) -> Result<AccessRequest, AccessError> {
+    let request = access
+        .request_by_id(id)?
+        .ok_or_else(|| AccessError::UnknownRequest(id.to_string()))?;
+    let config = access.config();
+    let may_see = request.requester == user
+        || config
+            .user(user)
+            .zip(config.target(&request.target))
+            .is_some_and(|(me, target)| policy::is_approver(me, target));
+    if may_see {
+        Ok(request)
+    } else {
+        // The same answer as for a request that does not exist: ids are not an oracle.
+        Err(AccessError::UnknownRequest(id.to_string()))
+    }
+}
+
+fn describe_request(request: &AccessRequest) -> String {
+    let mut text = format!(
+        "{}  {} → {}  {}  for {}  ({})",
+        request.id,
+        request.requester,
+        request.target,
+        request.state,
+        format_duration(request.duration),
+        request.reason
+    );
+    if !request.approvals.is_empty() {
+        let approvers: Vec<&str> = request
+            .approvals
+            .iter()
+            .map(|approval| approval.approver.as_str())
+            .collect();
+        text.push_str(&format!("  approved by {}", approvers.join(", ")));
+    }
+    if request.state == RequestState::Approved
+        && let Some(grant) = &request.grant_id
+    {
+        text.push_str(&format!("  grant {grant}"));
+    }
+    text
+}
