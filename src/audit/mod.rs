@@ -128,6 +128,40 @@ pub enum AuditEvent {
         source: String,
         why: String,
     },
+    SessionStarted {
+        session_id: String,
+        user: String,
+        target: String,
+        grant_id: String,
+        protocol: &'static str,
+        source: String,
+    },
+    SessionEnded {
+        session_id: String,
+        user: String,
+        target: String,
+        grant_id: String,
+        reason: String,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    RecordingFinalized {
+        session_id: String,
+        user: String,
+        target: String,
+        channel: u32,
+        path: String,
+        sha256: String,
+        size: u64,
+    },
+    RecordingFailed {
+        session_id: String,
+        user: String,
+        target: String,
+        why: String,
+        /// What the session did about it: "session ended" or "session continued".
+        outcome: &'static str,
+    },
     ServerStarted {
         version: String,
     },
@@ -311,6 +345,63 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.detail = json!({ "source": source, "why": why });
             }
+            AuditEvent::SessionStarted {
+                session_id,
+                user,
+                target,
+                grant_id,
+                protocol,
+                source,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.grant_id = Some(grant_id.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail = json!({ "protocol": protocol, "source": source });
+            }
+            AuditEvent::SessionEnded {
+                session_id,
+                user,
+                target,
+                grant_id,
+                reason,
+                bytes_in,
+                bytes_out,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.grant_id = Some(grant_id.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail =
+                    json!({ "reason": reason, "bytes_in": bytes_in, "bytes_out": bytes_out });
+            }
+            AuditEvent::RecordingFinalized {
+                session_id,
+                user,
+                target,
+                channel,
+                path,
+                sha256,
+                size,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail =
+                    json!({ "channel": channel, "path": path, "sha256": sha256, "size": size });
+            }
+            AuditEvent::RecordingFailed {
+                session_id,
+                user,
+                target,
+                why,
+                outcome,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail = json!({ "why": why, "outcome": outcome });
+            }
             AuditEvent::ServerStarted { version } => {
                 entry.actor = Some(Actor::System.label());
                 entry.detail = json!({ "version": version });
@@ -339,6 +430,10 @@ impl AuditEvent {
             AuditEvent::AuthFailed { .. } => "auth_failed",
             AuditEvent::LoggedIn { .. } => "logged_in",
             AuditEvent::SessionRefused { .. } => "session_refused",
+            AuditEvent::SessionStarted { .. } => "session.started",
+            AuditEvent::SessionEnded { .. } => "session.ended",
+            AuditEvent::RecordingFinalized { .. } => "recording.finalized",
+            AuditEvent::RecordingFailed { .. } => "recording.failed",
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
         }

@@ -81,6 +81,14 @@ pub struct Target {
     /// The target's own cap; the global `access.max_duration` applies as well.
     pub max_duration: Option<Duration>,
     pub slack_channel: Option<String>,
+    /// What a session does when its recording cannot be written (issue #3): end, by default.
+    pub on_recording_failure: RecordingFailurePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingFailurePolicy {
+    End,
+    Continue,
 }
 
 #[derive(Debug, Clone)]
@@ -679,6 +687,17 @@ impl Validator {
                         }
                     });
             let kind = self.target_kind(&key, &target, &ssh_names);
+            let on_recording_failure = match target.on_recording_failure.as_deref() {
+                None | Some("end") => RecordingFailurePolicy::End,
+                Some("continue") => RecordingFailurePolicy::Continue,
+                Some(other) => {
+                    self.problem(
+                        format!("{key}.on_recording_failure"),
+                        format!("{other:?} is not one of end, continue"),
+                    );
+                    RecordingFailurePolicy::End
+                }
+            };
             targets.push(Target {
                 name: target.name,
                 kind,
@@ -687,6 +706,7 @@ impl Validator {
                 approvals_required,
                 max_duration,
                 slack_channel: target.slack_channel,
+                on_recording_failure,
             });
         }
         targets

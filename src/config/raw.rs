@@ -84,6 +84,7 @@ pub struct RawTarget {
     pub record_input: Option<bool>,
     pub record_parameters: Option<bool>,
     pub slack_channel: Option<String>,
+    pub on_recording_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

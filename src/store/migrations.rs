@@ -97,6 +97,20 @@ const MIGRATIONS: &[&str] = &[
         first_seen INTEGER NOT NULL
     ) STRICT;
     ",
+    // 2: one row per recorded channel, with its hash once finalized (issue #3).
+    "
+    CREATE TABLE recordings (
+        session_id   TEXT NOT NULL REFERENCES sessions (id),
+        channel      INTEGER NOT NULL,
+        kind         TEXT NOT NULL,
+        path         TEXT NOT NULL,
+        started_at   INTEGER NOT NULL,
+        finalized_at INTEGER,
+        sha256       TEXT,
+        size         INTEGER,
+        PRIMARY KEY (session_id, channel)
+    ) STRICT;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

@@ -548,6 +548,198 @@ impl Tx<'_> {
     }
 }
 
+/// A session row as the session core writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub grant_id: Option<String>,
+    pub user: String,
+    pub target: String,
+    pub protocol: String,
+    pub client_address: String,
+    pub started_at: OffsetDateTime,
+    pub ended_at: Option<OffsetDateTime>,
+    pub end_reason: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A recording row: one per recorded channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRow {
+    pub session_id: String,
+    pub channel: u32,
+    pub kind: String,
+    pub path: String,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+}
+
+impl Tx<'_> {
+    pub fn insert_session(&self, session: &SessionRow) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO sessions (id, grant_id, user, target, protocol, client_address, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                session.id,
+                session.grant_id,
+                session.user,
+                session.target,
+                session.protocol,
+                session.client_address,
+                session.started_at.unix_timestamp(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a session once; returns false if it had already ended.
+    pub fn end_session(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        reason: &str,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> Result<bool, StoreError> {
+        let changed = self.transaction.execute(
+            "UPDATE sessions SET ended_at = ?2, end_reason = ?3, bytes_in = ?4, bytes_out = ?5
+             WHERE id = ?1 AND ended_at IS NULL",
+            params![id, at.unix_timestamp(), reason, bytes_in as i64, bytes_out as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    pub fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row = self
+            .transaction
+            .query_row(
+                "SELECT id, grant_id, user, target, protocol, client_address, started_at,
+                        ended_at, end_reason, bytes_in, bytes_out
+                 FROM sessions WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok((
+                        SessionRow {
+                            id: row.get(0)?,
+                            grant_id: row.get(1)?,
+                            user: row.get(2)?,
+                            target: row.get(3)?,
+                            protocol: row.get(4)?,
+                            client_address: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                            started_at: OffsetDateTime::UNIX_EPOCH,
+                            ended_at: None,
+                            end_reason: row.get(8)?,
+                            bytes_in: row.get::<_, i64>(9)?.max(0) as u64,
+                            bytes_out: row.get::<_, i64>(10)?.max(0) as u64,
+                        },
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(session, started, ended)| {
+            Ok(SessionRow {
+                started_at: timestamp(started)?,
+                ended_at: ended.map(timestamp).transpose()?,
+                ..session
+            })
+        })
+        .transpose()
+    }
+
+    pub fn insert_recording(
+        &self,
+        recording: &RecordingRow,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO recordings (session_id, channel, kind, path, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                recording.session_id,
+                recording.channel,
+                recording.kind,
+                recording.path,
+                at.unix_timestamp()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn finalize_recording(
+        &self,
+        session_id: &str,
+        channel: u32,
+        sha256: &str,
+        size: u64,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "UPDATE recordings SET sha256 = ?3, size = ?4, finalized_at = ?5
+             WHERE session_id = ?1 AND channel = ?2",
+            params![session_id, channel, sha256, size as i64, at.unix_timestamp()],
+        )?;
+        // The session row keeps the latest finalized recording for a quick look.
+        self.transaction.execute(
+            "UPDATE sessions SET recording_path = (SELECT path FROM recordings
+                 WHERE session_id = ?1 AND channel = ?2),
+               recording_sha256 = ?3, recording_size = ?4
+             WHERE id = ?1",
+            params![session_id, channel, sha256, size as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn recordings(&self, session_id: &str) -> Result<Vec<RecordingRow>, StoreError> {
+        let mut statement = self.transaction.prepare(
+            "SELECT session_id, channel, kind, path, sha256, size FROM recordings
+             WHERE session_id = ?1 ORDER BY channel",
+        )?;
+        let rows = statement
+            .query_map([session_id], |row| {
+                Ok(RecordingRow {
+                    session_id: row.get(0)?,
+                    channel: row.get(1)?,
+                    kind: row.get(2)?,
+                    path: row.get(3)?,
+                    sha256: row.get(4)?,
+                    size: row.get::<_, Option<i64>>(5)?.map(|size| size.max(0) as u64),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The host key remembered for an `accept-first` target, in OpenSSH form.
+    pub fn known_host(&self, target: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT host_key FROM known_hosts WHERE target = ?1",
+                [target],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remembers the first host key seen for an `accept-first` target; never overwrites.
+    pub fn remember_host(
+        &self,
+        target: &str,
+        host_key: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO known_hosts (target, host_key, first_seen) VALUES (?1, ?2, ?3)
+             ON CONFLICT (target) DO NOTHING",
+            params![target, host_key, at.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+}
+
 fn timestamp(seconds: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| StoreError::Corrupt {
         column: "timestamp",

@@ -1,0 +1,238 @@
+//! Session recordings on disk: open, write as the session goes, finalize with a hash.
+//!
+//! A `Recorder` owns one asciicast file under `recordings_dir/YYYY/MM/DD/<session>-<channel>.cast`
+//! (UTC dates). Lines are buffered and flushed whenever the last flush is a second old, and by the
+//! owner's one-second tick, so a crash loses at most about a second. The SHA-256 and size are
+//! computed over exactly the bytes written, so finalizing needs no second read. Every error is
+//! returned: the session layer decides (fail closed by default) what a failed recording means.
+//! Recording content never reaches the logs.
+
+pub mod asciicast;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use asciicast::{Event, Header, Utf8Stream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("cannot create recording {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write recording {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A finished recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finalized {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The path of a recording: `<dir>/YYYY/MM/DD/<session>-<channel>.<extension>`, UTC.
+pub fn recording_path(
+    dir: &Path,
+    at: OffsetDateTime,
+    session_id: &str,
+    channel: u32,
+    extension: &str,
+) -> PathBuf {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    dir.join(format!("{:04}", at.year()))
+        .join(format!("{:02}", u8::from(at.month())))
+        .join(format!("{:02}", at.day()))
+        .join(format!("{session_id}-{channel}.{extension}"))
+}
+
+/// Writes one asciicast v2 recording.
+pub struct Recorder {
+    path: PathBuf,
+    file: BufWriter<File>,
+    hasher: Sha256,
+    size: u64,
+    started: Instant,
+    last_flush: Instant,
+    output: Utf8Stream,
+    input: Utf8Stream,
+    record_input: bool,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Recorder")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// How often buffered lines must reach the file at the latest.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Recorder {
+    /// Creates the file (mode 0600, never overwriting) and writes the header.
+    pub fn create(path: PathBuf, header: &Header, record_input: bool) -> Result<Recorder, RecordingError> {
+        let create_error = |source| RecordingError::Create {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(create_error)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(create_error)?;
+        let now = Instant::now();
+        let mut recorder = Recorder {
+            path,
+            file: BufWriter::new(file),
+            hasher: Sha256::new(),
+            size: 0,
+            started: now,
+            last_flush: now,
+            output: Utf8Stream::default(),
+            input: Utf8Stream::default(),
+            record_input,
+        };
+        recorder.write_line(&asciicast::header_line(header))?;
+        recorder.flush()?;
+        Ok(recorder)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Terminal output (stdout and stderr alike).
+    pub fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        let text = self.output.push(bytes);
+        self.event(Event::Output(text))
+    }
+
+    /// Keystrokes; dropped when the target says `record_input = false`.
+    pub fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        if !self.record_input {
+            return Ok(());
+        }
+        let text = self.input.push(bytes);
+        self.event(Event::Input(text))
+    }
+
+    pub fn resize(&mut self, width: u32, height: u32) -> Result<(), RecordingError> {
+        self.event(Event::Resize { width, height })
+    }
+
+    fn event(&mut self, event: Event) -> Result<(), RecordingError> {
+        if matches!(&event, Event::Output(text) | Event::Input(text) if text.is_empty()) {
+            return Ok(());
+        }
+        let line = asciicast::event_line(self.started.elapsed(), &event);
+        self.write_line(&line)?;
+        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<(), RecordingError> {
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| RecordingError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.hasher.update(line.as_bytes());
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// Pushes buffered lines to the file; the owner calls this at least every second.
+    pub fn flush(&mut self) -> Result<(), RecordingError> {
+        self.last_flush = Instant::now();
+        self.file.flush().map_err(|source| RecordingError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes what is held back, syncs the file to disk and returns its hash and size.
+    pub fn finalize(mut self) -> Result<Finalized, RecordingError> {
+        let rest = self.output.finish();
+        if !rest.is_empty() {
+            self.event(Event::Output(rest))?;
+        }
+        let write_error = |path: &Path, source| RecordingError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        self.file.flush().map_err(|source| write_error(&self.path, source))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(|source| write_error(&self.path, source))?;
+        Ok(Finalized {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+            path: self.path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            width: 80,
+            height: 24,
+            timestamp: 0,
+            title: "alice → web-1".into(),
+            command: None,
+            term: None,
+        }
+    }
+
+    #[test]
+    fn a_recording_hashes_exactly_what_it_wrote() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let at = time::macros::datetime!(2026-11-02 23:59:59 UTC);
+        let path = recording_path(dir.path(), at, "s-abc", 0, "cast");
+        assert!(path.ends_with("2026/11/02/s-abc-0.cast"));
+        let mut recorder = Recorder::create(path.clone(), &header(), false)?;
+        recorder.output(b"hello\r\n")?;
+        recorder.input(b"secret typed")?;
+        recorder.resize(100, 30)?;
+        let finalized = recorder.finalize()?;
+        let bytes = std::fs::read(&path)?;
+        assert_eq!(finalized.size, bytes.len() as u64);
+        assert_eq!(finalized.sha256, hex::encode(Sha256::digest(&bytes)));
+        let text = String::from_utf8(bytes)?;
+        assert_eq!(text.lines().count(), 3, "input is off: {text}");
+        assert!(!text.contains("secret"));
+        // Never overwrites an existing recording.
+        assert!(Recorder::create(path, &header(), true).is_err());
+        Ok(())
+    }
+}

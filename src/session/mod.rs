@@ -1,0 +1,394 @@
+//! The protocol-blind session core: one live session of a user on a target under a grant.
+//!
+//! A front end opens a `Session` after the grant check, asks it for recorders as channels start,
+//! counts bytes through it, waits on its `GrantWatch` for the warning and the end, and ends it once
+//! with a reason. The session writes its row, its recordings' rows and its audit events
+//! (`session.started`, `recording.finalized`, `recording.failed`, `session.ended`).
+//!
+//! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, HTTP or SQL; a session exists
+//! only while its grant is active, and the watch ends it when the grant ends however it ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::access::model::{Grant, GrantState};
+use crate::access::{Access, AccessError};
+use crate::audit::AuditEvent;
+use crate::config::{RecordingFailurePolicy, Target};
+use crate::ids::IdKind;
+use crate::recording::asciicast::Header;
+use crate::recording::{Finalized, Recorder, RecordingError, recording_path};
+use crate::store::{RecordingRow, SessionRow, StoreError};
+
+/// Why a session could not start; the front end words it for its protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionRefusal {
+    #[error("unknown target {0}; list the ones you may request with: targets")]
+    UnknownTarget(String),
+    #[error("no active grant for {target}")]
+    NoGrant { target: String },
+    #[error("the bastion could not check your access; nothing was connected")]
+    Store(#[from] StoreError),
+}
+
+impl From<AccessError> for SessionRefusal {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Store(error) => SessionRefusal::Store(error),
+            other => SessionRefusal::Store(StoreError::Corrupt {
+                column: "access",
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// A live session. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    user: String,
+    target: Target,
+    grant: Grant,
+    access: Access,
+    started_at: OffsetDateTime,
+    next_channel: AtomicU32,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("user", &self.inner.user)
+            .field("target", &self.inner.target.name)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Checks the grant and records the start. Call on a blocking thread (it writes the store).
+    pub fn open(
+        access: &Access,
+        user: &str,
+        target_name: &str,
+        protocol: &'static str,
+        source: &str,
+    ) -> Result<Session, SessionRefusal> {
+        let target = access
+            .config()
+            .target(target_name)
+            .cloned()
+            .ok_or_else(|| SessionRefusal::UnknownTarget(target_name.to_string()))?;
+        let grant = access
+            .active_grant(user, target_name)?
+            .ok_or_else(|| SessionRefusal::NoGrant {
+                target: target_name.to_string(),
+            })?;
+        let now = access.now();
+        let id = access.store().write(|tx| {
+            let id = tx.fresh_id(IdKind::Session)?;
+            tx.insert_session(&SessionRow {
+                id: id.clone(),
+                grant_id: Some(grant.id.clone()),
+                user: user.to_string(),
+                target: target_name.to_string(),
+                protocol: protocol.to_string(),
+                client_address: source.to_string(),
+                started_at: now,
+                ended_at: None,
+                end_reason: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            })?;
+            tx.append_audit(
+                &AuditEvent::SessionStarted {
+                    session_id: id.clone(),
+                    user: user.to_string(),
+                    target: target_name.to_string(),
+                    grant_id: grant.id.clone(),
+                    protocol,
+                    source: source.to_string(),
+                },
+                now,
+            )?;
+            Ok(id)
+        })?;
+        tracing::info!(session = %id, user, target = target_name, grant = %grant.id, "session started");
+        Ok(Session {
+            inner: Arc::new(Inner {
+                id,
+                user: user.to_string(),
+                target,
+                grant,
+                access: access.clone(),
+                started_at: now,
+                next_channel: AtomicU32::new(0),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+                ended: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    pub fn grant(&self) -> &Grant {
+        &self.inner.grant
+    }
+
+    /// `alice → web-1`, the title of every recording.
+    pub fn title(&self) -> String {
+        format!("{} → {}", self.inner.user, self.inner.target.name)
+    }
+
+    /// The index of the next channel, counted from 0 in the order channels open.
+    pub fn next_channel(&self) -> u32 {
+        self.inner.next_channel.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Bytes from the client towards the target.
+    pub fn count_in(&self, bytes: usize) {
+        self.inner.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes from the target towards the client.
+    pub fn count_out(&self, bytes: usize) {
+        self.inner.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Opens the recording of `channel`. Call on a blocking thread.
+    pub fn start_recording(
+        &self,
+        channel: u32,
+        header: &Header,
+        record_input: bool,
+    ) -> Result<Recorder, RecordingError> {
+        let config = self.inner.access.config();
+        let path = recording_path(
+            &config.server.recordings_dir,
+            self.inner.started_at,
+            &self.inner.id,
+            channel,
+            "cast",
+        );
+        let recorder = Recorder::create(path, header, record_input)?;
+        let row = RecordingRow {
+            session_id: self.inner.id.clone(),
+            channel,
+            kind: "asciicast".to_string(),
+            path: recorder.path().display().to_string(),
+            sha256: None,
+            size: None,
+        };
+        let now = self.inner.access.now();
+        if let Err(error) = self
+            .inner
+            .access
+            .store()
+            .write(|tx| tx.insert_recording(&row, now))
+        {
+            return Err(RecordingError::Write {
+                path: recorder.path().to_path_buf(),
+                source: std::io::Error::other(error.to_string()),
+            });
+        }
+        Ok(recorder)
+    }
+
+    /// Finalizes a recording: hash and size into its row and a `recording.finalized` event.
+    pub fn finish_recording(
+        &self,
+        channel: u32,
+        recorder: Recorder,
+    ) -> Result<Finalized, RecordingError> {
+        let finalized = recorder.finalize()?;
+        let now = self.inner.access.now();
+        let event = AuditEvent::RecordingFinalized {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            channel,
+            path: finalized.path.display().to_string(),
+            sha256: finalized.sha256.clone(),
+            size: finalized.size,
+        };
+        let stored = self.inner.access.store().write(|tx| {
+            tx.finalize_recording(&self.inner.id, channel, &finalized.sha256, finalized.size, now)?;
+            tx.append_audit(&event, now)
+        });
+        if let Err(error) = stored {
+            tracing::error!(session = %self.inner.id, %error, "cannot store a finalized recording");
+        }
+        Ok(finalized)
+    }
+
+    /// Audits a recording failure and says whether the session must end (the default).
+    pub fn recording_failed(&self, error: &RecordingError) -> bool {
+        let must_end = self.inner.target.on_recording_failure == RecordingFailurePolicy::End;
+        tracing::error!(session = %self.inner.id, %error, must_end, "recording failed");
+        let event = AuditEvent::RecordingFailed {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            why: error.to_string(),
+            outcome: if must_end {
+                "session ended"
+            } else {
+                "session continued"
+            },
+        };
+        if let Err(error) = self.inner.access.record(&event) {
+            tracing::error!(%error, "cannot audit a recording failure");
+        }
+        must_end
+    }
+
+    /// Ends the session once, with its byte counts and `reason`. Call on a blocking thread.
+    pub fn end(&self, reason: &str) {
+        if self.inner.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let bytes_in = self.inner.bytes_in.load(Ordering::Relaxed);
+        let bytes_out = self.inner.bytes_out.load(Ordering::Relaxed);
+        let now = self.inner.access.now();
+        let event = AuditEvent::SessionEnded {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            grant_id: self.inner.grant.id.clone(),
+            reason: reason.to_string(),
+            bytes_in,
+            bytes_out,
+        };
+        let stored = self.inner.access.store().write(|tx| {
+            if tx.end_session(&self.inner.id, now, reason, bytes_in, bytes_out)? {
+                tx.append_audit(&event, now)?;
+            }
+            Ok(())
+        });
+        match stored {
+            Ok(()) => tracing::info!(session = %self.inner.id, reason, bytes_in, bytes_out,
+                "session ended"),
+            Err(error) => tracing::error!(session = %self.inner.id, %error,
+                "cannot record the end of a session"),
+        }
+    }
+
+    /// Watches this session's grant for the warning and the end.
+    pub fn watch(&self) -> GrantWatch {
+        GrantWatch {
+            session: self.clone(),
+            ended: self.inner.access.subscribe_ended(),
+            warned: false,
+        }
+    }
+}
+
+/// What the watch tells the front end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `portcullis: access to web-1 ends at 14:05 UTC (in 5 minutes)`
+    Warning(String),
+    /// The grant ended; the text names why (`access to web-1 ended: grant revoked by bob`).
+    Ended { message: String, reason: &'static str },
+}
+
+pub struct GrantWatch {
+    session: Session,
+    ended: broadcast::Receiver<GrantEnded>,
+    warned: bool,
+}
+
+use crate::access::model::GrantEnded;
+
+/// How often the watch checks the clock: the warning and the end land within this.
+const TICK: Duration = Duration::from_millis(250);
+
+impl GrantWatch {
+    /// Waits for the next notice. After `Ended` the session must be cut.
+    pub async fn next(&mut self) -> Notice {
+        let inner = &self.session.inner;
+        let target = inner.target.name.clone();
+        let grant_id = inner.grant.id.clone();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                received = self.ended.recv() => match received {
+                    Ok(ended) if ended.grant_id == grant_id => {
+                        return self.ended_notice(ended.reason).await;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // The bastion is shutting down: fail closed.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Notice::Ended {
+                            message: format!("access to {target} ended: the bastion is shutting down"),
+                            reason: "shutdown",
+                        };
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = inner.access.now();
+                    if now >= inner.grant.ends_at {
+                        return self.ended_notice(GrantState::Expired).await;
+                    }
+                    let warning = inner.access.config().access.expiry_warning;
+                    if !self.warned && now + warning >= inner.grant.ends_at {
+                        self.warned = true;
+                        let end = inner.grant.ends_at;
+                        let minutes = ((end - now).whole_seconds() + 59) / 60;
+                        return Notice::Warning(format!(
+                            "access to {target} ends at {:02}:{:02} UTC (in {minutes} minute{})",
+                            end.hour(),
+                            end.minute(),
+                            if minutes == 1 { "" } else { "s" }
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ended_notice(&self, reason: GrantState) -> Notice {
+        let inner = &self.session.inner;
+        let target = inner.target.name.clone();
+        match reason {
+            GrantState::Revoked => {
+                let access = inner.access.clone();
+                let grant_id = inner.grant.id.clone();
+                let by = tokio::task::spawn_blocking(move || access.grant_by_id(&grant_id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .and_then(|grant| grant.revoked_by)
+                    .unwrap_or_else(|| "an approver".to_string());
+                Notice::Ended {
+                    message: format!("access to {target} ended: grant revoked by {by}"),
+                    reason: "grant_revoked",
+                }
+            }
+            GrantState::Expired | GrantState::Active => Notice::Ended {
+                message: format!("access to {target} ended: grant expired"),
+                reason: "grant_expired",
+            },
+        }
+    }
+}
