@@ -15,6 +15,7 @@ use crate::access::{Access, AccessError, Approved, policy};
 use crate::audit::Actor;
 use crate::clock::rfc3339;
 use crate::config::{format_duration, parse_duration};
+use crate::ids::IdKind;
 use crate::store::RequestFilter;
 use crate::views::{grant_json, request_json};
 
@@ -81,9 +82,9 @@ enum Command {
         /// How long, like 30m, 1h, 2h30m (default: the configured default)
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
-        /// Why you need access (a ticket id helps the approvers)
-        #[arg(long)]
-        reason: String,
+        /// Why you need access (a ticket id helps the approvers); takes the remaining words
+        #[arg(long, num_args = 1.., required = true)]
+        reason: Vec<String>,
     },
     /// Your requests, or one request
     Status { request: Option<String> },
@@ -96,16 +97,16 @@ enum Command {
     /// Deny a request (approvers only)
     Deny {
         request: String,
-        #[arg(long)]
-        reason: String,
+        #[arg(long, num_args = 1.., required = true)]
+        reason: Vec<String>,
     },
     /// Requests waiting for your decision
     Pending,
-    /// End a grant at once (its holder, or an approver of its target)
+    /// End a grant at once (its holder, or an approver of its target); takes a grant or request id
     Revoke {
         grant: String,
-        #[arg(long, default_value = "revoked over ssh")]
-        reason: String,
+        #[arg(long, num_args = 1..)]
+        reason: Vec<String>,
     },
 }
 
@@ -163,7 +164,7 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
                 Some(Ok(duration)) => Some(duration),
                 Some(Err(message)) => return Err(AccessError::BadDuration(message)),
             };
-            let request = access.request(user, &target, duration, &reason)?;
+            let request = access.request(user, &target, duration, &reason.join(" "))?;
             let approvers = access
                 .config()
                 .target(&target)
@@ -275,7 +276,7 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
             }
         },
         Command::Deny { request, reason } => {
-            let request = access.deny(user, &request, &reason)?;
+            let request = access.deny(user, &request, &reason.join(" "))?;
             Ok((request_json(&request), format!("denied {}", request.id)))
         }
         Command::Pending => {
@@ -313,6 +314,20 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
             ))
         }
         Command::Revoke { grant, reason } => {
+            // A request id stands for the grant it produced.
+            let grant = if grant.starts_with(IdKind::Request.prefix()) {
+                access
+                    .request_by_id(&grant)?
+                    .and_then(|request| request.grant_id)
+                    .unwrap_or(grant)
+            } else {
+                grant
+            };
+            let reason = if reason.is_empty() {
+                "revoked over ssh".to_string()
+            } else {
+                reason.join(" ")
+            };
             let grant = access.revoke(&Actor::User(user.to_string()), &grant, &reason)?;
             Ok((
                 grant_json(&grant),
@@ -329,33 +344,38 @@ fn targets(access: &Access, user: &str) -> Result<(Value, String), AccessError> 
         .ok_or_else(|| AccessError::UnknownUser(user.to_string()))?;
     let mut rows = Vec::new();
     let mut text = Vec::new();
-    for target in policy::requestable_targets(config, me) {
+    for target in &config.targets {
+        let can_request = policy::may_request(me, target);
+        let can_approve = policy::is_approver(me, target);
+        if !can_request && !can_approve {
+            continue;
+        }
         let grant = access.active_grant(user, &target.name)?;
         rows.push(json!({
             "name": target.name,
             "kind": target.kind.name(),
-            "max_duration_seconds": config.max_duration_for(target).as_secs(),
+            "can_request": can_request,
+            "can_approve": can_approve,
             "access_until": grant.as_ref().map(|grant| rfc3339(grant.ends_at)),
             "grant_id": grant.as_ref().map(|grant| grant.id.clone()),
+            "max_duration_seconds": config.max_duration_for(target).as_secs(),
         }));
-        text.push(match grant {
-            Some(grant) => format!(
-                "{}  {}  access until {} ({})",
-                target.name,
-                target.kind.name(),
-                rfc3339(grant.ends_at),
-                grant.id
-            ),
-            None => format!(
-                "{}  {}  no access (request up to {})",
-                target.name,
-                target.kind.name(),
+        let access_text = match (&grant, can_request) {
+            (Some(grant), _) => format!("access until {} ({})", rfc3339(grant.ends_at), grant.id),
+            (None, true) => format!(
+                "no access (request up to {})",
                 format_duration(config.max_duration_for(target))
             ),
-        });
+            (None, false) => "you approve requests for it".to_string(),
+        };
+        text.push(format!(
+            "{}  {}  {access_text}",
+            target.name,
+            target.kind.name()
+        ));
     }
     let text = if text.is_empty() {
-        "you may not request any target".to_string()
+        "you may neither request nor approve any target".to_string()
     } else {
         text.join("\n")
     };

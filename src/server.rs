@@ -106,7 +106,7 @@ impl Server {
             let stop = async move {
                 let _ = ssh_shutdown.wait_for(|stop| *stop).await;
             };
-            if let Err(error) = ssh::serve(ssh, ssh_access, host_key, stop).await {
+            if let Err(error) = ssh::serve(ssh, ssh_access, host_key, client_key, stop).await {
                 tracing::error!(%error, "ssh listener failed");
             }
         }));

@@ -8,140 +8,34 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::clock::SystemClock;
-use portcullis::server::Server;
 use serde_json::Value;
-use support::{TestConfig, require_binary, run, ssh_keygen, wait_for};
+use support::bastion::Bastion;
+use support::{require_binary, run, ssh_keygen, wait_for};
 
-struct Bastion {
-    server: Option<Server>,
-    runtime: tokio::runtime::Runtime,
-    config: TestConfig,
-    known_hosts: PathBuf,
-    keys: tempfile::TempDir,
-}
+/// Two targets nobody connects to: these tests stop at the command interface.
+const COMMAND_TARGETS: &str = "\
+[[targets]]
+name = \"web-1\"
+kind = \"ssh\"
+address = \"127.0.0.1:22\"
+login = \"root\"
+host_key = \"accept-first\"
+requestable_by = [\"engineer\"]
+approvers = [\"leader\"]
+max_duration = \"2h\"
 
-impl Bastion {
-    fn start() -> Bastion {
-        let keys = tempfile::tempdir().expect("tempdir");
-        let mut users = String::new();
-        for (name, roles, extra) in [
-            ("alice", r#"["engineer"]"#, ""),
-            ("bob", r#"["leader"]"#, ""),
-            ("carol", r#"["leader"]"#, ""),
-            ("erin", r#"["engineer"]"#, "ip_allow = [\"10.0.0.0/8\"]\n"),
-        ] {
-            let (_, public) = ssh_keygen(keys.path(), name);
-            users.push_str(&format!(
-                "[[users]]\nname = \"{name}\"\nssh_keys = [\"{public}\"]\nroles = {roles}\n{extra}\n"
-            ));
-        }
-        let config = TestConfig::new(&format!(
-            "[roles]\nengineer = \"requests\"\nleader = \"approves\"\n\n{users}\
-             [[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:22\"\n\
-             login = \"root\"\nhost_key = \"accept-first\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\nmax_duration = \"2h\"\n\n\
-             [[targets]]\nname = \"web-2\"\nkind = \"ssh\"\naddress = \"127.0.0.1:22\"\n\
-             login = \"root\"\nhost_key = \"accept-first\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\n"
-        ));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let server = runtime
-            .block_on(Server::start(config.load(), Arc::new(SystemClock)))
-            .expect("start the bastion");
-        let host_key = portcullis::keys::load_or_create(
-            &config.state_dir().join(portcullis::keys::HOST_KEY_FILE),
-            "unused",
-        )
-        .expect("host key");
-        let known_hosts = keys.path().join("known_hosts");
-        std::fs::write(
-            &known_hosts,
-            format!(
-                "[127.0.0.1]:{} {}\n",
-                server.ssh_addr.port(),
-                portcullis::keys::public_line(&host_key)
-            ),
-        )
-        .expect("write known_hosts");
-        Bastion {
-            server: Some(server),
-            runtime,
-            config,
-            known_hosts,
-            keys,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.server
-            .as_ref()
-            .map_or(0, |server| server.ssh_addr.port())
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.keys.path().join(name)
-    }
-
-    /// `ssh -p PORT login@127.0.0.1 args...` with `key` only, pinning the bastion's host key.
-    fn ssh_with(&self, key: &Path, login: &str, args: &[&str]) -> (i32, String, String) {
-        let ssh = require_binary("ssh", &[], "openssh-client");
-        run(Command::new(ssh)
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .args(["-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &self.port().to_string()])
-            .arg(format!("{login}@127.0.0.1"))
-            .args(args))
-    }
-
-    fn ssh(&self, user: &str, args: &[&str]) -> (i32, String, String) {
-        self.ssh_with(&self.key(user), user, args)
-    }
-
-    fn audit_types(&self) -> Vec<String> {
-        let (_, stdout, _) = run(&mut self
-            .config
-            .portcullis(&["audit", "tail", "-n", "200", "--json"]));
-        let events: Value = serde_json::from_str(&stdout).expect("audit json");
-        events["events"]
-            .as_array()
-            .map(|events| {
-                events
-                    .iter()
-                    .filter_map(|event| event["type"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Bastion {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = self.runtime.block_on(server.shutdown());
-        }
-    }
-}
+[[targets]]
+name = \"web-2\"
+kind = \"ssh\"
+address = \"127.0.0.1:22\"
+login = \"root\"
+host_key = \"accept-first\"
+requestable_by = [\"engineer\"]
+approvers = [\"leader\"]
+";
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|error| panic!("{error}: {stdout:?}"))
@@ -149,7 +43,7 @@ fn json(stdout: &str) -> Value {
 
 #[test]
 fn request_approve_and_inspect_over_ssh() {
-    let bastion = Bastion::start();
+    let bastion = Bastion::start(COMMAND_TARGETS);
 
     let (code, stdout, stderr) = bastion.ssh(
         "alice",
@@ -229,7 +123,7 @@ fn request_approve_and_inspect_over_ssh() {
 
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() {
-    let bastion = Bastion::start();
+    let bastion = Bastion::start(COMMAND_TARGETS);
     let (code, _, stderr) = bastion.ssh("alice", &["request", "web-1"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--reason"), "{stderr}");
@@ -252,7 +146,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 
 #[test]
 fn a_target_without_a_grant_is_refused_with_the_request_command() {
-    let bastion = Bastion::start();
+    let bastion = Bastion::start(COMMAND_TARGETS);
     // No command: the (not yet interactive) command interface explains itself.
     let (code, stdout, _) = bastion.ssh("alice", &[]);
     assert_eq!(code, 0);
@@ -282,7 +176,7 @@ fn a_target_without_a_grant_is_refused_with_the_request_command() {
 
 #[test]
 fn authentication_is_public_key_only_and_fails_closed() {
-    let bastion = Bastion::start();
+    let bastion = Bastion::start(COMMAND_TARGETS);
     // bob's key does not log in as alice, a stranger's key logs in as nobody.
     let (code, _, stderr) = bastion.ssh_with(&bastion.key("bob"), "alice", &["targets"]);
     assert_eq!(code, 255);

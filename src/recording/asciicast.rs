@@ -139,12 +139,24 @@ mod tests {
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
 
         let cases = [
-            (Event::Output("hi\r\n\"x\"".into()), r#"[1.5,"o","hi\r\n\"x\""]"#),
+            (
+                Event::Output("hi\r\n\"x\"".into()),
+                r#"[1.5,"o","hi\r\n\"x\""]"#,
+            ),
             (Event::Input("ls\r".into()), r#"[1.5,"i","ls\r"]"#),
-            (Event::Resize { width: 100, height: 30 }, r#"[1.5,"r","100x30"]"#),
+            (
+                Event::Resize {
+                    width: 100,
+                    height: 30,
+                },
+                r#"[1.5,"r","100x30"]"#,
+            ),
         ];
         for (event, expected) in cases {
-            assert_eq!(event_line(Duration::from_millis(1_500), &event), format!("{expected}\n"));
+            assert_eq!(
+                event_line(Duration::from_millis(1_500), &event),
+                format!("{expected}\n")
+            );
         }
     }
 

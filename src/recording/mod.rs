@@ -85,7 +85,11 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Recorder {
     /// Creates the file (mode 0600, never overwriting) and writes the header.
-    pub fn create(path: PathBuf, header: &Header, record_input: bool) -> Result<Recorder, RecordingError> {
+    pub fn create(
+        path: PathBuf,
+        header: &Header,
+        record_input: bool,
+    ) -> Result<Recorder, RecordingError> {
         let create_error = |source| RecordingError::Create {
             path: path.clone(),
             source,
@@ -186,7 +190,9 @@ impl Recorder {
             path: path.to_path_buf(),
             source,
         };
-        self.file.flush().map_err(|source| write_error(&self.path, source))?;
+        self.file
+            .flush()
+            .map_err(|source| write_error(&self.path, source))?;
         self.file
             .get_ref()
             .sync_all()

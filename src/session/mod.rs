@@ -91,11 +91,12 @@ impl Session {
             .target(target_name)
             .cloned()
             .ok_or_else(|| SessionRefusal::UnknownTarget(target_name.to_string()))?;
-        let grant = access
-            .active_grant(user, target_name)?
-            .ok_or_else(|| SessionRefusal::NoGrant {
-                target: target_name.to_string(),
-            })?;
+        let grant =
+            access
+                .active_grant(user, target_name)?
+                .ok_or_else(|| SessionRefusal::NoGrant {
+                    target: target_name.to_string(),
+                })?;
         let now = access.now();
         let id = access.store().write(|tx| {
             let id = tx.fresh_id(IdKind::Session)?;
@@ -166,12 +167,16 @@ impl Session {
 
     /// Bytes from the client towards the target.
     pub fn count_in(&self, bytes: usize) {
-        self.inner.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.inner
+            .bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Bytes from the target towards the client.
     pub fn count_out(&self, bytes: usize) {
-        self.inner.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.inner
+            .bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Opens the recording of `channel`. Call on a blocking thread.
@@ -231,7 +236,13 @@ impl Session {
             size: finalized.size,
         };
         let stored = self.inner.access.store().write(|tx| {
-            tx.finalize_recording(&self.inner.id, channel, &finalized.sha256, finalized.size, now)?;
+            tx.finalize_recording(
+                &self.inner.id,
+                channel,
+                &finalized.sha256,
+                finalized.size,
+                now,
+            )?;
             tx.append_audit(&event, now)
         });
         if let Err(error) = stored {
@@ -298,6 +309,7 @@ impl Session {
             session: self.clone(),
             ended: self.inner.access.subscribe_ended(),
             warned: false,
+            ticks: 0,
         }
     }
 }
@@ -308,19 +320,26 @@ pub enum Notice {
     /// `portcullis: access to web-1 ends at 14:05 UTC (in 5 minutes)`
     Warning(String),
     /// The grant ended; the text names why (`access to web-1 ended: grant revoked by bob`).
-    Ended { message: String, reason: &'static str },
+    Ended {
+        message: String,
+        reason: &'static str,
+    },
 }
 
 pub struct GrantWatch {
     session: Session,
     ended: broadcast::Receiver<GrantEnded>,
     warned: bool,
+    ticks: u64,
 }
 
 use crate::access::model::GrantEnded;
 
 /// How often the watch checks the clock: the warning and the end land within this.
 const TICK: Duration = Duration::from_millis(250);
+
+/// Every how many ticks the watch also reads the grant from the store (once a second).
+const STORE_CHECK_EVERY: u64 = 4;
 
 impl GrantWatch {
     /// Waits for the next notice. After `Ended` the session must be cut.
@@ -335,7 +354,13 @@ impl GrantWatch {
                     Ok(ended) if ended.grant_id == grant_id => {
                         return self.ended_notice(ended.reason).await;
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) => {}
+                    // Missed notices: ask the store instead.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(state) = self.stored_end().await {
+                            return self.ended_notice(state).await;
+                        }
+                    }
                     // The bastion is shutting down: fail closed.
                     Err(broadcast::error::RecvError::Closed) => {
                         return Notice::Ended {
@@ -345,6 +370,14 @@ impl GrantWatch {
                     }
                 },
                 _ = tick.tick() => {
+                    // The broadcast is the fast path; the store is the truth. Checking it every
+                    // second also catches an end that happened before this watch subscribed.
+                    self.ticks += 1;
+                    if self.ticks % STORE_CHECK_EVERY == 1
+                        && let Some(state) = self.stored_end().await
+                    {
+                        return self.ended_notice(state).await;
+                    }
                     let now = inner.access.now();
                     if now >= inner.grant.ends_at {
                         return self.ended_notice(GrantState::Expired).await;
@@ -363,6 +396,24 @@ impl GrantWatch {
                     }
                 }
             }
+        }
+    }
+
+    /// Gives the warning again later: nobody was there to see it.
+    pub fn rearm_warning(&mut self) {
+        self.warned = false;
+    }
+
+    /// The grant's state if the store says it is no longer active (fails closed on errors).
+    async fn stored_end(&self) -> Option<GrantState> {
+        let access = self.session.inner.access.clone();
+        let grant_id = self.session.inner.grant.id.clone();
+        let stored = tokio::task::spawn_blocking(move || access.grant_by_id(&grant_id)).await;
+        match stored {
+            Ok(Ok(Some(grant))) if grant.state == GrantState::Active => None,
+            Ok(Ok(Some(grant))) => Some(grant.state),
+            // The grant vanished or the store failed: end the session rather than guess.
+            _ => Some(GrantState::Expired),
         }
     }
 

@@ -8,26 +8,40 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use russh::keys::PublicKey;
+use russh::client;
+use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
+use tokio::sync::oneshot;
 
 use super::login::Login;
+use super::relay::{self, LiveChannels, SharedRecorder};
+use super::upstream::{self, Upstream};
 use crate::access::Access;
 use crate::audit::AuditEvent;
 use crate::commands::{self, CommandOutput};
+use crate::config::TargetKind;
+use crate::recording::asciicast::{DEFAULT_SIZE, Header};
+use crate::session::SessionRefusal;
 
 /// Makes one `Connection` per accepted TCP connection.
 pub struct SshServer {
     access: Access,
     /// The port clients reach us on, for the commands we tell them to run.
     port: u16,
+    client_key: Arc<PrivateKey>,
 }
 
 impl SshServer {
-    pub fn new(access: Access, port: u16) -> Self {
-        SshServer { access, port }
+    pub fn new(access: Access, port: u16, client_key: Arc<PrivateKey>) -> Self {
+        SshServer {
+            access,
+            port,
+            client_key,
+        }
     }
 }
 
@@ -40,7 +54,10 @@ impl russh::server::Server for SshServer {
             source: peer.map_or_else(|| "unknown".to_string(), |peer| peer.ip().to_string()),
             peer,
             port: self.port,
+            client_key: self.client_key.clone(),
             login: None,
+            target: None,
+            target_refusal: None,
             attempted: None,
             channels: HashMap::new(),
         }
@@ -54,16 +71,47 @@ pub struct Connection {
     source: String,
     peer: Option<SocketAddr>,
     port: u16,
+    client_key: Arc<PrivateKey>,
     /// Set once public-key authentication succeeded.
     login: Option<Login>,
+    /// The open session and upstream connection of a target login.
+    target: Option<LiveTarget>,
+    /// Why a target login's session was refused, told on every channel.
+    target_refusal: Option<String>,
     /// The last login name a key was offered for, to audit a connection that never authenticated.
     attempted: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
-#[derive(Debug, Default)]
+/// A target login's live session.
+struct LiveTarget {
+    session: crate::session::Session,
+    upstream: Arc<Upstream>,
+    live: LiveChannels,
+    /// Dropping it stops the grant supervisor.
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone)]
+struct Pty {
+    term: String,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Default)]
 struct ChannelState {
-    pty: bool,
+    pty: Option<Pty>,
+    /// The same, for the pump.
+    pty_flag: Arc<AtomicBool>,
+    /// The target's side of a relayed channel.
+    upstream: Option<ChannelWriteHalf<client::Msg>>,
+    /// The channel's index within the session.
+    index: u32,
+    recorder: SharedRecorder,
+    record_input: bool,
+    /// Why this channel will not reach a target.
+    refused: Option<String>,
 }
 
 impl Connection {
@@ -104,6 +152,19 @@ impl Drop for Connection {
     /// A connection that tried a login and never authenticated is one failed authentication,
     /// however many keys the client offered.
     fn drop(&mut self) {
+        if let Some(live) = self.target.take() {
+            tokio::spawn(async move {
+                let _ = live
+                    .upstream
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "client disconnected",
+                        "en",
+                    )
+                    .await;
+                end_session(&live.session, "closed").await;
+            });
+        }
         if self.login.is_some() {
             return;
         }
@@ -201,15 +262,48 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.login.is_none() {
+        let Some(login) = self.login.clone() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
+        };
+        let mut state = ChannelState::default();
+        if let Some(target) = &login.target {
+            if let Err(why) = self.ensure_target(&login.user, target, session).await {
+                state.refused = Some(why);
+            } else if let Some(live) = &self.target {
+                match relay::open_upstream_channel(&live.upstream).await {
+                    Ok(upstream_channel) => {
+                        let (read, write) = upstream_channel.split();
+                        let index = live.session.next_channel();
+                        state.index = index;
+                        state.upstream = Some(write);
+                        state.record_input = record_input(live.session.target());
+                        if let Ok(mut open) = live.live.lock() {
+                            open.insert(channel.id(), false);
+                        }
+                        tokio::spawn(relay::pump(
+                            read,
+                            session.handle(),
+                            channel.id(),
+                            index,
+                            live.session.clone(),
+                            state.recorder.clone(),
+                            live.live.clone(),
+                            state.pty_flag.clone(),
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot open a channel on the target");
+                        state.refused = Some(format!("target {target} refused a new channel"));
+                    }
+                }
+            }
         }
-        self.channels.insert(channel.id(), ChannelState::default());
+        self.channels.insert(channel.id(), state);
         reply.accept().await;
         Ok(())
     }
@@ -249,27 +343,102 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
+        if let Some(state) = self.channels.remove(&channel)
+            && let Some(upstream) = state.upstream
+        {
+            let _ = upstream.close().await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(upstream) = self.upstream_of(channel) {
+            let _ = upstream.eof().await;
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(live) = &self.target else {
+            return Ok(());
+        };
+        let Some(state) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        let Some(upstream) = &state.upstream else {
+            return Ok(());
+        };
+        live.session.count_in(data.len());
+        if state.record_input
+            && let Err(true) =
+                relay::record(&live.session, &state.recorder, |active| active.input(data))
+        {
+            let pty = state.pty_flag.load(Ordering::Relaxed);
+            let _ = upstream.close().await;
+            relay::cut(
+                &session.handle(),
+                channel,
+                pty,
+                "recording failed; the session was ended",
+            )
+            .await;
+            return Ok(());
+        }
+        if upstream.data(data).await.is_err() {
+            tracing::debug!("upstream channel closed while writing");
+        }
         Ok(())
     }
 
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.channels.get_mut(&channel) {
-            Some(state) => {
-                state.pty = true;
-                session.channel_success(channel)
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        state.pty = Some(Pty {
+            term: term.to_string(),
+            width: col_width,
+            height: row_height,
+        });
+        state.pty_flag.store(true, Ordering::Relaxed);
+        if let Some(live) = &self.target
+            && let Ok(mut open) = live.live.lock()
+            && let Some(flag) = open.get_mut(&channel)
+        {
+            *flag = true;
+        }
+        match &state.upstream {
+            // The target's answer is relayed by the pump.
+            Some(upstream) => {
+                let forwarded = upstream
+                    .request_pty(
+                        true, term, col_width, row_height, pix_width, pix_height, modes,
+                    )
+                    .await;
+                if forwarded.is_err() {
+                    return session.channel_failure(channel);
+                }
+                Ok(())
             }
-            None => session.channel_failure(channel),
+            None => session.channel_success(channel),
         }
     }
 
@@ -277,27 +446,60 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: ChannelId,
         variable_name: &str,
-        _variable_value: &str,
+        variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Only locale and terminal type reach a target (issue #3); nothing else can change how
+        // the target's shell behaves.
         let allowed = matches!(variable_name, "LANG" | "TERM") || variable_name.starts_with("LC_");
-        if allowed {
-            session.channel_success(channel)
-        } else {
-            session.channel_failure(channel)
+        match self.upstream_of(channel) {
+            Some(upstream) if allowed => {
+                if upstream
+                    .set_env(true, variable_name, variable_value)
+                    .await
+                    .is_err()
+                {
+                    return session.channel_failure(channel);
+                }
+                Ok(())
+            }
+            None if allowed => session.channel_success(channel),
+            _ => session.channel_failure(channel),
         }
     }
 
     async fn window_change_request(
         &mut self,
         channel: ChannelId,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        session: &mut Session,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        if let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) {
+            if let Some(upstream) = &state.upstream {
+                let _ = upstream
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
+            }
+            let _ = relay::record(&live.session, &state.recorder, |active| {
+                active.resize(col_width, row_height)
+            });
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: russh::Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(upstream) = self.upstream_of(channel) {
+            let _ = upstream.signal(signal).await;
+        }
+        Ok(())
     }
 
     async fn x11_request(
@@ -334,6 +536,9 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.relayed(channel) {
+            return self.start_relayed(channel, Start::Shell, session).await;
+        }
         self.start(channel, None, session)
     }
 
@@ -343,6 +548,11 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.relayed(channel) {
+            return self
+                .start_relayed(channel, Start::Exec(data.to_vec()), session)
+                .await;
+        }
         let line = String::from_utf8_lossy(data).into_owned();
         self.start(channel, Some(line), session)
     }
@@ -350,9 +560,14 @@ impl russh::server::Handler for Connection {
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.relayed(channel) {
+            return self
+                .start_relayed(channel, Start::Subsystem(name.to_string()), session)
+                .await;
+        }
         match &self.login {
             Some(Login {
                 target: Some(_), ..
@@ -362,8 +577,210 @@ impl russh::server::Handler for Connection {
     }
 }
 
+/// What a relayed channel starts on the target.
+enum Start {
+    Shell,
+    Exec(Vec<u8>),
+    Subsystem(String),
+}
+
+/// Does a target with this config record keystrokes?
+fn record_input(target: &crate::config::Target) -> bool {
+    match &target.kind {
+        crate::config::TargetKind::Ssh(ssh) => ssh.record_input,
+        crate::config::TargetKind::Container(container) => container.record_input,
+        crate::config::TargetKind::Postgres(_) => true,
+    }
+}
+
 impl Connection {
-    /// Starts the work of a shell, exec or subsystem request on its own task.
+    fn upstream_of(&self, channel: ChannelId) -> Option<&ChannelWriteHalf<client::Msg>> {
+        self.channels
+            .get(&channel)
+            .and_then(|state| state.upstream.as_ref())
+    }
+
+    fn relayed(&self, channel: ChannelId) -> bool {
+        self.upstream_of(channel).is_some()
+    }
+
+    /// Opens the session and the upstream connection on the first channel of a target login.
+    /// `Err` is the line to tell the engineer; the refusal is already audited.
+    async fn ensure_target(
+        &mut self,
+        user: &str,
+        target: &str,
+        session: &mut Session,
+    ) -> Result<(), String> {
+        if self.target.is_some() {
+            return Ok(());
+        }
+        if let Some(why) = &self.target_refusal {
+            return Err(why.clone());
+        }
+        let result = self.open_target(user, target, session).await;
+        if let Err(why) = &result {
+            self.target_refusal = Some(why.clone());
+        }
+        result
+    }
+
+    async fn open_target(
+        &mut self,
+        user: &str,
+        target: &str,
+        session: &mut Session,
+    ) -> Result<(), String> {
+        let access = self.access.clone();
+        let (name, target_name, source) =
+            (user.to_string(), target.to_string(), self.source.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::session::Session::open(&access, &name, &target_name, "ssh", &source)
+        })
+        .await;
+        let opened = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(refusal)) => {
+                let why = match refusal {
+                    SessionRefusal::NoGrant { target } => format!(
+                        "no active grant for {target}; request one with: {}",
+                        request_hint(&self.access, user, &target, self.port)
+                    ),
+                    other => other.to_string(),
+                };
+                self.audit_refusal(user, target, &why).await;
+                return Err(why);
+            }
+            Err(_) => return Err("the bastion failed to open the session".to_string()),
+        };
+        let ssh_target = match &opened.target().kind {
+            TargetKind::Ssh(ssh) => ssh.clone(),
+            _ => {
+                let why = format!("{target} is not an ssh target this build can open");
+                self.audit_refusal(user, target, &why).await;
+                end_session(&opened, "refused").await;
+                return Err(why);
+            }
+        };
+        match upstream::connect(&self.access, target, &ssh_target, self.client_key.clone()).await {
+            Ok(upstream) => {
+                let upstream = Arc::new(upstream);
+                let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
+                let (stop, stopped) = oneshot::channel();
+                tokio::spawn(relay::supervise(
+                    opened.clone(),
+                    session.handle(),
+                    upstream.clone(),
+                    live.clone(),
+                    stopped,
+                ));
+                self.target = Some(LiveTarget {
+                    session: opened,
+                    upstream,
+                    live,
+                    _stop: stop,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                let why = error.to_string();
+                tracing::warn!(target, %error, "cannot reach the target");
+                self.audit_refusal(user, target, &why).await;
+                end_session(&opened, "target_unreachable").await;
+                Err(why)
+            }
+        }
+    }
+
+    async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
+        let event = AuditEvent::SessionRefused {
+            user: user.to_string(),
+            target: target.to_string(),
+            source: self.source.clone(),
+            why: why.to_string(),
+        };
+        let access = self.access.clone();
+        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!("cannot audit a refused session");
+        }
+    }
+
+    /// Starts a shell, exec or subsystem on the target, with its recording.
+    async fn start_relayed(
+        &mut self,
+        channel: ChannelId,
+        start: Start,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) else {
+            return session.channel_failure(channel);
+        };
+        let Some(upstream) = &state.upstream else {
+            return session.channel_failure(channel);
+        };
+        let command = match &start {
+            Start::Exec(command) => Some(String::from_utf8_lossy(command).into_owned()),
+            _ => None,
+        };
+        // SFTP and scp traffic is not a terminal: it is audited per file operation, not cast.
+        if !matches!(start, Start::Subsystem(_)) {
+            let (width, height) = match &state.pty {
+                Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
+                _ => DEFAULT_SIZE,
+            };
+            let header = Header {
+                width,
+                height,
+                timestamp: self.access.now().unix_timestamp(),
+                title: live.session.title(),
+                command,
+                term: state.pty.as_ref().map(|pty| pty.term.clone()),
+            };
+            let recording_session = live.session.clone();
+            let (index, record_input) = (state.index, state.record_input);
+            let created = tokio::task::spawn_blocking(move || {
+                recording_session.start_recording(index, &header, record_input)
+            })
+            .await;
+            match created {
+                Ok(Ok(recorder)) => {
+                    if let Ok(mut slot) = state.recorder.lock() {
+                        *slot = Some(recorder);
+                    }
+                }
+                Ok(Err(error)) => {
+                    if live.session.recording_failed(&error) {
+                        // Fail closed: a session that cannot be recorded does not run.
+                        session.channel_success(channel)?;
+                        let pty = state.pty.is_some();
+                        let _ = upstream.close().await;
+                        relay::cut(
+                            &session.handle(),
+                            channel,
+                            pty,
+                            "this session cannot be recorded, so it cannot run; tell the bastion operators",
+                        )
+                        .await;
+                        return Ok(());
+                    }
+                }
+                Err(_) => return session.channel_failure(channel),
+            }
+        }
+        let forwarded = match start {
+            Start::Shell => upstream.request_shell(true).await,
+            Start::Exec(command) => upstream.exec(true, command).await,
+            Start::Subsystem(name) => upstream.request_subsystem(true, name).await,
+        };
+        if forwarded.is_err() {
+            return session.channel_failure(channel);
+        }
+        Ok(())
+    }
+
+    /// Answers a shell, exec or subsystem request that is not relayed: the command interface,
+    /// or the refusal of a target session (already audited when it was decided).
     fn start(
         &mut self,
         channel: ChannelId,
@@ -375,23 +792,31 @@ impl Connection {
         };
         session.channel_success(channel)?;
         let access = self.access.clone();
-        let source = self.source.clone();
-        let pty = state.pty;
-        let port = self.port;
+        let pty = state.pty.is_some();
+        let refused = state.refused.clone();
         let handle = session.handle();
         tokio::spawn(async move {
-            let output = tokio::task::spawn_blocking(move || match (&login.target, command) {
-                (Some(target), _) => refuse_target(&access, &login.user, target, &source, port),
-                (None, Some(line)) => commands::run_line(&access, &login.user, &line),
-                (None, None) => interactive_unavailable(&access, &login.user),
-            })
-            .await
-            .unwrap_or_else(|_| CommandOutput {
-                stdout: String::new(),
-                stderr: "error: the bastion failed on this request; nothing was changed\n"
-                    .to_string(),
-                exit_code: 1,
-            });
+            let output = match (&login.target, command) {
+                (Some(_), _) => CommandOutput {
+                    stdout: String::new(),
+                    stderr: format!(
+                        "error: {}\n",
+                        refused.unwrap_or_else(|| "this session was refused".to_string())
+                    ),
+                    exit_code: 1,
+                },
+                (None, command) => tokio::task::spawn_blocking(move || match command {
+                    Some(line) => commands::run_line(&access, &login.user, &line),
+                    None => interactive_unavailable(&access, &login.user),
+                })
+                .await
+                .unwrap_or_else(|_| CommandOutput {
+                    stdout: String::new(),
+                    stderr: "error: the bastion failed on this request; nothing was changed\n"
+                        .to_string(),
+                    exit_code: 1,
+                }),
+            };
             finish(&handle, channel, output, pty).await;
         });
         Ok(())
@@ -429,47 +854,6 @@ async fn finish(
     let _ = handle.close(channel).await;
 }
 
-/// A session on a target. Until the relay exists (issue #3) every such session is refused, with
-/// the exact `request` command when there is no grant.
-fn refuse_target(
-    access: &Access,
-    user: &str,
-    target: &str,
-    source: &str,
-    port: u16,
-) -> CommandOutput {
-    let config = access.config();
-    let why = if config.target(target).is_none() {
-        format!("unknown target {target}; list the ones you may request with: targets")
-    } else {
-        match access.active_grant(user, target) {
-            Ok(None) => format!(
-                "no active grant for {target}; request one with: {}",
-                request_hint(access, user, target, port)
-            ),
-            Ok(Some(_)) => format!(
-                "you have access to {target}, but this bastion build cannot open target sessions \
-                 yet; nothing was connected"
-            ),
-            Err(_) => "the bastion could not check your access; nothing was connected".to_string(),
-        }
-    };
-    let event = AuditEvent::SessionRefused {
-        user: user.to_string(),
-        target: target.to_string(),
-        source: source.to_string(),
-        why: why.clone(),
-    };
-    if let Err(error) = access.record(&event) {
-        tracing::error!(%error, "cannot audit a refused session");
-    }
-    CommandOutput {
-        stdout: String::new(),
-        stderr: format!("error: {why}\n"),
-        exit_code: 1,
-    }
-}
-
 /// `ssh -p 2222 alice@bastion request web-1 --for 1h --reason "..."`, with this bastion's address.
 pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> String {
     let config = access.config();
@@ -482,6 +866,12 @@ pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> Str
         .filter(|host| !host.is_empty())
         .unwrap_or("bastion");
     format!("ssh -p {port} {user}@{host} request {target} --for 1h --reason \"...\"")
+}
+
+/// Ends a session from async code.
+async fn end_session(session: &crate::session::Session, reason: &'static str) {
+    let session = session.clone();
+    let _ = tokio::task::spawn_blocking(move || session.end(reason)).await;
 }
 
 fn interactive_unavailable(access: &Access, user: &str) -> CommandOutput {

@@ -7,6 +7,8 @@
 
 mod handler;
 mod login;
+mod relay;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     access: Access,
     host_key: PrivateKey,
+    client_key: PrivateKey,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = Arc::new(russh::server::Config {
@@ -42,7 +45,7 @@ pub async fn serve(
         ..Default::default()
     });
     let port = listener.local_addr()?.port();
-    let mut server = handler::SshServer::new(access, port);
+    let mut server = handler::SshServer::new(access, port, Arc::new(client_key));
     let running = server.run_on_socket(config, &listener);
     let handle = running.handle();
     tokio::spawn(async move {

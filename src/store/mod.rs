@@ -605,7 +605,13 @@ impl Tx<'_> {
         let changed = self.transaction.execute(
             "UPDATE sessions SET ended_at = ?2, end_reason = ?3, bytes_in = ?4, bytes_out = ?5
              WHERE id = ?1 AND ended_at IS NULL",
-            params![id, at.unix_timestamp(), reason, bytes_in as i64, bytes_out as i64],
+            params![
+                id,
+                at.unix_timestamp(),
+                reason,
+                bytes_in as i64,
+                bytes_out as i64
+            ],
         )?;
         Ok(changed == 1)
     }
@@ -679,7 +685,13 @@ impl Tx<'_> {
         self.transaction.execute(
             "UPDATE recordings SET sha256 = ?3, size = ?4, finalized_at = ?5
              WHERE session_id = ?1 AND channel = ?2",
-            params![session_id, channel, sha256, size as i64, at.unix_timestamp()],
+            params![
+                session_id,
+                channel,
+                sha256,
+                size as i64,
+                at.unix_timestamp()
+            ],
         )?;
         // The session row keeps the latest finalized recording for a quick look.
         self.transaction.execute(

@@ -11,6 +11,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bastion;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -504,6 +506,16 @@ impl TestConfig {
         )
         .expect("write config");
         TestConfig { dir, path }
+    }
+
+    /// Replaces everything after the generated `[server]` and `[access]` sections.
+    pub fn rewrite(&self, body: &str) {
+        let text = std::fs::read_to_string(&self.path).expect("read config");
+        let head = text
+            .find("pending_request_ttl")
+            .and_then(|at| text[at..].find('\n').map(|end| at + end + 1))
+            .unwrap_or(text.len());
+        std::fs::write(&self.path, format!("{}{body}", &text[..head])).expect("write config");
     }
 
     pub fn load(&self) -> portcullis::config::Config {

@@ -1,0 +1,251 @@
+//! Moving a channel's traffic between the engineer and the target, recording it as it passes.
+//!
+//! `pump` carries one upstream channel's messages (output, stderr, request replies, exit status,
+//! EOF, close) to the downstream channel in order, records output, and flushes the recording every
+//! second. `supervise` watches the session's grant and writes the expiry warning and the final
+//! notice to every live channel before cutting them. The handler (`handler.rs`) carries the other
+//! direction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use russh::client;
+use russh::server::Handle;
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf};
+use tokio::sync::oneshot;
+
+use crate::recording::{FLUSH_INTERVAL, Recorder};
+use crate::session::{Notice, Session};
+
+use super::upstream::Upstream;
+
+/// The recording of one channel, shared by both directions.
+pub type SharedRecorder = Arc<Mutex<Option<Recorder>>>;
+
+/// The downstream channels of a session that are open, with whether each has a pty.
+pub type LiveChannels = Arc<Mutex<HashMap<ChannelId, bool>>>;
+
+/// Applies `write` to the channel's recorder. On failure the recorder is dropped (no more writes)
+/// and `Err` carries whether the session must end.
+pub fn record(
+    session: &Session,
+    recorder: &SharedRecorder,
+    write: impl FnOnce(&mut Recorder) -> Result<(), crate::recording::RecordingError>,
+) -> Result<(), bool> {
+    let Ok(mut slot) = recorder.lock() else {
+        return Err(true);
+    };
+    let Some(active) = slot.as_mut() else {
+        return Ok(());
+    };
+    match write(active) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            *slot = None;
+            Err(session.recording_failed(&error))
+        }
+    }
+}
+
+/// Finalizes the channel's recording, if it has one.
+pub async fn finish_recording(session: &Session, channel: u32, recorder: &SharedRecorder) {
+    let taken = recorder.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(active) = taken {
+        let session = session.clone();
+        let finished =
+            tokio::task::spawn_blocking(move || session.finish_recording(channel, active)).await;
+        if let Ok(Err(error)) = finished {
+            tracing::error!(%error, "cannot finalize a recording");
+        }
+    }
+}
+
+/// Writes a line from the bastion to a channel: in the terminal with a pty, on stderr without.
+pub async fn notify(handle: &Handle, channel: ChannelId, pty: bool, message: &str) {
+    if pty {
+        let _ = handle
+            .data(
+                channel,
+                format!("\r\nportcullis: {message}\r\n").into_bytes(),
+            )
+            .await;
+    } else {
+        let _ = handle
+            .extended_data(channel, 1, format!("portcullis: {message}\n").into_bytes())
+            .await;
+    }
+}
+
+/// Ends a channel from the bastion's side with a final line and a non-zero exit status.
+pub async fn cut(handle: &Handle, channel: ChannelId, pty: bool, message: &str) {
+    notify(handle, channel, pty, message).await;
+    let _ = handle.exit_status_request(channel, 1).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
+/// Carries one upstream channel to its downstream channel until either side closes it.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump(
+    mut upstream: ChannelReadHalf,
+    handle: Handle,
+    down: ChannelId,
+    index: u32,
+    session: Session,
+    recorder: SharedRecorder,
+    live: LiveChannels,
+    pty: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    let mut failed = None;
+    let mut eof_held = false;
+    loop {
+        let message = tokio::select! {
+            message = upstream.wait() => message,
+            _ = flush.tick() => {
+                if let Err(true) = record(&session, &recorder, Recorder::flush) {
+                    failed = Some("recording failed; the session was ended");
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else {
+            break;
+        };
+        let delivered = match message {
+            ChannelMsg::Data { data } => {
+                session.count_out(data.len());
+                if let Err(true) = record(&session, &recorder, |active| active.output(&data)) {
+                    failed = Some("recording failed; the session was ended");
+                    break;
+                }
+                handle.data(down, data).await.is_ok()
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                session.count_out(data.len());
+                if let Err(true) = record(&session, &recorder, |active| active.output(&data)) {
+                    failed = Some("recording failed; the session was ended");
+                    break;
+                }
+                handle.extended_data(down, ext, data).await.is_ok()
+            }
+            ChannelMsg::Success => handle.channel_success(down).await.is_ok(),
+            ChannelMsg::Failure => handle.channel_failure(down).await.is_ok(),
+            ChannelMsg::ExitStatus { exit_status } => {
+                let sent = handle.exit_status_request(down, exit_status).await.is_ok();
+                sent && release_eof(&handle, down, &mut eof_held).await
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                let sent = handle
+                    .exit_signal_request(down, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+                    .is_ok();
+                sent && release_eof(&handle, down, &mut eof_held).await
+            }
+            // Held until the exit status: a client that has its EOF and has sent its own closes
+            // the channel, and an exit status relayed after that close would be lost.
+            ChannelMsg::Eof => {
+                eof_held = true;
+                true
+            }
+            ChannelMsg::Close => {
+                release_eof(&handle, down, &mut eof_held).await;
+                break;
+            }
+            _ => true,
+        };
+        if !delivered {
+            break;
+        }
+    }
+    finish_recording(&session, index, &recorder).await;
+    let was_live = live
+        .lock()
+        .ok()
+        .and_then(|mut channels| channels.remove(&down));
+    if was_live.is_some() {
+        match failed {
+            Some(message) => {
+                cut(
+                    &handle,
+                    down,
+                    pty.load(std::sync::atomic::Ordering::Relaxed),
+                    message,
+                )
+                .await
+            }
+            None => {
+                let _ = handle.close(down).await;
+            }
+        }
+    }
+}
+
+/// Sends a held EOF, if any; false if the client is gone.
+async fn release_eof(handle: &Handle, down: ChannelId, held: &mut bool) -> bool {
+    if std::mem::take(held) {
+        handle.eof(down).await.is_ok()
+    } else {
+        true
+    }
+}
+
+/// Watches the session's grant: warns every live channel before the end and cuts them all at it.
+/// Stops quietly when `stop` fires (the client went away).
+pub async fn supervise(
+    session: Session,
+    handle: Handle,
+    upstream: Arc<Upstream>,
+    live: LiveChannels,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut watch = session.watch();
+    loop {
+        let notice = tokio::select! {
+            notice = watch.next() => notice,
+            _ = &mut stop => return,
+        };
+        let channels: Vec<(ChannelId, bool)> = live
+            .lock()
+            .map(|channels| channels.iter().map(|(id, pty)| (*id, *pty)).collect())
+            .unwrap_or_default();
+        match notice {
+            Notice::Warning(message) => {
+                if channels.is_empty() {
+                    watch.rearm_warning();
+                }
+                for (channel, pty) in channels {
+                    notify(&handle, channel, pty, &message).await;
+                }
+            }
+            Notice::Ended { message, reason } => {
+                if let Ok(mut open) = live.lock() {
+                    open.clear();
+                }
+                let _ = upstream
+                    .disconnect(russh::Disconnect::ByApplication, &message, "en")
+                    .await;
+                for (channel, pty) in channels {
+                    cut(&handle, channel, pty, &message).await;
+                }
+                let ended = session.clone();
+                let _ = tokio::task::spawn_blocking(move || ended.end(reason)).await;
+                tracing::info!(session = %session.id(), reason, "session cut");
+                return;
+            }
+        }
+    }
+}
+
+/// Opens the upstream channel for a new downstream channel.
+pub async fn open_upstream_channel(
+    upstream: &Upstream,
+) -> Result<russh::Channel<client::Msg>, russh::Error> {
+    upstream.channel_open_session().await
+}

@@ -1,0 +1,485 @@
+//! Sessions through the bastion to a real OpenSSH `sshd`, with the real `ssh`, `scp` and `sftp`
+//! clients (issue #3): exec and shell fidelity, recordings, file transfer, host-key pinning, and
+//! revoke and expiry cutting a live session.
+
+// Tests fail by panicking; the no-panic rule is for code that handles network input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::bastion::Bastion;
+use support::{Sshd, require_binary, run, wait_for};
+
+/// A bastion with target `web-1` on a fresh sshd that trusts the bastion's client key, pinned by
+/// the sshd's real host key (or `host_key`, to test a mismatch).
+fn bastion_and_sshd(host_key: Option<&str>) -> (Bastion, Sshd) {
+    let mut sshd = None;
+    let bastion = Bastion::start_with(|client_key| {
+        let server = Sshd::start_with(&[client_key.to_string()]);
+        let pinned = host_key.map_or_else(|| server.host_key.clone(), str::to_string);
+        let text = format!(
+            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
+             login = \"{}\"\nhost_key = \"{pinned}\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\nmax_duration = \"2h\"\n",
+            server.port, server.user
+        );
+        sshd = Some(server);
+        text
+    });
+    (bastion, sshd.expect("sshd started"))
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+/// The recordings of a session, as (path, parsed lines).
+fn recordings(bastion: &Bastion) -> Vec<(PathBuf, Vec<Value>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![bastion.config.dir.path().join("recordings")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "cast") {
+                let text = std::fs::read_to_string(&path).expect("read cast");
+                let lines = text
+                    .lines()
+                    .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                    .collect();
+                found.push((path, lines));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+#[test]
+fn exec_keeps_stdout_stderr_and_exit_status_and_is_recorded() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let (code, stdout, stderr) = bastion.ssh_with(
+        &bastion.key("alice"),
+        "alice+web-1",
+        &["echo to-stdout; echo to-stderr >&2; exit 3"],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(stdout, "to-stdout\n");
+    assert_eq!(stderr, "to-stderr\n");
+
+    // A command killed by a signal is reported as such (OpenSSH exits 255 on exit-signal).
+    let (code, _, stderr) =
+        bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["kill -TERM $$"]);
+    assert_eq!(code, 255, "{stderr}");
+
+    let casts = wait_for(
+        "both recordings to be finalized",
+        Duration::from_secs(10),
+        || {
+            let events = bastion.audit();
+            let finalized: Vec<&Value> = events
+                .iter()
+                .filter(|event| event["type"] == "recording.finalized")
+                .collect();
+            (finalized.len() >= 2).then(|| recordings(&bastion))
+        },
+    );
+    let (path, lines) = casts
+        .iter()
+        .find(|(_, lines)| lines[0]["command"] == "echo to-stdout; echo to-stderr >&2; exit 3")
+        .expect("the first command's recording");
+    let header = &lines[0];
+    assert_eq!(header["version"], 2);
+    assert_eq!(
+        (header["width"].clone(), header["height"].clone()),
+        (80.into(), 24.into())
+    );
+    assert_eq!(header["title"], "alice → web-1");
+    assert_eq!(
+        header["command"],
+        "echo to-stdout; echo to-stderr >&2; exit 3"
+    );
+    assert!(header["timestamp"].is_i64());
+    let output: String = lines[1..]
+        .iter()
+        .filter(|event| event[1] == "o")
+        .filter_map(|event| event[2].as_str())
+        .collect();
+    assert!(
+        output.contains("to-stdout") && output.contains("to-stderr"),
+        "{output}"
+    );
+    assert!(
+        path.to_string_lossy().contains("-0.cast"),
+        "{}",
+        path.display()
+    );
+
+    // The finalized hash matches the file, and the session row says how it ended.
+    let events = bastion.audit();
+    let finalized = events
+        .iter()
+        .find(|event| event["type"] == "recording.finalized")
+        .expect("finalized event");
+    let recorded_path = finalized["detail"]["path"].as_str().expect("path");
+    let bytes = std::fs::read(recorded_path).expect("read recording");
+    assert_eq!(
+        finalized["detail"]["sha256"],
+        hex::encode(Sha256::digest(&bytes))
+    );
+    assert_eq!(finalized["detail"]["size"], bytes.len());
+    assert!(
+        events
+            .iter()
+            .any(|event| event["type"] == "session.started")
+    );
+    wait_for("the sessions to end", Duration::from_secs(10), || {
+        let ended = bastion
+            .audit()
+            .iter()
+            .filter(|event| event["type"] == "session.ended")
+            .count();
+        (ended >= 2).then_some(())
+    });
+}
+
+#[test]
+fn a_pty_shell_is_recorded_with_input_output_and_terminal_type() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .args(["-tt", "-o", "SetEnv=TERM=xterm-256color"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"echo marker-$((6 * 7)); tput cols; exit 0\n")
+            .expect("type into the shell");
+    }
+    let output = child.wait_with_output().expect("ssh finishes");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("marker-42"), "{stdout}");
+    assert_eq!(output.status.code(), Some(0));
+
+    let casts = wait_for("the recording", Duration::from_secs(10), || {
+        let done = bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "recording.finalized");
+        done.then(|| recordings(&bastion))
+    });
+    let (_, lines) = &casts[0];
+    assert!(lines[0]["env"]["TERM"].is_string(), "{}", lines[0]);
+    let output: String = lines[1..]
+        .iter()
+        .filter(|event| event[1] == "o")
+        .filter_map(|event| event[2].as_str())
+        .collect();
+    assert!(output.contains("marker-42"), "{output}");
+    let input: String = lines[1..]
+        .iter()
+        .filter(|event| event[1] == "i")
+        .filter_map(|event| event[2].as_str())
+        .collect();
+    assert!(input.contains("echo marker-$((6 * 7))"), "{input}");
+}
+
+fn file_of(dir: &Path, name: &str, size: usize) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut data = vec![0u8; size];
+    let mut state = 0x2545_f491_u32;
+    for byte in data.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        *byte = state as u8;
+    }
+    std::fs::write(&path, &data).expect("write test file");
+    (path, hex::encode(Sha256::digest(&data)))
+}
+
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+#[test]
+fn scp_in_both_modes_and_sftp_move_files_intact() {
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let local = tempfile::tempdir().expect("tempdir");
+    let (source, checksum) = file_of(local.path(), "payload.bin", 8 * 1024 * 1024);
+    let remote = sshd.dir.path().join("uploaded.bin");
+    let common = |command: &mut Command| {
+        command
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                bastion.known_hosts.display()
+            ))
+            .arg("-i")
+            .arg(bastion.key("alice"));
+    };
+    let scp = require_binary("scp", &[], "openssh-client");
+    for mode in [None, Some("-O")] {
+        let _ = std::fs::remove_file(&remote);
+        let mut upload = Command::new(&scp);
+        common(&mut upload);
+        upload
+            .args(mode)
+            .args(["-P", &bastion.port().to_string()])
+            .arg(&source)
+            .arg(format!("alice+web-1@127.0.0.1:{}", remote.display()));
+        let (code, _, stderr) = run(&mut upload);
+        assert_eq!(code, 0, "scp {mode:?} upload: {stderr}");
+        assert_eq!(sha256_of(&remote), checksum, "scp {mode:?} upload");
+
+        let back = local.path().join(format!("back{}.bin", mode.unwrap_or("")));
+        let mut download = Command::new(&scp);
+        common(&mut download);
+        download
+            .args(mode)
+            .args(["-P", &bastion.port().to_string()])
+            .arg(format!("alice+web-1@127.0.0.1:{}", remote.display()))
+            .arg(&back);
+        let (code, _, stderr) = run(&mut download);
+        assert_eq!(code, 0, "scp {mode:?} download: {stderr}");
+        assert_eq!(sha256_of(&back), checksum, "scp {mode:?} download");
+    }
+
+    let sftp = require_binary("sftp", &[], "openssh-client");
+    let fetched = local.path().join("sftp.bin");
+    let batch = local.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nget {} {}\nrm {}\n",
+            source.display(),
+            sshd.dir.path().join("sftp.bin").display(),
+            sshd.dir.path().join("sftp.bin").display(),
+            fetched.display(),
+            sshd.dir.path().join("sftp.bin").display()
+        ),
+    )
+    .expect("write batch");
+    let mut command = Command::new(sftp);
+    common(&mut command);
+    command.arg("-b").arg(&batch).args([
+        "-P",
+        &bastion.port().to_string(),
+        "alice+web-1@127.0.0.1",
+    ]);
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "sftp: {stderr}");
+    assert_eq!(sha256_of(&fetched), checksum);
+}
+
+#[test]
+fn a_host_key_mismatch_refuses_the_session() {
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_, wrong) = support::ssh_keygen(other.path(), "impostor");
+    let (bastion, _sshd) = bastion_and_sshd(Some(&wrong));
+    bastion.grant("alice", "web-1", hour());
+    let (code, stdout, stderr) = bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["true"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("does not match the one on record"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "session_refused")
+    );
+}
+
+/// Starts `sleep 60` on web-1 through the bastion and waits until the session is live.
+fn live_session(bastion: &Bastion) -> std::process::Child {
+    let before = bastion
+        .audit_types()
+        .iter()
+        .filter(|kind| *kind == "session.started")
+        .count();
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("echo started; sleep 60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    wait_for("the session to start", Duration::from_secs(15), || {
+        let now = bastion
+            .audit_types()
+            .iter()
+            .filter(|kind| *kind == "session.started")
+            .count();
+        (now > before).then_some(())
+    });
+    // The command's first output means the channel is live end to end.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read first line");
+    assert_eq!(line, "started\n");
+    child
+}
+
+fn finish(child: std::process::Child) -> (Option<i32>, String) {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let output = receiver
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the session was cut within 15 s")
+        .expect("ssh output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_revoke_cuts_a_live_session_at_once() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let grant = bastion.grant("alice", "web-1", hour());
+    let child = live_session(&bastion);
+    bastion
+        .access()
+        .revoke(
+            &portcullis::audit::Actor::User("bob".into()),
+            &grant,
+            "incident over",
+        )
+        .expect("revoke");
+    let (code, stderr) = finish(child);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("portcullis: access to web-1 ended: grant revoked by bob"),
+        "{stderr}"
+    );
+    wait_for(
+        "session.ended with the reason",
+        Duration::from_secs(10),
+        || {
+            bastion
+                .audit()
+                .iter()
+                .any(|event| {
+                    event["type"] == "session.ended" && event["detail"]["reason"] == "grant_revoked"
+                })
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn expiry_warns_then_cuts_a_live_session() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", Duration::from_secs(600));
+    let child = live_session(&bastion);
+    // Into the 5-minute warning window, then past the end.
+    bastion.advance(Duration::from_secs(6 * 60));
+    std::thread::sleep(Duration::from_millis(600));
+    bastion.advance(Duration::from_secs(4 * 60));
+    let (code, stderr) = finish(child);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("portcullis: access to web-1 ends at"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(in 4 minutes)"), "{stderr}");
+    assert!(
+        stderr.contains("portcullis: access to web-1 ended: grant expired"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn locale_and_terminal_env_reach_the_target_and_nothing_else() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let (code, stdout, stderr) = run(bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .args(["-o", "SetEnv=LANG=C.UTF-8 PORTCULLIS_SNEAKY=1"])
+        .arg("echo \"lang=$LANG sneaky=${PORTCULLIS_SNEAKY:-unset}\"")
+        .stdin(Stdio::null()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "lang=C.UTF-8 sneaky=unset");
+}
+
+#[test]
+fn several_channels_share_one_connection() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let control = tempfile::tempdir().expect("tempdir");
+    let socket = control.path().join("master");
+    let master = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .args(["-M", "-N", "-o"])
+        .arg(format!("ControlPath={}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start master");
+    wait_for("the control socket", Duration::from_secs(15), || {
+        socket.exists().then_some(())
+    });
+    let handles: Vec<_> = (0..3)
+        .map(|index| {
+            let mut command = bastion.ssh_command(&bastion.key("alice"), "alice+web-1");
+            command
+                .arg("-o")
+                .arg(format!("ControlPath={}", socket.display()))
+                .arg(format!("echo channel-{index}"))
+                .stdin(Stdio::null());
+            std::thread::spawn(move || run(&mut command))
+        })
+        .collect();
+    for (index, handle) in handles.into_iter().enumerate() {
+        let (code, stdout, stderr) = handle.join().expect("thread");
+        assert_eq!(
+            code, 0,
+            "channel {index}: stdout {stdout:?} stderr {stderr:?}"
+        );
+        assert_eq!(stdout.trim(), format!("channel-{index}"));
+    }
+    let mut master = master;
+    let _ = master.kill();
+    let _ = master.wait();
+    // One session, three recorded channels numbered 0, 1, 2.
+    let started = bastion
+        .audit_types()
+        .iter()
+        .filter(|kind| *kind == "session.started")
+        .count();
+    assert_eq!(started, 1);
+    wait_for("three recordings", Duration::from_secs(10), || {
+        let casts = recordings(&bastion);
+        (casts.len() == 3).then_some(())
+    });
+}

@@ -1,0 +1,195 @@
+//! The bastion started in-process for a test, with four users whose keys are made by
+//! `ssh-keygen`: alice and erin request (erin only from 10.0.0.0/8), bob and carol approve.
+//! The clock is a `ManualClock` starting now, so tests move time instead of waiting.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::access::Approved;
+use portcullis::clock::{Clock, ManualClock, SystemClock};
+use portcullis::server::Server;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{TestConfig, require_binary, run, ssh_keygen};
+
+pub struct Bastion {
+    pub server: Option<Server>,
+    pub runtime: tokio::runtime::Runtime,
+    pub config: TestConfig,
+    pub clock: Arc<ManualClock>,
+    pub known_hosts: PathBuf,
+    pub keys: tempfile::TempDir,
+}
+
+const USERS: [(&str, &str, &str); 4] = [
+    ("alice", r#"["engineer"]"#, ""),
+    ("bob", r#"["leader"]"#, ""),
+    ("carol", r#"["leader"]"#, ""),
+    ("erin", r#"["engineer"]"#, "ip_allow = [\"10.0.0.0/8\"]\n"),
+];
+
+impl Bastion {
+    /// Starts a bastion whose config has the standard users and `targets` (TOML).
+    pub fn start(targets: &str) -> Bastion {
+        Bastion::start_with(|_| targets.to_string())
+    }
+
+    /// Like `start`, but `targets` is made once the bastion's client public key exists, so a
+    /// test can put it in an `sshd`'s authorized_keys before the bastion starts.
+    pub fn start_with(targets: impl FnOnce(&str) -> String) -> Bastion {
+        if std::env::var_os("PORTCULLIS_TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug,russh=info")
+                .with_test_writer()
+                .try_init();
+        }
+        let keys = tempfile::tempdir().expect("tempdir");
+        let mut users = String::new();
+        for (name, roles, extra) in USERS {
+            let (_, public) = ssh_keygen(keys.path(), name);
+            users.push_str(&format!(
+                "[[users]]\nname = \"{name}\"\nssh_keys = [\"{public}\"]\nroles = {roles}\n{extra}\n"
+            ));
+        }
+        let config = TestConfig::new("");
+        std::fs::create_dir_all(config.state_dir()).expect("state dir");
+        let client_key = portcullis::keys::load_or_create(
+            &config.state_dir().join(portcullis::keys::CLIENT_KEY_FILE),
+            "portcullis",
+        )
+        .expect("client key");
+        let targets = targets(&portcullis::keys::public_line(&client_key));
+        config.rewrite(&format!(
+            "[roles]\nengineer = \"requests\"\nleader = \"approves\"\n\n{users}{targets}"
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let server = runtime
+            .block_on(Server::start(config.load(), clock.clone()))
+            .expect("start the bastion");
+        let host_key = portcullis::keys::load_or_create(
+            &config.state_dir().join(portcullis::keys::HOST_KEY_FILE),
+            "unused",
+        )
+        .expect("host key");
+        let known_hosts = keys.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!(
+                "[127.0.0.1]:{} {}\n",
+                server.ssh_addr.port(),
+                portcullis::keys::public_line(&host_key)
+            ),
+        )
+        .expect("write known_hosts");
+        Bastion {
+            server: Some(server),
+            runtime,
+            config,
+            clock,
+            known_hosts,
+            keys,
+        }
+    }
+
+    pub fn access(&self) -> &portcullis::access::Access {
+        &self.server.as_ref().expect("running").access
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server
+            .as_ref()
+            .map_or(0, |server| server.ssh_addr.port())
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.keys.path().join(name)
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// Moves the bastion's clock.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// alice asks for `target` for `duration`, bob approves; returns the grant id.
+    pub fn grant(&self, user: &str, target: &str, duration: Duration) -> String {
+        let access = self.access();
+        let request = access
+            .request(user, target, Some(duration), "INC-1 test")
+            .expect("request");
+        match access.approve("bob", &request.id) {
+            Ok(Approved::Granted { grant, .. }) => grant.id,
+            other => panic!("approval: {other:?}"),
+        }
+    }
+
+    /// An `ssh` command for `login@127.0.0.1` on the bastion with `key` only, pinning its host key.
+    pub fn ssh_command(&self, key: &Path, login: &str) -> Command {
+        let ssh = require_binary("ssh", &[], "openssh-client");
+        let mut command = Command::new(ssh);
+        command
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+            .arg("-i")
+            .arg(key)
+            .args(["-p", &self.port().to_string()])
+            .arg(format!("{login}@127.0.0.1"));
+        command
+    }
+
+    /// `ssh -p PORT login@127.0.0.1 args...` with `key` only, stdin closed.
+    pub fn ssh_with(&self, key: &Path, login: &str, args: &[&str]) -> (i32, String, String) {
+        run(self
+            .ssh_command(key, login)
+            .args(args)
+            .stdin(std::process::Stdio::null()))
+    }
+
+    pub fn ssh(&self, user: &str, args: &[&str]) -> (i32, String, String) {
+        self.ssh_with(&self.key(user), user, args)
+    }
+
+    /// The audit events, oldest first.
+    pub fn audit(&self) -> Vec<Value> {
+        let (_, stdout, _) = run(&mut self
+            .config
+            .portcullis(&["audit", "tail", "-n", "500", "--json"]));
+        let events: Value = serde_json::from_str(&stdout).expect("audit json");
+        events["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn audit_types(&self) -> Vec<String> {
+        self.audit()
+            .iter()
+            .filter_map(|event| event["type"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.shutdown());
+        }
+    }
+}
