@@ -483,3 +483,68 @@ fn several_channels_share_one_connection() {
         (casts.len() == 3).then_some(())
     });
 }
+
+/// A bastion whose recordings folder cannot be created (a file stands where it should be).
+fn unrecordable(policy: Option<&str>) -> (Bastion, Sshd) {
+    let mut sshd = None;
+    let bastion = Bastion::start_with(|client_key| {
+        let server = Sshd::start_with(&[client_key.to_string()]);
+        let text = format!(
+            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
+             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\n{}",
+            server.port,
+            server.user,
+            server.host_key,
+            policy.map_or_else(String::new, |policy| format!(
+                "on_recording_failure = \"{policy}\"\n"
+            ))
+        );
+        sshd = Some(server);
+        text
+    });
+    // Today's folder cannot be made: the year is a file.
+    let year = bastion.now().year().to_string();
+    let recordings = bastion.config.dir.path().join("recordings");
+    std::fs::create_dir_all(&recordings).expect("recordings dir");
+    std::fs::write(recordings.join(year), "not a folder").expect("block the folder");
+    (bastion, sshd.expect("sshd"))
+}
+
+#[test]
+fn a_session_that_cannot_be_recorded_does_not_run() {
+    let (bastion, sshd) = unrecordable(None);
+    bastion.grant("alice", "web-1", hour());
+    let marker = sshd.dir.path().join("ran");
+    let (code, stdout, stderr) = bastion.ssh_with(
+        &bastion.key("alice"),
+        "alice+web-1",
+        &[&format!("touch {}; echo ran", marker.display())],
+    );
+    assert_ne!(code, 0);
+    assert!(!stdout.contains("ran"), "{stdout}");
+    assert!(stderr.contains("cannot be recorded"), "{stderr}");
+    assert!(!marker.exists(), "the command ran unrecorded");
+    let failure = bastion
+        .audit()
+        .into_iter()
+        .find(|event| event["type"] == "recording.failed")
+        .expect("recording.failed audited");
+    assert_eq!(failure["detail"]["outcome"], "session ended");
+}
+
+#[test]
+fn on_recording_failure_continue_runs_the_session_and_audits_it() {
+    let (bastion, _sshd) = unrecordable(Some("continue"));
+    bastion.grant("alice", "web-1", hour());
+    let (code, stdout, stderr) =
+        bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["echo ran"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "ran\n");
+    let failure = bastion
+        .audit()
+        .into_iter()
+        .find(|event| event["type"] == "recording.failed")
+        .expect("recording.failed audited");
+    assert_eq!(failure["detail"]["outcome"], "session continued");
+}

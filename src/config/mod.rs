@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use russh::keys::PublicKey;
 
 pub use duration::{format_duration, parse_duration};
-use raw::{RawAccess, RawConfig, RawServer, RawSlack, RawTarget, RawUser};
+use raw::{RawAccess, RawConfig, RawLimits, RawServer, RawSlack, RawTarget, RawUser};
 
 use crate::secret::SecretSource;
 
@@ -41,6 +41,16 @@ pub struct Config {
     pub users: Vec<User>,
     pub targets: Vec<Target>,
     pub slack: Option<SlackConfig>,
+    pub limits: Limits,
+}
+
+/// Bounds on what one unauthenticated or authenticated client may hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The SSH handshake and authentication (and later the Postgres startup) must finish within.
+    pub handshake_timeout: Duration,
+    /// Channels one SSH connection may have open at once.
+    pub max_channels_per_connection: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +401,7 @@ impl Validator {
         let users = self.users(raw.users, &roles);
         let targets = self.targets(raw.targets, &roles, &access);
         let slack = raw.slack.map(|slack| self.slack(slack));
+        let limits = self.limits(raw.limits);
         self.approval_policies(&targets, &users);
         Config {
             path: path.to_path_buf(),
@@ -400,6 +411,29 @@ impl Validator {
             users,
             targets,
             slack,
+            limits,
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let max_channels = match raw.max_channels_per_connection {
+            None => 64,
+            Some(count) if (1..=1024).contains(&count) => count as u32,
+            Some(count) => {
+                self.problem(
+                    "limits.max_channels_per_connection",
+                    format!("{count} is out of range (1 to 1024)"),
+                );
+                64
+            }
+        };
+        Limits {
+            handshake_timeout: self.duration(
+                "limits.handshake_timeout",
+                raw.handshake_timeout,
+                Duration::from_secs(10),
+            ),
+            max_channels_per_connection: max_channels,
         }
     }
 

@@ -21,6 +21,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub targets: Vec<RawTarget>,
     pub slack: Option<RawSlack>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub handshake_timeout: Option<String>,
+    pub max_channels_per_connection: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

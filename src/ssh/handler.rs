@@ -58,6 +58,7 @@ impl russh::server::Server for SshServer {
             login: None,
             target: None,
             target_refusal: None,
+            authenticated: Arc::new(AtomicBool::new(false)),
             attempted: None,
             channels: HashMap::new(),
         }
@@ -78,6 +79,8 @@ pub struct Connection {
     target: Option<LiveTarget>,
     /// Why a target login's session was refused, told on every channel.
     target_refusal: Option<String>,
+    /// Set once authenticated, for the handshake timeout.
+    authenticated: Arc<AtomicBool>,
     /// The last login name a key was offered for, to audit a connection that never authenticated.
     attempted: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
@@ -115,6 +118,11 @@ struct ChannelState {
 }
 
 impl Connection {
+    /// A flag that turns true once this connection has authenticated.
+    pub fn authenticated(&self) -> Arc<AtomicBool> {
+        self.authenticated.clone()
+    }
+
     /// Is `key` one of the configured keys of the user named in `login`, connecting from an
     /// address the user is allowed to use?
     fn key_allowed(&self, login: &str, key: &PublicKey) -> Result<Login, &'static str> {
@@ -255,6 +263,7 @@ impl russh::server::Handler for Connection {
         tracing::info!(user = %login.user, target = ?login.target, source = %self.source,
             "ssh login");
         self.login = Some(login);
+        self.authenticated.store(true, Ordering::SeqCst);
         Ok(Auth::Accept)
     }
 
@@ -270,6 +279,12 @@ impl russh::server::Handler for Connection {
                 .await;
             return Ok(());
         };
+        let cap = self.access.config().limits.max_channels_per_connection as usize;
+        if self.channels.len() >= cap {
+            tracing::info!(source = %self.source, cap, "channel refused: too many open channels");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let mut state = ChannelState::default();
         if let Some(target) = &login.target {
             if let Err(why) = self.ensure_target(&login.user, target, session).await {

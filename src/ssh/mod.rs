@@ -45,12 +45,123 @@ pub async fn serve(
         ..Default::default()
     });
     let port = listener.local_addr()?.port();
+    let limits = access.config().limits.clone();
     let mut server = handler::SshServer::new(access, port, Arc::new(client_key));
-    let running = server.run_on_socket(config, &listener);
-    let handle = running.handle();
-    tokio::spawn(async move {
-        shutdown.await;
-        handle.shutdown("the bastion is shutting down".to_string());
-    });
-    running.await
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    tracing::warn!(%error, "ssh accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = socket.set_nodelay(true);
+        // A second handle on the socket, to shut it down under a session that will not end.
+        let (socket, killer) = match split_killer(socket) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "cannot prepare an ssh connection");
+                continue;
+            }
+        };
+        let handler = server.new_client(Some(peer));
+        let authenticated = handler.authenticated();
+        let config = config.clone();
+        let stopping = stop.subscribe();
+        tokio::spawn(connection(
+            config,
+            socket,
+            killer,
+            handler,
+            authenticated,
+            limits.handshake_timeout,
+            stopping,
+        ));
+    }
+    let _ = stop.send(());
+    Ok(())
+}
+
+/// The socket for the session, and a clone of it that can shut it down from outside.
+fn split_killer(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let killer = socket.try_clone()?;
+    socket.set_nonblocking(true)?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, killer))
+}
+
+/// Runs one client connection: the SSH handshake and authentication must finish within
+/// `handshake_timeout` (issue #3), and a shutdown disconnects it.
+async fn connection(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    killer: std::net::TcpStream,
+    handler: handler::Connection,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
+    handshake_timeout: Duration,
+    mut stopping: tokio::sync::broadcast::Receiver<()>,
+) {
+    let started = tokio::time::timeout(
+        handshake_timeout,
+        russh::server::run_stream(config, socket, handler),
+    )
+    .await;
+    let session = match started {
+        Ok(Ok(session)) => session,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "ssh connection failed before it started");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("ssh client sent no banner in time");
+            return;
+        }
+    };
+    let handle = session.handle();
+    let deadline = tokio::time::sleep(handshake_timeout);
+    tokio::pin!(deadline, session);
+    let (mut deadline_armed, mut listening) = (true, true);
+    loop {
+        tokio::select! {
+            _ = &mut deadline, if deadline_armed => {
+                deadline_armed = false;
+                if !authenticated.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("ssh handshake or authentication timed out");
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "authentication timed out".to_string(),
+                            "en".to_string(),
+                        )
+                        .await;
+                    // A peer that stalls mid-handshake never lets the session end by itself.
+                    if tokio::time::timeout(Duration::from_secs(1), &mut session).await.is_err() {
+                        let _ = killer.shutdown(std::net::Shutdown::Both);
+                        let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                    }
+                    return;
+                }
+            }
+            _ = stopping.recv(), if listening => {
+                listening = false;
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "the bastion is shutting down".to_string(),
+                        "en".to_string(),
+                    )
+                    .await;
+            }
+            _ = &mut session => return,
+        }
+    }
 }
