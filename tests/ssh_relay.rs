@@ -548,3 +548,122 @@ fn on_recording_failure_continue_runs_the_session_and_audits_it() {
         .expect("recording.failed audited");
     assert_eq!(failure["detail"]["outcome"], "session continued");
 }
+
+/// `-e` / `GIT_SSH_COMMAND` for tools that run ssh themselves: alice's key, the bastion pinned.
+fn ssh_for_tools(bastion: &Bastion) -> String {
+    format!(
+        "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
+         -o UserKnownHostsFile={} -i {} -p {}",
+        bastion.known_hosts.display(),
+        bastion.key("alice").display(),
+        bastion.port()
+    )
+}
+
+#[test]
+fn rsync_and_git_work_over_the_bastion() {
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let local = tempfile::tempdir().expect("tempdir");
+
+    // rsync a tree up and back.
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    let (_, checksum) = file_of(&tree, "a.bin", 256 * 1024);
+    std::fs::write(tree.join("sub/b.txt"), "hello\n").expect("write");
+    let rsync = require_binary("rsync", &[], "rsync");
+    let remote = sshd.dir.path().join("synced");
+    let (code, _, stderr) = run(Command::new(&rsync)
+        .args(["-a", "-e", &ssh_for_tools(&bastion)])
+        .arg(format!("{}/", tree.display()))
+        .arg(format!("alice+web-1@127.0.0.1:{}/", remote.display())));
+    assert_eq!(code, 0, "rsync up: {stderr}");
+    assert_eq!(sha256_of(&remote.join("a.bin")), checksum);
+    assert_eq!(
+        std::fs::read_to_string(remote.join("sub/b.txt"))
+            .ok()
+            .as_deref(),
+        Some("hello\n")
+    );
+    let back = local.path().join("back");
+    let (code, _, stderr) = run(Command::new(&rsync)
+        .args(["-a", "-e", &ssh_for_tools(&bastion)])
+        .arg(format!("alice+web-1@127.0.0.1:{}/", remote.display()))
+        .arg(&back));
+    assert_eq!(code, 0, "rsync down: {stderr}");
+    assert_eq!(sha256_of(&back.join("a.bin")), checksum);
+
+    // git clone and push over ssh.
+    let git = require_binary("git", &[], "git");
+    let bare = sshd.dir.path().join("repo.git");
+    let (code, _, stderr) = run(Command::new(&git).args(["init", "-q", "--bare"]).arg(&bare));
+    assert_eq!(code, 0, "{stderr}");
+    let work = local.path().join("work");
+    let url = format!(
+        "ssh://alice+web-1@127.0.0.1:{}{}",
+        bastion.port(),
+        bare.display()
+    );
+    let git_in = |dir: &Path, args: &[&str]| {
+        run(Command::new(&git)
+            .current_dir(dir)
+            .env("GIT_SSH_COMMAND", ssh_for_tools(&bastion))
+            .args([
+                "-c",
+                "user.name=alice",
+                "-c",
+                "user.email=alice@example.com",
+            ])
+            .args(args))
+    };
+    let (code, _, stderr) = git_in(local.path(), &["clone", "-q", &url, "work"]);
+    assert_eq!(code, 0, "git clone: {stderr}");
+    std::fs::write(work.join("README"), "through the bastion\n").expect("write");
+    for args in [
+        &["add", "README"][..],
+        &["commit", "-q", "-m", "first"],
+        &["push", "-q", "origin", "HEAD:main"],
+    ] {
+        let (code, _, stderr) = git_in(&work, args);
+        assert_eq!(code, 0, "git {args:?}: {stderr}");
+    }
+    let (code, _, stderr) = git_in(local.path(), &["clone", "-q", "-b", "main", &url, "again"]);
+    assert_eq!(code, 0, "git clone again: {stderr}");
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("again/README"))
+            .ok()
+            .as_deref(),
+        Some("through the bastion\n")
+    );
+}
+
+#[test]
+fn a_100_mb_binary_stream_crosses_intact_both_ways() {
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let local = tempfile::tempdir().expect("tempdir");
+    let (source, checksum) = file_of(local.path(), "big.bin", 100 * 1024 * 1024);
+    let remote = sshd.dir.path().join("big.bin");
+
+    let upload = std::fs::File::open(&source).expect("open");
+    let (code, _, stderr) = run(bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg(format!("cat > {}", remote.display()))
+        .stdin(upload));
+    assert_eq!(code, 0, "upload: {stderr}");
+    assert_eq!(sha256_of(&remote), checksum, "upload");
+
+    let output = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg(format!("cat {}", remote.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("download");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(output.stdout.len(), 100 * 1024 * 1024);
+    assert_eq!(
+        hex::encode(Sha256::digest(&output.stdout)),
+        checksum,
+        "download"
+    );
+}
