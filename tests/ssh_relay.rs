@@ -20,6 +20,11 @@ use support::{Sshd, require_binary, run, wait_for};
 /// A bastion with target `web-1` on a fresh sshd that trusts the bastion's client key, pinned by
 /// the sshd's real host key (or `host_key`, to test a mismatch).
 fn bastion_and_sshd(host_key: Option<&str>) -> (Bastion, Sshd) {
+    bastion_and_sshd_with(host_key, "")
+}
+
+/// Like `bastion_and_sshd`, with `extra` TOML lines in the target.
+fn bastion_and_sshd_with(host_key: Option<&str>, extra: &str) -> (Bastion, Sshd) {
     let mut sshd = None;
     let bastion = Bastion::start_with(|client_key| {
         let server = Sshd::start_with(&[client_key.to_string()]);
@@ -27,7 +32,7 @@ fn bastion_and_sshd(host_key: Option<&str>) -> (Bastion, Sshd) {
         let text = format!(
             "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
              login = \"{}\"\nhost_key = \"{pinned}\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\nmax_duration = \"2h\"\n",
+             approvers = [\"leader\"]\nmax_duration = \"2h\"\n{extra}",
             server.port, server.user
         );
         sshd = Some(server);
@@ -666,4 +671,83 @@ fn a_100_mb_binary_stream_crosses_intact_both_ways() {
         checksum,
         "download"
     );
+}
+
+fn forward(bastion: &Bastion, destination_port: u16) -> (std::process::Child, u16) {
+    let local_port = support::free_port();
+    let child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .args(["-N", "-L"])
+        .arg(format!(
+            "127.0.0.1:{local_port}:127.0.0.1:{destination_port}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh -L");
+    wait_for("the forward to listen", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", local_port))
+            .ok()
+            .map(drop)
+    });
+    (child, local_port)
+}
+
+#[test]
+fn local_forwarding_works_only_where_the_target_allows_it() {
+    use std::io::Read;
+    let (bastion, sshd) = bastion_and_sshd_with(None, "allow_port_forwarding = true\n");
+    bastion.grant("alice", "web-1", hour());
+    let (mut child, local_port) = forward(&bastion, sshd.port);
+    // Through the forward, the target's sshd greets us.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", local_port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut banner = [0u8; 8];
+    stream
+        .read_exact(&mut banner)
+        .expect("banner through the forward");
+    assert_eq!(&banner, b"SSH-2.0-");
+    drop(stream);
+    // (The probe that waited for the listener made a forward of its own; find ours.)
+    let closed = wait_for(
+        "forward.closed with the banner",
+        Duration::from_secs(10),
+        || {
+            bastion.audit().into_iter().find(|event| {
+                event["type"] == "forward.closed"
+                    && event["detail"]["bytes_down"]
+                        .as_u64()
+                        .is_some_and(|bytes| bytes >= 8)
+            })
+        },
+    );
+    assert_eq!(
+        closed["detail"]["destination"],
+        format!("127.0.0.1:{}", sshd.port)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let (mut child, local_port) = forward(&bastion, sshd.port);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", local_port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buffer = [0u8; 8];
+    let read = stream.read(&mut buffer).unwrap_or(0);
+    assert_eq!(read, 0, "a forward reached a target that does not allow it");
+    wait_for("forward.refused", Duration::from_secs(10), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "forward.refused")
+            .then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -162,6 +162,21 @@ pub enum AuditEvent {
         /// What the session did about it: "session ended" or "session continued".
         outcome: &'static str,
     },
+    /// A local port forward (`ssh -L`) through a target, when it closed.
+    PortForward {
+        session_id: String,
+        user: String,
+        target: String,
+        destination: String,
+        bytes_up: u64,
+        bytes_down: u64,
+    },
+    PortForwardRefused {
+        user: String,
+        target: String,
+        destination: String,
+        why: String,
+    },
     ServerStarted {
         version: String,
     },
@@ -402,6 +417,30 @@ impl AuditEvent {
                 entry.session_id = Some(session_id.clone());
                 entry.detail = json!({ "why": why, "outcome": outcome });
             }
+            AuditEvent::PortForward {
+                session_id,
+                user,
+                target,
+                destination,
+                bytes_up,
+                bytes_down,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail = json!({ "destination": destination, "bytes_up": bytes_up,
+                    "bytes_down": bytes_down });
+            }
+            AuditEvent::PortForwardRefused {
+                user,
+                target,
+                destination,
+                why,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.detail = json!({ "destination": destination, "why": why });
+            }
             AuditEvent::ServerStarted { version } => {
                 entry.actor = Some(Actor::System.label());
                 entry.detail = json!({ "version": version });
@@ -434,6 +473,8 @@ impl AuditEvent {
             AuditEvent::SessionEnded { .. } => "session.ended",
             AuditEvent::RecordingFinalized { .. } => "recording.finalized",
             AuditEvent::RecordingFailed { .. } => "recording.failed",
+            AuditEvent::PortForward { .. } => "forward.closed",
+            AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
         }

@@ -303,6 +303,21 @@ impl Session {
         }
     }
 
+    /// Audits a closed port forward with its byte counts. Call on a blocking thread.
+    pub fn forward_closed(&self, destination: &str, bytes_up: u64, bytes_down: u64) {
+        let event = AuditEvent::PortForward {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            destination: destination.to_string(),
+            bytes_up,
+            bytes_down,
+        };
+        if let Err(error) = self.inner.access.record(&event) {
+            tracing::error!(%error, "cannot audit a port forward");
+        }
+    }
+
     /// Watches this session's grant for the warning and the end.
     pub fn watch(&self) -> GrantWatch {
         GrantWatch {

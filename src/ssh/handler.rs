@@ -115,6 +115,8 @@ struct ChannelState {
     record_input: bool,
     /// Why this channel will not reach a target.
     refused: Option<String>,
+    /// Set for a port forward.
+    forward: Option<Arc<relay::Forward>>,
 }
 
 impl Connection {
@@ -309,6 +311,7 @@ impl russh::server::Handler for Connection {
                             state.recorder.clone(),
                             live.live.clone(),
                             state.pty_flag.clone(),
+                            None,
                         ));
                     }
                     Err(error) => {
@@ -325,17 +328,77 @@ impl russh::server::Handler for Connection {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _host_to_connect: &str,
-        _port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        let destination = format!("{host_to_connect}:{port_to_connect}");
+        let opened = self
+            .open_forward(
+                &destination,
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+                session,
+            )
             .await;
+        match opened {
+            Ok(upstream_channel) => {
+                let (read, write) = upstream_channel.split();
+                let forward = Arc::new(relay::Forward {
+                    destination,
+                    bytes_up: Default::default(),
+                    bytes_down: Default::default(),
+                });
+                let mut state = ChannelState {
+                    upstream: Some(write),
+                    forward: Some(forward.clone()),
+                    ..ChannelState::default()
+                };
+                if let Some(live) = &self.target {
+                    state.index = live.session.next_channel();
+                    tokio::spawn(relay::pump(
+                        read,
+                        session.handle(),
+                        channel.id(),
+                        state.index,
+                        live.session.clone(),
+                        state.recorder.clone(),
+                        live.live.clone(),
+                        state.pty_flag.clone(),
+                        Some(forward),
+                    ));
+                }
+                self.channels.insert(channel.id(), state);
+                reply.accept().await;
+            }
+            Err(why) => {
+                let event = AuditEvent::PortForwardRefused {
+                    user: self
+                        .login
+                        .as_ref()
+                        .map(|login| login.user.clone())
+                        .unwrap_or_default(),
+                    target: self
+                        .login
+                        .as_ref()
+                        .and_then(|login| login.target.clone())
+                        .unwrap_or_default(),
+                    destination,
+                    why: why.to_string(),
+                };
+                let access = self.access.clone();
+                let _ = tokio::task::spawn_blocking(move || access.record(&event)).await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+            }
+        }
         Ok(())
     }
 
@@ -393,6 +456,11 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         live.session.count_in(data.len());
+        if let Some(forward) = &state.forward {
+            forward
+                .bytes_up
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         if state.record_input
             && let Err(true) =
                 relay::record(&live.session, &state.recorder, |active| active.input(data))
@@ -617,6 +685,42 @@ impl Connection {
 
     fn relayed(&self, channel: ChannelId) -> bool {
         self.upstream_of(channel).is_some()
+    }
+
+    /// Opens a direct-tcpip channel on the target for `ssh -L`, only where the target allows it.
+    async fn open_forward(
+        &mut self,
+        destination: &str,
+        host: &str,
+        port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        session: &mut Session,
+    ) -> Result<russh::Channel<client::Msg>, &'static str> {
+        let Some(Login {
+            user,
+            target: Some(target),
+        }) = self.login.clone()
+        else {
+            return Err("port forwarding needs a target login (user+target)");
+        };
+        let allowed = self.access.config().target(&target).is_some_and(
+            |config| matches!(&config.kind, TargetKind::Ssh(ssh) if ssh.allow_port_forwarding),
+        );
+        if !allowed {
+            return Err("the target does not allow port forwarding");
+        }
+        if self.ensure_target(&user, &target, session).await.is_err() {
+            return Err("no session on the target");
+        }
+        let Some(live) = &self.target else {
+            return Err("no session on the target");
+        };
+        tracing::info!(user = %user, target = %target, destination, "port forward");
+        live.upstream
+            .channel_open_direct_tcpip(host, port, originator_address, originator_port)
+            .await
+            .map_err(|_| "the target refused the forward")
     }
 
     /// Opens the session and the upstream connection on the first channel of a target login.

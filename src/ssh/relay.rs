@@ -22,6 +22,14 @@ use super::upstream::Upstream;
 /// The recording of one channel, shared by both directions.
 pub type SharedRecorder = Arc<Mutex<Option<Recorder>>>;
 
+/// A port forward's destination and byte counts, audited when it closes.
+#[derive(Debug)]
+pub struct Forward {
+    pub destination: String,
+    pub bytes_up: std::sync::atomic::AtomicU64,
+    pub bytes_down: std::sync::atomic::AtomicU64,
+}
+
 /// The downstream channels of a session that are open, with whether each has a pty.
 pub type LiveChannels = Arc<Mutex<HashMap<ChannelId, bool>>>;
 
@@ -95,6 +103,7 @@ pub async fn pump(
     recorder: SharedRecorder,
     live: LiveChannels,
     pty: Arc<std::sync::atomic::AtomicBool>,
+    forward: Option<Arc<Forward>>,
 ) {
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut failed = None;
@@ -116,6 +125,11 @@ pub async fn pump(
         let delivered = match message {
             ChannelMsg::Data { data } => {
                 session.count_out(data.len());
+                if let Some(forward) = &forward {
+                    forward
+                        .bytes_down
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Err(true) = record(&session, &recorder, |active| active.output(&data)) {
                     failed = Some("recording failed; the session was ended");
                     break;
@@ -165,6 +179,18 @@ pub async fn pump(
         }
     }
     finish_recording(&session, index, &recorder).await;
+    if let Some(forward) = forward {
+        let session = session.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            session.forward_closed(
+                &forward.destination,
+                forward.bytes_up.load(relaxed),
+                forward.bytes_down.load(relaxed),
+            );
+        })
+        .await;
+    }
     let was_live = live
         .lock()
         .ok()
