@@ -751,3 +751,59 @@ fn local_forwarding_works_only_where_the_target_allows_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A stand-in container runtime: records its arguments (NUL-separated) and runs the command the
+/// way `docker exec` would, on the host.
+const FAKE_RUNTIME: &str = r#"#!/bin/sh
+printf '%s\0' "$@" > "$(dirname "$0")/args"
+shift
+while [ "$1" = "-i" ] || [ "$1" = "-it" ]; do shift; done
+shift
+[ "$1" = "--" ] && shift
+exec "$@"
+"#;
+
+#[test]
+fn container_targets_run_inside_the_runtime_with_safe_quoting() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().expect("tempdir");
+    let runtime = bin.path().join("docker");
+    std::fs::write(&runtime, FAKE_RUNTIME).expect("write runtime");
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut sshd = None;
+    let bin_path = bin.path().display().to_string();
+    let bastion = Bastion::start_with(|client_key| {
+        let server = Sshd::start_with_config(
+            &[client_key.to_string()],
+            &format!("SetEnv PATH={bin_path}:/usr/local/bin:/usr/bin:/bin"),
+        );
+        let text = format!(
+            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
+             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\n\n\
+             [[targets]]\nname = \"api\"\nkind = \"container\"\nhost = \"web-1\"\n\
+             container = \"api-1\"\nruntime = \"docker\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\n",
+            server.port, server.user, server.host_key
+        );
+        sshd = Some(server);
+        text
+    });
+    let _sshd = sshd.expect("sshd");
+    bastion.grant("alice", "api", hour());
+    let hostile = "echo \"it's $((1 + 1))\"; echo second";
+    let (code, stdout, stderr) = bastion.ssh_with(&bastion.key("alice"), "alice+api", &[hostile]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "it's 2\nsecond\n");
+    let args = std::fs::read(bin.path().join("args")).expect("the runtime ran");
+    let args: Vec<String> = args
+        .split(|byte| *byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    assert_eq!(args, ["exec", "-i", "api-1", "/bin/sh", "-c", hostile]);
+    // A grant for the container is not a grant for its host.
+    let (code, _, stderr) = bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["true"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no active grant for web-1"), "{stderr}");
+}

@@ -17,6 +17,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
 use tokio::sync::oneshot;
 
+use super::container;
 use super::login::Login;
 use super::relay::{self, LiveChannels, SharedRecorder};
 use super::upstream::{self, Upstream};
@@ -91,6 +92,8 @@ struct LiveTarget {
     session: crate::session::Session,
     upstream: Arc<Upstream>,
     live: LiveChannels,
+    /// Set for a container target: channels run inside it.
+    container: Option<crate::config::ContainerTarget>,
     /// Dropping it stops the grant supervisor.
     _stop: oneshot::Sender<()>,
 }
@@ -772,16 +775,45 @@ impl Connection {
             }
             Err(_) => return Err("the bastion failed to open the session".to_string()),
         };
-        let ssh_target = match &opened.target().kind {
-            TargetKind::Ssh(ssh) => ssh.clone(),
-            _ => {
-                let why = format!("{target} is not an ssh target this build can open");
+        // A container is reached through its host: the host's address, credential and host key.
+        let (host_name, ssh_target, container) = match &opened.target().kind {
+            TargetKind::Ssh(ssh) => (target.to_string(), ssh.clone(), None),
+            TargetKind::Container(container) => {
+                let host =
+                    self.access
+                        .config()
+                        .target(&container.host)
+                        .and_then(|host| match &host.kind {
+                            TargetKind::Ssh(ssh) => Some(ssh.clone()),
+                            _ => None,
+                        });
+                match host {
+                    Some(ssh) => (container.host.clone(), ssh, Some(container.clone())),
+                    None => {
+                        let why =
+                            format!("the host of container target {target} is not an ssh target");
+                        self.audit_refusal(user, target, &why).await;
+                        end_session(&opened, "refused").await;
+                        return Err(why);
+                    }
+                }
+            }
+            TargetKind::Postgres(_) => {
+                let why =
+                    format!("{target} is a PostgreSQL target: connect with psql to the bastion");
                 self.audit_refusal(user, target, &why).await;
                 end_session(&opened, "refused").await;
                 return Err(why);
             }
         };
-        match upstream::connect(&self.access, target, &ssh_target, self.client_key.clone()).await {
+        match upstream::connect(
+            &self.access,
+            &host_name,
+            &ssh_target,
+            self.client_key.clone(),
+        )
+        .await
+        {
             Ok(upstream) => {
                 let upstream = Arc::new(upstream);
                 let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
@@ -797,6 +829,7 @@ impl Connection {
                     session: opened,
                     upstream,
                     live,
+                    container,
                     _stop: stop,
                 });
                 Ok(())
@@ -887,10 +920,30 @@ impl Connection {
                 Err(_) => return session.channel_failure(channel),
             }
         }
-        let forwarded = match start {
-            Start::Shell => upstream.request_shell(true).await,
-            Start::Exec(command) => upstream.exec(true, command).await,
-            Start::Subsystem(name) => upstream.request_subsystem(true, name).await,
+        let forwarded = match (&live.container, start) {
+            (None, Start::Shell) => upstream.request_shell(true).await,
+            (None, Start::Exec(command)) => upstream.exec(true, command).await,
+            (None, Start::Subsystem(name)) => upstream.request_subsystem(true, name).await,
+            (Some(container), Start::Shell) => {
+                let line = container::host_command(
+                    container.runtime,
+                    &container.container,
+                    state.pty.is_some(),
+                    None,
+                );
+                upstream.exec(true, line).await
+            }
+            (Some(container), Start::Exec(command)) => {
+                let line = container::host_command(
+                    container.runtime,
+                    &container.container,
+                    state.pty.is_some(),
+                    Some(&String::from_utf8_lossy(&command)),
+                );
+                upstream.exec(true, line).await
+            }
+            // File transfer into containers is not offered: refuse rather than land on the host.
+            (Some(_), Start::Subsystem(_)) => return session.channel_failure(channel),
         };
         if forwarded.is_err() {
             return session.channel_failure(channel);

@@ -5,6 +5,7 @@
 //! it decides nothing itself. Authentication is public key only, every `auth_*` callback is
 //! overridden and fails closed (issue #3).
 
+mod container;
 mod handler;
 mod login;
 mod relay;

@@ -151,6 +151,11 @@ impl Sshd {
 
     /// Starts sshd accepting the harness's own client key plus `authorized` public key lines.
     pub fn start_with(authorized: &[String]) -> Sshd {
+        Sshd::start_with_config(authorized, "")
+    }
+
+    /// Like `start_with`, with extra `sshd_config` lines.
+    pub fn start_with_config(authorized: &[String], extra_config: &str) -> Sshd {
         let sshd = require_binary(
             "sshd",
             &[PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")],
@@ -188,7 +193,8 @@ impl Sshd {
                      AllowTcpForwarding yes\n\
                      AcceptEnv LANG LC_* TERM\n\
                      Subsystem sftp internal-sftp\n\
-                     LogLevel VERBOSE\n",
+                     LogLevel VERBOSE\n\
+                     {extra_config}\n",
                     host_key = host_key_path.display(),
                     authorized = authorized_keys.display(),
                     pid = dir.path().join("sshd.pid").display(),
