@@ -298,6 +298,37 @@ fn scp_in_both_modes_and_sftp_move_files_intact() {
     let (code, _, stderr) = run(&mut command);
     assert_eq!(code, 0, "sftp: {stderr}");
     assert_eq!(sha256_of(&fetched), checksum);
+
+    // Every file operation is audited with its byte count; no content is kept.
+    let remote_sftp = sshd.dir.path().join("sftp.bin").display().to_string();
+    let size = 8 * 1024 * 1024;
+    let operations = wait_for("the sftp operations", Duration::from_secs(10), || {
+        let operations: Vec<Value> = bastion
+            .audit()
+            .into_iter()
+            .filter(|event| event["type"] == "sftp.operation")
+            .map(|event| event["detail"].clone())
+            .collect();
+        let removed = operations
+            .iter()
+            .any(|op| op["operation"] == "remove" && op["path"] == remote_sftp.as_str());
+        removed.then_some(operations)
+    });
+    let has = |operation: &str, path: &str, field: &str| {
+        operations
+            .iter()
+            .any(|op| op["operation"] == operation && op["path"] == path && op[field] == size)
+    };
+    assert!(
+        has("write", &remote_sftp, "bytes_written"),
+        "{operations:#?}"
+    );
+    assert!(has("read", &remote_sftp, "bytes_read"), "{operations:#?}");
+    // scp's default (SFTP) mode shows up the same way.
+    assert!(
+        has("write", &remote.display().to_string(), "bytes_written"),
+        "{operations:#?}"
+    );
 }
 
 #[test]

@@ -162,6 +162,18 @@ pub enum AuditEvent {
         /// What the session did about it: "session ended" or "session continued".
         outcome: &'static str,
     },
+    /// A file operation seen in an SFTP stream (content is never kept).
+    FileOperation {
+        session_id: String,
+        user: String,
+        target: String,
+        /// `file`, `remove`, `rename`, `mkdir`, `rmdir`, or `untracked`.
+        operation: &'static str,
+        path: String,
+        to: Option<String>,
+        bytes_read: u64,
+        bytes_written: u64,
+    },
     /// A local port forward (`ssh -L`) through a target, when it closed.
     PortForward {
         session_id: String,
@@ -417,6 +429,22 @@ impl AuditEvent {
                 entry.session_id = Some(session_id.clone());
                 entry.detail = json!({ "why": why, "outcome": outcome });
             }
+            AuditEvent::FileOperation {
+                session_id,
+                user,
+                target,
+                operation,
+                path,
+                to,
+                bytes_read,
+                bytes_written,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail = json!({ "operation": operation, "path": path, "to": to,
+                    "bytes_read": bytes_read, "bytes_written": bytes_written });
+            }
             AuditEvent::PortForward {
                 session_id,
                 user,
@@ -473,6 +501,7 @@ impl AuditEvent {
             AuditEvent::SessionEnded { .. } => "session.ended",
             AuditEvent::RecordingFinalized { .. } => "recording.finalized",
             AuditEvent::RecordingFailed { .. } => "recording.failed",
+            AuditEvent::FileOperation { .. } => "sftp.operation",
             AuditEvent::PortForward { .. } => "forward.closed",
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",

@@ -303,6 +303,30 @@ impl Session {
         }
     }
 
+    /// Audits a file operation of a transfer. Call on a blocking thread.
+    pub fn file_operation(
+        &self,
+        operation: &'static str,
+        path: String,
+        to: Option<String>,
+        bytes_read: u64,
+        bytes_written: u64,
+    ) {
+        let event = AuditEvent::FileOperation {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            operation,
+            path,
+            to,
+            bytes_read,
+            bytes_written,
+        };
+        if let Err(error) = self.inner.access.record(&event) {
+            tracing::error!(%error, "cannot audit a file operation");
+        }
+    }
+
     /// Audits a closed port forward with its byte counts. Call on a blocking thread.
     pub fn forward_closed(&self, destination: &str, bytes_up: u64, bytes_down: u64) {
         let event = AuditEvent::PortForward {

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::container;
 use super::login::Login;
 use super::relay::{self, LiveChannels, SharedRecorder};
+use super::sftp::SftpObserver;
 use super::upstream::{self, Upstream};
 use crate::access::Access;
 use crate::audit::AuditEvent;
@@ -120,6 +121,8 @@ struct ChannelState {
     refused: Option<String>,
     /// Set for a port forward.
     forward: Option<Arc<relay::Forward>>,
+    /// Set once the channel runs the `sftp` subsystem.
+    sftp: relay::SharedSftp,
 }
 
 impl Connection {
@@ -315,6 +318,7 @@ impl russh::server::Handler for Connection {
                             live.live.clone(),
                             state.pty_flag.clone(),
                             None,
+                            state.sftp.clone(),
                         ));
                     }
                     Err(error) => {
@@ -375,6 +379,7 @@ impl russh::server::Handler for Connection {
                         live.live.clone(),
                         state.pty_flag.clone(),
                         Some(forward),
+                        state.sftp.clone(),
                     ));
                 }
                 self.channels.insert(channel.id(), state);
@@ -479,6 +484,7 @@ impl russh::server::Handler for Connection {
             .await;
             return Ok(());
         }
+        relay::observe_sftp(&live.session, &state.sftp, data, true).await;
         if upstream.data(data).await.is_err() {
             tracing::debug!("upstream channel closed while writing");
         }
@@ -923,7 +929,14 @@ impl Connection {
         let forwarded = match (&live.container, start) {
             (None, Start::Shell) => upstream.request_shell(true).await,
             (None, Start::Exec(command)) => upstream.exec(true, command).await,
-            (None, Start::Subsystem(name)) => upstream.request_subsystem(true, name).await,
+            (None, Start::Subsystem(name)) => {
+                if name == "sftp"
+                    && let Ok(mut slot) = state.sftp.lock()
+                {
+                    *slot = Some(SftpObserver::default());
+                }
+                upstream.request_subsystem(true, name).await
+            }
             (Some(container), Start::Shell) => {
                 let line = container::host_command(
                     container.runtime,

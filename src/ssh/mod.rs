@@ -9,6 +9,7 @@ mod container;
 mod handler;
 mod login;
 mod relay;
+mod sftp;
 mod upstream;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::recording::{FLUSH_INTERVAL, Recorder};
 use crate::session::{Notice, Session};
 
+use super::sftp::{FileOp, SftpObserver};
 use super::upstream::Upstream;
 
 /// The recording of one channel, shared by both directions.
@@ -28,6 +29,58 @@ pub struct Forward {
     pub destination: String,
     pub bytes_up: std::sync::atomic::AtomicU64,
     pub bytes_down: std::sync::atomic::AtomicU64,
+}
+
+/// The SFTP observer of a channel, set once it starts the `sftp` subsystem.
+pub type SharedSftp = Arc<Mutex<Option<SftpObserver>>>;
+
+/// Feeds bytes to a channel's SFTP observer, if it has one, and audits what they complete.
+pub async fn observe_sftp(session: &Session, sftp: &SharedSftp, bytes: &[u8], from_client: bool) {
+    let ops = match sftp.lock() {
+        Ok(mut slot) => match slot.as_mut() {
+            Some(observer) if from_client => observer.client(bytes),
+            Some(observer) => observer.server(bytes),
+            None => return,
+        },
+        Err(_) => return,
+    };
+    audit_file_ops(session, ops).await;
+}
+
+/// Audits file operations on a blocking thread.
+pub async fn audit_file_ops(session: &Session, ops: Vec<FileOp>) {
+    if ops.is_empty() {
+        return;
+    }
+    let session = session.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for op in ops {
+            match op {
+                FileOp::File {
+                    path,
+                    write,
+                    bytes_read,
+                    bytes_written,
+                } => session.file_operation(
+                    if write { "write" } else { "read" },
+                    path,
+                    None,
+                    bytes_read,
+                    bytes_written,
+                ),
+                FileOp::Remove { path } => session.file_operation("remove", path, None, 0, 0),
+                FileOp::Rename { from, to } => {
+                    session.file_operation("rename", from, Some(to), 0, 0)
+                }
+                FileOp::Mkdir { path } => session.file_operation("mkdir", path, None, 0, 0),
+                FileOp::Rmdir { path } => session.file_operation("rmdir", path, None, 0, 0),
+                FileOp::Untracked { why } => {
+                    session.file_operation("untracked", why.to_string(), None, 0, 0)
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// The downstream channels of a session that are open, with whether each has a pty.
@@ -104,6 +157,7 @@ pub async fn pump(
     live: LiveChannels,
     pty: Arc<std::sync::atomic::AtomicBool>,
     forward: Option<Arc<Forward>>,
+    sftp: SharedSftp,
 ) {
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut failed = None;
@@ -134,6 +188,7 @@ pub async fn pump(
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
+                observe_sftp(&session, &sftp, &data, false).await;
                 handle.data(down, data).await.is_ok()
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -179,6 +234,12 @@ pub async fn pump(
         }
     }
     finish_recording(&session, index, &recorder).await;
+    let unfinished = sftp
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.as_mut().map(SftpObserver::finish))
+        .unwrap_or_default();
+    audit_file_ops(&session, unfinished).await;
     if let Some(forward) = forward {
         let session = session.clone();
         let _ = tokio::task::spawn_blocking(move || {
