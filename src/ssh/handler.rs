@@ -253,6 +253,10 @@ impl russh::server::Handler for Connection {
                 return Ok(self.reject(user));
             }
         };
+        // The client has proven its key: the handshake deadline is for slow or silent clients,
+        // not for the bastion's own audit write (slow under a burst of logins). Re-armed below if
+        // the login cannot be audited.
+        self.authenticated.store(true, Ordering::SeqCst);
         let access = self.access.clone();
         let (name, source, target) = (
             login.user.clone(),
@@ -266,12 +270,12 @@ impl russh::server::Handler for Connection {
         if !matches!(recorded, Ok(Ok(()))) {
             // Fail closed: a login that cannot be audited does not happen.
             tracing::error!(source = %self.source, "cannot audit an ssh login; refusing it");
+            self.authenticated.store(false, Ordering::SeqCst);
             return Ok(Auth::reject());
         }
         tracing::info!(user = %login.user, target = ?login.target, source = %self.source,
             "ssh login");
         self.login = Some(login);
-        self.authenticated.store(true, Ordering::SeqCst);
         Ok(Auth::Accept)
     }
 

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# SSH benchmark: portcullis side by side with a direct connection and an OpenSSH jump host, in one
+# run, on this machine (loopback only). Not a test: it prints a Markdown table of figures and
+# ratios to paste into docs/PERFORMANCE.md.
+#
+#   bench/ssh.sh                 # defaults: 256 MiB transfers, 20 setups, 50 and 200 sessions
+#   MIB=64 SETUPS=5 SESSIONS="20" bench/ssh.sh
+#
+# It builds portcullis in release mode, starts two sshd (the target, and a jump host), starts the
+# bastion with recording on, gets a grant through the SSH command interface (alice requests, bob
+# approves), and measures for each path:
+#   - upload and download throughput (MiB/s) of a binary stream through `cat`
+#   - session setup time (`ssh ... true`), median of SETUPS runs
+#   - memory per concurrent streaming session (RSS growth of the relaying processes / sessions)
+# Needs: openssh-server, openssh-client, python3 (all installed by scripts/test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MIB=${MIB:-256}
+SETUPS=${SETUPS:-20}
+SESSIONS=${SESSIONS:-"50 200"}
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+
+cargo build --release --quiet
+BIN=$PWD/target/release/portcullis
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  [ -f "$WORK/bastion.log" ] && cp "$WORK/bastion.log" "${TMPDIR:-/tmp}/portcullis-bench-bastion.log"
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  pkill -f "$WORK" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+[ "$(id -u)" -eq 0 ] && mkdir -p /run/sshd
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+keygen() { ssh-keygen -q -t ed25519 -N "" -C "$1" -f "$WORK/$1"; }
+USER_NAME=$(id -un)
+
+for key in target_host jump_host me alice bob; do keygen "$key"; done
+mkdir -p "$WORK/state"
+
+
+# The bastion's client key must be in the target's authorized_keys before the bastion starts.
+cat > "$WORK/portcullis.toml" <<EOF
+[server]
+state_dir = "state"
+recordings_dir = "recordings"
+ssh_listen = "127.0.0.1:0"
+postgres_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+EOF
+CLIENT_KEY=$("$BIN" --config "$WORK/portcullis.toml" client-key)
+
+start_sshd() { # name port authorized_keys
+  cat > "$WORK/$1.conf" <<EOF
+Port $2
+ListenAddress 127.0.0.1
+HostKey $WORK/${1}_host
+AuthorizedKeysFile $3
+PidFile $WORK/$1.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+MaxStartups 1000
+MaxSessions 1000
+LogLevel QUIET
+EOF
+  "$SSHD" -D -f "$WORK/$1.conf" &
+  PIDS+=($!)
+}
+
+TARGET_PORT=$(free_port); JUMP_PORT=$(free_port); BASTION_PORT=$(free_port)
+{ cat "$WORK/me.pub"; echo "$CLIENT_KEY"; } > "$WORK/target_keys"
+cp "$WORK/me.pub" "$WORK/jump_keys"
+start_sshd target "$TARGET_PORT" "$WORK/target_keys"
+start_sshd jump "$JUMP_PORT" "$WORK/jump_keys"
+
+cat > "$WORK/portcullis.toml" <<EOF
+[server]
+state_dir = "state"
+recordings_dir = "recordings"
+ssh_listen = "127.0.0.1:$BASTION_PORT"
+postgres_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+
+[access]
+max_duration = "8h"
+
+[roles]
+engineer = "requests"
+leader = "approves"
+
+[[users]]
+name = "alice"
+ssh_keys = ["$(cat "$WORK/alice.pub")"]
+roles = ["engineer"]
+
+[[users]]
+name = "bob"
+ssh_keys = ["$(cat "$WORK/bob.pub")"]
+roles = ["leader"]
+
+[[targets]]
+name = "web-1"
+kind = "ssh"
+address = "127.0.0.1:$TARGET_PORT"
+login = "$USER_NAME"
+host_key = "$(cut -d' ' -f1,2 "$WORK/target_host.pub")"
+requestable_by = ["engineer"]
+approvers = ["leader"]
+EOF
+"$BIN" --config "$WORK/portcullis.toml" serve --log-format json 2>"$WORK/bastion.log" &
+BASTION_PID=$!
+PIDS+=("$BASTION_PID")
+
+for port in "$TARGET_PORT" "$JUMP_PORT" "$BASTION_PORT"; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+{
+  echo "[127.0.0.1]:$TARGET_PORT $(cut -d' ' -f1,2 "$WORK/target_host.pub")"
+  echo "[127.0.0.1]:$JUMP_PORT $(cut -d' ' -f1,2 "$WORK/jump_host.pub")"
+  echo "[127.0.0.1]:$BASTION_PORT $("$BIN" --config "$WORK/portcullis.toml" host-key | tail -1 | cut -d' ' -f1,2)"
+} > "$WORK/known_hosts"
+
+SSH_OPTS=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes
+  -o UserKnownHostsFile="$WORK/known_hosts" -o ControlMaster=no -o ControlPath=none)
+as_bastion() { ssh "${SSH_OPTS[@]}" -i "$WORK/$1" -p "$BASTION_PORT" "$2@127.0.0.1" "${@:3}"; }
+
+# The grant, through the real approval path.
+REQUEST=$(as_bastion alice alice request web-1 --for 8h --reason benchmark --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+as_bastion bob bob approve "$REQUEST" >/dev/null
+
+# One command per path, to run a remote command.
+direct() { ssh "${SSH_OPTS[@]}" -i "$WORK/me" -p "$TARGET_PORT" "$USER_NAME@127.0.0.1" "$@"; }
+jump() {
+  ssh "${SSH_OPTS[@]}" -i "$WORK/me" -o "ProxyCommand=ssh ${SSH_OPTS[*]} -i $WORK/me -p $JUMP_PORT -W %h:%p $USER_NAME@127.0.0.1" \
+    -p "$TARGET_PORT" "$USER_NAME@127.0.0.1" "$@"
+}
+bastion() { as_bastion alice alice+web-1 "$@"; }
+
+now() { python3 -c 'import time; print(time.monotonic())'; }
+elapsed() { python3 -c "print($2 - $1)"; }
+
+upload() { # path -> MiB/s
+  local start end
+  start=$(now)
+  head -c "$((MIB * 1024 * 1024))" /dev/zero | "$1" "cat > /dev/null"
+  end=$(now)
+  python3 -c "print(round($MIB / ($end - $start), 1))"
+}
+download() {
+  local start end
+  start=$(now)
+  "$1" "head -c $((MIB * 1024 * 1024)) /dev/zero" > /dev/null
+  end=$(now)
+  python3 -c "print(round($MIB / ($end - $start), 1))"
+}
+setup() { # median seconds of `true`
+  local times=()
+  for _ in $(seq "$SETUPS"); do
+    local start end
+    start=$(now); "$1" true; end=$(now)
+    times+=("$(elapsed "$start" "$end")")
+  done
+  python3 -c "import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:])) * 1000, 1))" "${times[@]}"
+}
+rss_kib() { # total RSS of the given pids and their descendants
+  python3 - "$@" <<'PY'
+import os, sys
+roots = {int(p) for p in sys.argv[1:]}
+children = {}
+for pid in os.listdir('/proc'):
+    if pid.isdigit():
+        try:
+            ppid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(pid))
+        except OSError:
+            pass
+total, todo = 0, list(roots)
+while todo:
+    pid = todo.pop()
+    todo.extend(children.get(pid, []))
+    try:
+        for line in open(f'/proc/{pid}/status'):
+            if line.startswith('VmRSS:'):
+                total += int(line.split()[1])
+    except OSError:
+        pass
+print(total)
+PY
+}
+memory() { # path relay-pids... ; count -> KiB per session
+  local path=$1 count=$2; shift 2
+  local before after clients=()
+  before=$(rss_kib "$@")
+  for i in $(seq "$count"); do
+    "$path" 'while :; do echo streaming; sleep 0.2; done' > /dev/null 2>&1 &
+    clients+=($!)
+    [ $((i % 10)) -eq 0 ] && sleep 0.3
+  done
+  sleep 3
+  local alive=0
+  for pid in "${clients[@]}"; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+  after=$(rss_kib "$@")
+  for pid in "${clients[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait "${clients[@]}" 2>/dev/null || true
+  sleep 2
+  echo "$(( (after - before) / count )) $alive"
+}
+
+TARGET_PID=$(cat "$WORK/target.pid"); JUMP_PID=$(cat "$WORK/jump.pid")
+if [ -n "${PROFILE:-}" ]; then
+  # Profile the bastion during one download, then stop.
+  perf record -F 499 -g -p "$BASTION_PID" -o "${TMPDIR:-/tmp}/portcullis.perf.data" -- sleep 6 2>/dev/null &
+  download bastion
+  wait
+  exit 0
+fi
+
+declare -A UP DOWN SETUP
+for path in direct jump bastion; do
+  if [ "${SKIP_TRANSFERS:-}" = 1 ]; then UP[$path]=1; DOWN[$path]=1; SETUP[$path]=1; continue; fi
+  UP[$path]=$(upload "$path")
+  DOWN[$path]=$(download "$path")
+  SETUP[$path]=$(setup "$path")
+done
+
+ratio() { python3 -c "print(round($1 / $2, 2))"; }
+echo
+echo "## SSH ($(date -u +%Y-%m-%d), $(nproc) cores, ${MIB} MiB transfers, median of ${SETUPS} setups)"
+echo
+echo "| measure | direct | OpenSSH jump host | portcullis | portcullis / jump host |"
+echo "| --- | --- | --- | --- | --- |"
+echo "| upload MiB/s | ${UP[direct]} | ${UP[jump]} | ${UP[bastion]} | $(ratio "${UP[bastion]}" "${UP[jump]}") |"
+echo "| download MiB/s | ${DOWN[direct]} | ${DOWN[jump]} | ${DOWN[bastion]} | $(ratio "${DOWN[bastion]}" "${DOWN[jump]}") |"
+echo "| setup ms (ssh ... true) | ${SETUP[direct]} | ${SETUP[jump]} | ${SETUP[bastion]} | $(ratio "${SETUP[bastion]}" "${SETUP[jump]}") |"
+for count in $SESSIONS; do
+  read -r jump_kib jump_alive < <(memory jump "$count" "$JUMP_PID")
+  read -r bastion_kib bastion_alive < <(memory bastion "$count" "$BASTION_PID")
+  echo "| memory per session at $count streaming sessions, KiB (alive) | - | $jump_kib ($jump_alive) | $bastion_kib ($bastion_alive) | $(ratio "$bastion_kib" "$jump_kib") |"
+done
+echo
+echo "Jump-host memory counts the jump sshd and its per-connection children; portcullis memory is"
+echo "the bastion process alone (it also holds the upstream connection and writes the recording)."
