@@ -306,7 +306,7 @@ fn scp_in_both_modes_and_sftp_move_files_intact() {
         let operations: Vec<Value> = bastion
             .audit()
             .into_iter()
-            .filter(|event| event["type"] == "sftp.operation")
+            .filter(|event| event["type"] == "file.operation")
             .map(|event| event["detail"].clone())
             .collect();
         let removed = operations
@@ -324,11 +324,21 @@ fn scp_in_both_modes_and_sftp_move_files_intact() {
         "{operations:#?}"
     );
     assert!(has("read", &remote_sftp, "bytes_read"), "{operations:#?}");
-    // scp's default (SFTP) mode shows up the same way.
-    assert!(
-        has("write", &remote.display().to_string(), "bytes_written"),
-        "{operations:#?}"
-    );
+    // scp in both modes (SFTP by default, the scp protocol with -O) shows up the same way:
+    // two uploads and two downloads of the remote file.
+    let remote_scp = remote.display().to_string();
+    let count = |operation: &str, field: &str| {
+        operations
+            .iter()
+            .filter(|op| {
+                op["operation"] == operation
+                    && op["path"] == remote_scp.as_str()
+                    && op[field] == size
+            })
+            .count()
+    };
+    assert_eq!(count("write", "bytes_written"), 2, "{operations:#?}");
+    assert_eq!(count("read", "bytes_read"), 2, "{operations:#?}");
 }
 
 #[test]

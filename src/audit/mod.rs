@@ -162,7 +162,7 @@ pub enum AuditEvent {
         /// What the session did about it: "session ended" or "session continued".
         outcome: &'static str,
     },
-    /// A file operation seen in an SFTP stream (content is never kept).
+    /// A file operation seen in an SFTP or scp stream (content is never kept).
     FileOperation {
         session_id: String,
         user: String,
@@ -501,7 +501,7 @@ impl AuditEvent {
             AuditEvent::SessionEnded { .. } => "session.ended",
             AuditEvent::RecordingFinalized { .. } => "recording.finalized",
             AuditEvent::RecordingFailed { .. } => "recording.failed",
-            AuditEvent::FileOperation { .. } => "sftp.operation",
+            AuditEvent::FileOperation { .. } => "file.operation",
             AuditEvent::PortForward { .. } => "forward.closed",
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::container;
 use super::login::Login;
 use super::relay::{self, LiveChannels, SharedRecorder};
+use super::scp::{Direction as ScpDirection, ScpObserver};
 use super::sftp::SftpObserver;
 use super::upstream::{self, Upstream};
 use crate::access::Access;
@@ -121,8 +122,8 @@ struct ChannelState {
     refused: Option<String>,
     /// Set for a port forward.
     forward: Option<Arc<relay::Forward>>,
-    /// Set once the channel runs the `sftp` subsystem.
-    sftp: relay::SharedSftp,
+    /// Set once the channel runs a file transfer (sftp, or a legacy scp exec).
+    transfer: relay::SharedTransfer,
 }
 
 impl Connection {
@@ -322,7 +323,7 @@ impl russh::server::Handler for Connection {
                             live.live.clone(),
                             state.pty_flag.clone(),
                             None,
-                            state.sftp.clone(),
+                            state.transfer.clone(),
                         ));
                     }
                     Err(error) => {
@@ -383,7 +384,7 @@ impl russh::server::Handler for Connection {
                         live.live.clone(),
                         state.pty_flag.clone(),
                         Some(forward),
-                        state.sftp.clone(),
+                        state.transfer.clone(),
                     ));
                 }
                 self.channels.insert(channel.id(), state);
@@ -488,7 +489,7 @@ impl russh::server::Handler for Connection {
             .await;
             return Ok(());
         }
-        relay::observe_sftp(&live.session, &state.sftp, data, true).await;
+        relay::observe_transfer(&live.session, &state.transfer, data, true).await;
         if upstream.data(data).await.is_err() {
             tracing::debug!("upstream channel closed while writing");
         }
@@ -932,12 +933,20 @@ impl Connection {
         }
         let forwarded = match (&live.container, start) {
             (None, Start::Shell) => upstream.request_shell(true).await,
-            (None, Start::Exec(command)) => upstream.exec(true, command).await,
+            (None, Start::Exec(command)) => {
+                let line = String::from_utf8_lossy(&command);
+                if let Some((direction, root)) = ScpDirection::of_command(&line)
+                    && let Ok(mut slot) = state.transfer.lock()
+                {
+                    *slot = Some(relay::Transfer::Scp(ScpObserver::new(direction, root)));
+                }
+                upstream.exec(true, command).await
+            }
             (None, Start::Subsystem(name)) => {
                 if name == "sftp"
-                    && let Ok(mut slot) = state.sftp.lock()
+                    && let Ok(mut slot) = state.transfer.lock()
                 {
-                    *slot = Some(SftpObserver::default());
+                    *slot = Some(relay::Transfer::Sftp(SftpObserver::default()));
                 }
                 upstream.request_subsystem(true, name).await
             }

@@ -9,6 +9,7 @@ mod container;
 mod handler;
 mod login;
 mod relay;
+mod scp;
 mod sftp;
 mod upstream;
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::recording::{FLUSH_INTERVAL, Recorder};
 use crate::session::{Notice, Session};
 
+use super::scp::{Direction, ScpObserver};
 use super::sftp::{FileOp, SftpObserver};
 use super::upstream::Upstream;
 
@@ -31,15 +32,53 @@ pub struct Forward {
     pub bytes_down: std::sync::atomic::AtomicU64,
 }
 
-/// The SFTP observer of a channel, set once it starts the `sftp` subsystem.
-pub type SharedSftp = Arc<Mutex<Option<SftpObserver>>>;
+/// What follows a file transfer on a channel, for the audit log.
+#[derive(Debug)]
+pub enum Transfer {
+    /// The `sftp` subsystem (also what `scp` uses by default).
+    Sftp(SftpObserver),
+    /// A legacy `scp -t` / `scp -f` exec.
+    Scp(ScpObserver),
+}
 
-/// Feeds bytes to a channel's SFTP observer, if it has one, and audits what they complete.
-pub async fn observe_sftp(session: &Session, sftp: &SharedSftp, bytes: &[u8], from_client: bool) {
-    let ops = match sftp.lock() {
+impl Transfer {
+    fn observe(&mut self, bytes: &[u8], from_client: bool) -> Vec<FileOp> {
+        match self {
+            Transfer::Sftp(observer) if from_client => observer.client(bytes),
+            Transfer::Sftp(observer) => observer.server(bytes),
+            // scp is followed on its sending side only.
+            Transfer::Scp(observer) => {
+                let sending = (observer.direction() == Direction::Upload) == from_client;
+                if sending {
+                    observer.feed(bytes)
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Vec<FileOp> {
+        match self {
+            Transfer::Sftp(observer) => observer.finish(),
+            Transfer::Scp(_) => Vec::new(),
+        }
+    }
+}
+
+/// The transfer observer of a channel, set once it starts one.
+pub type SharedTransfer = Arc<Mutex<Option<Transfer>>>;
+
+/// Feeds bytes to a channel's transfer observer, if it has one, and audits what they complete.
+pub async fn observe_transfer(
+    session: &Session,
+    transfer: &SharedTransfer,
+    bytes: &[u8],
+    from_client: bool,
+) {
+    let ops = match transfer.lock() {
         Ok(mut slot) => match slot.as_mut() {
-            Some(observer) if from_client => observer.client(bytes),
-            Some(observer) => observer.server(bytes),
+            Some(observer) => observer.observe(bytes, from_client),
             None => return,
         },
         Err(_) => return,
@@ -157,7 +196,7 @@ pub async fn pump(
     live: LiveChannels,
     pty: Arc<std::sync::atomic::AtomicBool>,
     forward: Option<Arc<Forward>>,
-    sftp: SharedSftp,
+    transfer: SharedTransfer,
 ) {
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut failed = None;
@@ -188,7 +227,7 @@ pub async fn pump(
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
-                observe_sftp(&session, &sftp, &data, false).await;
+                observe_transfer(&session, &transfer, &data, false).await;
                 handle.data(down, data).await.is_ok()
             }
             ChannelMsg::ExtendedData { data, ext } => {
@@ -234,10 +273,10 @@ pub async fn pump(
         }
     }
     finish_recording(&session, index, &recorder).await;
-    let unfinished = sftp
+    let unfinished = transfer
         .lock()
         .ok()
-        .and_then(|mut slot| slot.as_mut().map(SftpObserver::finish))
+        .and_then(|mut slot| slot.as_mut().map(Transfer::finish))
         .unwrap_or_default();
     audit_file_ops(&session, unfinished).await;
     if let Some(forward) = forward {
