@@ -11,6 +11,7 @@
 # approves), and measures for each path:
 #   - upload and download throughput (MiB/s) of a binary stream through `cat`
 #   - session setup time (`ssh ... true`), median of SETUPS runs
+#   - interactive echo latency p50/p99: one byte through a pty session running `cat`
 #   - memory per concurrent streaming session (RSS growth of the relaying processes / sessions)
 # Needs: openssh-server, openssh-client, python3 (all installed by scripts/test).
 set -euo pipefail
@@ -144,12 +145,43 @@ REQUEST=$(as_bastion alice alice request web-1 --for 8h --reason benchmark --jso
 as_bastion bob bob approve "$REQUEST" >/dev/null
 
 # One command per path, to run a remote command.
-direct() { ssh "${SSH_OPTS[@]}" -i "$WORK/me" -p "$TARGET_PORT" "$USER_NAME@127.0.0.1" "$@"; }
-jump() {
-  ssh "${SSH_OPTS[@]}" -i "$WORK/me" -o "ProxyCommand=ssh ${SSH_OPTS[*]} -i $WORK/me -p $JUMP_PORT -W %h:%p $USER_NAME@127.0.0.1" \
-    -p "$TARGET_PORT" "$USER_NAME@127.0.0.1" "$@"
+DIRECT_CMD=(ssh "${SSH_OPTS[@]}" -i "$WORK/me" -p "$TARGET_PORT" "$USER_NAME@127.0.0.1")
+JUMP_CMD=(ssh "${SSH_OPTS[@]}" -i "$WORK/me"
+  -o "ProxyCommand=ssh ${SSH_OPTS[*]} -i $WORK/me -p $JUMP_PORT -W %h:%p $USER_NAME@127.0.0.1"
+  -p "$TARGET_PORT" "$USER_NAME@127.0.0.1")
+BASTION_CMD=(ssh "${SSH_OPTS[@]}" -i "$WORK/alice" -p "$BASTION_PORT" "alice+web-1@127.0.0.1")
+direct() { "${DIRECT_CMD[@]}" "$@"; }
+jump() { "${JUMP_CMD[@]}" "$@"; }
+bastion() { "${BASTION_CMD[@]}" "$@"; }
+
+latency() { # p50 p99 of a one-byte round trip through a pty session running `cat`, in ms
+  local -n command=$1
+  python3 - "${command[@]}" <<'PY'
+import os, statistics, subprocess, sys, time
+ssh = sys.argv[1:]
+process = subprocess.Popen(ssh[:1] + ["-tt"] + ssh[1:] + ["stty raw -echo; echo ready; exec cat"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+buffer = b""
+while b"ready" not in buffer:
+    chunk = process.stdout.read(1)
+    if not chunk:
+        sys.exit("session ended before it was ready")
+    buffer += chunk
+while not buffer.endswith(b"\n"):
+    buffer += process.stdout.read(1)
+samples = []
+for _ in range(300):
+    start = time.perf_counter()
+    process.stdin.write(b"x")
+    if process.stdout.read(1) != b"x":
+        sys.exit("echo mismatch")
+    samples.append((time.perf_counter() - start) * 1000)
+process.stdin.write(b"\x04")
+process.kill()
+samples.sort()
+print(round(samples[len(samples) // 2], 2), round(samples[int(len(samples) * 0.99) - 1], 2))
+PY
 }
-bastion() { as_bastion alice alice+web-1 "$@"; }
 
 now() { python3 -c 'import time; print(time.monotonic())'; }
 elapsed() { python3 -c "print($2 - $1)"; }
@@ -230,12 +262,14 @@ if [ -n "${PROFILE:-}" ]; then
   exit 0
 fi
 
-declare -A UP DOWN SETUP
+declare -A UP DOWN SETUP P50 P99
 for path in direct jump bastion; do
-  if [ "${SKIP_TRANSFERS:-}" = 1 ]; then UP[$path]=1; DOWN[$path]=1; SETUP[$path]=1; continue; fi
+  if [ "${SKIP_TRANSFERS:-}" = 1 ]; then UP[$path]=1; DOWN[$path]=1; SETUP[$path]=1; P50[$path]=1; P99[$path]=1; continue; fi
   UP[$path]=$(upload "$path")
   DOWN[$path]=$(download "$path")
   SETUP[$path]=$(setup "$path")
+  upper=$(echo "$path" | tr a-z A-Z)
+  read -r "P50[$path]" "P99[$path]" < <(latency "${upper}_CMD")
 done
 
 ratio() { python3 -c "print(round($1 / $2, 2))"; }
@@ -247,6 +281,8 @@ echo "| --- | --- | --- | --- | --- |"
 echo "| upload MiB/s | ${UP[direct]} | ${UP[jump]} | ${UP[bastion]} | $(ratio "${UP[bastion]}" "${UP[jump]}") |"
 echo "| download MiB/s | ${DOWN[direct]} | ${DOWN[jump]} | ${DOWN[bastion]} | $(ratio "${DOWN[bastion]}" "${DOWN[jump]}") |"
 echo "| setup ms (ssh ... true) | ${SETUP[direct]} | ${SETUP[jump]} | ${SETUP[bastion]} | $(ratio "${SETUP[bastion]}" "${SETUP[jump]}") |"
+echo "| echo latency p50 ms (pty, 300 keystrokes) | ${P50[direct]} | ${P50[jump]} | ${P50[bastion]} | $(ratio "${P50[bastion]}" "${P50[jump]}") |"
+echo "| echo latency p99 ms | ${P99[direct]} | ${P99[jump]} | ${P99[bastion]} | $(ratio "${P99[bastion]}" "${P99[jump]}") |"
 for count in $SESSIONS; do
   read -r jump_kib jump_alive < <(memory jump "$count" "$JUMP_PID")
   read -r bastion_kib bastion_alive < <(memory bastion "$count" "$BASTION_PID")
