@@ -20,18 +20,7 @@ fn sshd_accepts_the_harness_key_and_pins_its_host_key() {
     let (stranger, _) = support::ssh_keygen(other.path(), "stranger");
     let ssh = support::require_binary("ssh", &[], "openssh-client");
     let (code, _, stderr) = run(std::process::Command::new(ssh)
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", sshd.known_hosts.display()))
-        .arg("-i")
-        .arg(&stranger)
+        .args(support::client_options(&sshd.known_hosts, &stranger))
         .args(["-p", &sshd.port.to_string()])
         .arg(format!("{}@127.0.0.1", sshd.user))
         .arg("true"));

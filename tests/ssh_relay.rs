@@ -229,22 +229,10 @@ fn scp_in_both_modes_and_sftp_move_files_intact() {
     let (source, checksum) = file_of(local.path(), "payload.bin", 8 * 1024 * 1024);
     let remote = sshd.dir.path().join("uploaded.bin");
     let common = |command: &mut Command| {
-        command
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                bastion.known_hosts.display()
-            ))
-            .arg("-i")
-            .arg(bastion.key("alice"));
+        command.args(support::client_options(
+            &bastion.known_hosts,
+            &bastion.key("alice"),
+        ));
     };
     let scp = require_binary("scp", &[], "openssh-client");
     for mode in [None, Some("-O")] {
@@ -532,29 +520,16 @@ fn several_channels_share_one_connection() {
 
 /// A bastion whose recordings folder cannot be created (a file stands where it should be).
 fn unrecordable(policy: Option<&str>) -> (Bastion, Sshd) {
-    let mut sshd = None;
-    let bastion = Bastion::start_with(|client_key| {
-        let server = Sshd::start_with(&[client_key.to_string()]);
-        let text = format!(
-            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
-             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\n{}",
-            server.port,
-            server.user,
-            server.host_key,
-            policy.map_or_else(String::new, |policy| format!(
-                "on_recording_failure = \"{policy}\"\n"
-            ))
-        );
-        sshd = Some(server);
-        text
+    let extra = policy.map_or_else(String::new, |policy| {
+        format!("on_recording_failure = \"{policy}\"\n")
     });
+    let (bastion, sshd) = bastion_and_sshd_with(None, &extra);
     // Today's folder cannot be made: the year is a file.
     let year = bastion.now().year().to_string();
     let recordings = bastion.config.dir.path().join("recordings");
     std::fs::create_dir_all(&recordings).expect("recordings dir");
     std::fs::write(recordings.join(year), "not a folder").expect("block the folder");
-    (bastion, sshd.expect("sshd"))
+    (bastion, sshd)
 }
 
 #[test]
@@ -597,13 +572,8 @@ fn on_recording_failure_continue_runs_the_session_and_audits_it() {
 
 /// `-e` / `GIT_SSH_COMMAND` for tools that run ssh themselves: alice's key, the bastion pinned.
 fn ssh_for_tools(bastion: &Bastion) -> String {
-    format!(
-        "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
-         -o UserKnownHostsFile={} -i {} -p {}",
-        bastion.known_hosts.display(),
-        bastion.key("alice").display(),
-        bastion.port()
-    )
+    let options = support::client_options(&bastion.known_hosts, &bastion.key("alice"));
+    format!("ssh {} -p {}", options.join(" "), bastion.port())
 }
 
 #[test]

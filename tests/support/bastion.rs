@@ -13,7 +13,7 @@ use portcullis::server::Server;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{TestConfig, require_binary, run, ssh_keygen};
+use super::{TestConfig, client_options, require_binary, run, ssh_keygen};
 
 pub struct Bastion {
     pub server: Option<Server>,
@@ -136,22 +136,9 @@ impl Bastion {
 
     /// An `ssh` command for `login@127.0.0.1` on the bastion with `key` only, pinning its host key.
     pub fn ssh_command(&self, key: &Path, login: &str) -> Command {
-        let ssh = require_binary("ssh", &[], "openssh-client");
-        let mut command = Command::new(ssh);
+        let mut command = Command::new(require_binary("ssh", &[], "openssh-client"));
         command
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .args(["-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-i")
-            .arg(key)
+            .args(client_options(&self.known_hosts, key))
             .args(["-p", &self.port().to_string()])
             .arg(format!("{login}@127.0.0.1"));
         command

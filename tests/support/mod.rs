@@ -240,21 +240,9 @@ impl Sshd {
     /// An `ssh` command that logs in to this server directly with the harness key, strictly
     /// checking its host key.
     pub fn ssh(&self) -> Command {
-        let ssh = require_binary("ssh", &[], "openssh-client");
-        let mut command = Command::new(ssh);
+        let mut command = Command::new(require_binary("ssh", &[], "openssh-client"));
         command
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-            ])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-i")
-            .arg(&self.client_key)
+            .args(client_options(&self.known_hosts, &self.client_key))
             .args(["-p", &self.port.to_string()])
             .arg(format!("{}@127.0.0.1", self.user))
             .stdin(Stdio::null());
@@ -266,6 +254,30 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         stop_child(&mut self.child, "-TERM");
     }
+}
+
+/// The options of every OpenSSH client (`ssh`, `scp`, `sftp`) the tests run: no user config, no
+/// prompts, only `key`, and the server's host key checked against `known_hosts`.
+pub fn client_options(known_hosts: &Path, key: &Path) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([
+        "-o".to_string(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-i".to_string(),
+        key.display().to_string(),
+    ])
+    .collect()
 }
 
 /// True once something on `port` speaks SSH.
