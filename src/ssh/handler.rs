@@ -15,10 +15,11 @@ use russh::client;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::container;
 use super::login::Login;
+use super::prompt;
 use super::relay::{self, LiveChannels, SharedRecorder};
 use super::scp::{Direction as ScpDirection, ScpObserver};
 use super::sftp::SftpObserver;
@@ -124,6 +125,8 @@ struct ChannelState {
     forward: Option<Arc<relay::Forward>>,
     /// Set once the channel runs a file transfer (sftp, or a legacy scp exec).
     transfer: relay::SharedTransfer,
+    /// Keystrokes for the interactive prompt, when this channel runs it.
+    input: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Connection {
@@ -459,6 +462,15 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(input) = self
+            .channels
+            .get(&channel)
+            .and_then(|state| state.input.clone())
+        {
+            // The prompt reads at its own pace; a full queue slows the client down.
+            let _ = input.send(data.to_vec()).await;
+            return Ok(());
+        }
         let Some(live) = &self.target else {
             return Ok(());
         };
@@ -985,12 +997,25 @@ impl Connection {
         command: Option<String>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let (Some(login), Some(state)) = (self.login.clone(), self.channels.get(&channel)) else {
+        let (Some(login), Some(state)) = (self.login.clone(), self.channels.get_mut(&channel))
+        else {
             return session.channel_failure(channel);
         };
         session.channel_success(channel)?;
         let access = self.access.clone();
         let pty = state.pty.is_some();
+        if pty && login.target.is_none() && command.is_none() {
+            let (sender, receiver) = mpsc::channel(64);
+            state.input = Some(sender);
+            tokio::spawn(prompt::run(
+                access,
+                login.user,
+                session.handle(),
+                channel,
+                receiver,
+            ));
+            return Ok(());
+        }
         let refused = state.refused.clone();
         let handle = session.handle();
         tokio::spawn(async move {
@@ -1076,8 +1101,8 @@ fn interactive_unavailable(access: &Access, user: &str) -> CommandOutput {
     let help = commands::run(access, user, &["help".to_string()]);
     CommandOutput {
         stdout: format!(
-            "portcullis: the interactive prompt is not available yet; run one command per \
-             connection, for example: ssh <bastion> targets\n\n{}",
+            "portcullis: connect with a terminal for the interactive prompt, or run one command \
+             per connection, for example: ssh <bastion> targets\n\n{}",
             help.stdout
         ),
         stderr: String::new(),

@@ -8,6 +8,7 @@
 mod container;
 mod handler;
 mod login;
+mod prompt;
 mod relay;
 mod scp;
 mod sftp;
