@@ -55,10 +55,9 @@ impl LineEditor {
                     flush(&mut actions, &mut echo);
                     actions.push(Action::Run(std::mem::take(&mut self.line)));
                 }
-                0x7f | 0x08 => {
-                    if self.line.pop().is_some() {
-                        echo.extend_from_slice(b"\x08 \x08");
-                    }
+                0x7f | 0x08 if !self.line.is_empty() => {
+                    self.line.pop();
+                    echo.extend_from_slice(b"\x08 \x08");
                 }
                 0x03 => {
                     self.line.clear();
