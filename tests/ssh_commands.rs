@@ -230,3 +230,37 @@ fn authentication_is_public_key_only_and_fails_closed() {
     );
     assert!(failures >= 3);
 }
+
+#[test]
+fn a_request_from_a_terminal_waits_for_the_decision() {
+    let bastion = Bastion::start(COMMAND_TARGETS);
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice")
+        .args([
+            "-tt", "request", "web-1", "--for", "30m", "--reason", "INC-42",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    let stdin = child.stdin.take();
+    // The request appears; bob approves it from his own connection.
+    let id = wait_for("the request to be filed", Duration::from_secs(15), || {
+        let (_, stdout, _) = bastion.ssh("bob", &["pending", "--json"]);
+        json(&stdout)["requests"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+    });
+    let (code, _, stderr) = bastion.ssh("bob", &["approve", &id]);
+    assert_eq!(code, 0, "{stderr}");
+    let output = child.wait_with_output().expect("the waiting request ends");
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("waiting for a decision"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("request {id} approved by bob")),
+        "{stdout}"
+    );
+}

@@ -1016,6 +1016,24 @@ impl Connection {
             ));
             return Ok(());
         }
+        if pty
+            && login.target.is_none()
+            && let Some(line) = command
+                .as_deref()
+                .filter(|line| prompt::waits_for_decision(line))
+        {
+            let (sender, receiver) = mpsc::channel(64);
+            state.input = Some(sender);
+            tokio::spawn(prompt::request_and_wait(
+                access,
+                login.user,
+                session.handle(),
+                channel,
+                receiver,
+                line.to_string(),
+            ));
+            return Ok(());
+        }
         let refused = state.refused.clone();
         let handle = session.handle();
         tokio::spawn(async move {

@@ -10,6 +10,7 @@ use russh::server::Handle;
 use tokio::sync::mpsc;
 
 use crate::access::Access;
+use crate::access::model::RequestState;
 use crate::commands;
 
 const PROMPT: &str = "portcullis> ";
@@ -169,6 +170,99 @@ pub async fn run(
     let _ = handle.close(channel).await;
 }
 
+/// Is `line` a `request` command whose decision a terminal user would wait for (not `--json`)?
+pub fn waits_for_decision(line: &str) -> bool {
+    let words = shell_words::split(line).unwrap_or_default();
+    words.first().is_some_and(|word| word == "request")
+        && !words.iter().any(|word| word == "--json")
+}
+
+/// `request` with a terminal: files the request, then waits for the decision and shows it.
+/// Ctrl-C stops waiting and leaves the request pending (issue #3).
+pub async fn request_and_wait(
+    access: Access,
+    user: String,
+    handle: Handle,
+    channel: ChannelId,
+    mut input: mpsc::Receiver<Vec<u8>>,
+    line: String,
+) {
+    let filed = {
+        let (access, user) = (access.clone(), user.clone());
+        tokio::task::spawn_blocking(move || commands::run_line(&access, &user, &line)).await
+    };
+    let say = |text: String| {
+        let handle = handle.clone();
+        async move {
+            let _ = handle
+                .data(channel, text.replace('\n', "\r\n").into_bytes())
+                .await;
+        }
+    };
+    let exit_code = match filed {
+        Ok(output) if output.exit_code == 0 => {
+            say(output.stdout.clone()).await;
+            let id = output
+                .stdout
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            say("waiting for a decision (Ctrl-C leaves the request pending)\n".to_string()).await;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (access, id) = (access.clone(), id.clone());
+                        let found = tokio::task::spawn_blocking(move || access.request_by_id(&id)).await;
+                        let Ok(Ok(Some(request))) = found else {
+                            say("error: the bastion could not read the request\n".to_string()).await;
+                            break 1;
+                        };
+                        if request.state == RequestState::Pending {
+                            continue;
+                        }
+                        let text = match request.state {
+                            RequestState::Approved => format!(
+                                "request {} approved by {}: connect with ssh {}+{}@<bastion>\n",
+                                request.id,
+                                request.decided_by.unwrap_or_default(),
+                                user,
+                                request.target
+                            ),
+                            RequestState::Denied => format!(
+                                "request {} denied by {}: {}\n",
+                                request.id,
+                                request.decided_by.unwrap_or_default(),
+                                request.decision_reason.unwrap_or_default()
+                            ),
+                            other => format!("request {} is {other}\n", request.id),
+                        };
+                        say(text).await;
+                        break if request.state == RequestState::Approved { 0 } else { 1 };
+                    }
+                    received = input.recv() => match received {
+                        Some(bytes) if bytes.contains(&0x03) => {
+                            say(format!("\nleft pending: {id} (check with: status {id})\n")).await;
+                            break 0;
+                        }
+                        Some(_) => {}
+                        None => break 0,
+                    },
+                }
+            }
+        }
+        Ok(output) => {
+            say(format!("{}{}", output.stdout, output.stderr)).await;
+            output.exit_code
+        }
+        Err(_) => 1,
+    };
+    let _ = handle.exit_status_request(channel, exit_code).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +292,13 @@ mod tests {
         assert!(runs(&editor.feed(&arrow[..1])).is_empty());
         assert_eq!(runs(&editor.feed(&[arrow[1], arrow[2], b'\r'])), ["→"]);
         assert_eq!(editor.feed(b"\x04"), [Action::Exit]);
+    }
+
+    #[test]
+    fn only_human_requests_wait() {
+        assert!(waits_for_decision("request web-1 --reason 'x y'"));
+        assert!(!waits_for_decision("request web-1 --reason x --json"));
+        assert!(!waits_for_decision("status r-2345"));
     }
 
     #[test]
