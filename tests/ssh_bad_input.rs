@@ -12,22 +12,18 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::bastion::Bastion;
+use support::bastion::{Bastion, UNREACHED_TARGETS};
 
-const TARGETS: &str = "\
-[[targets]]
-name = \"web-1\"
-kind = \"ssh\"
-address = \"127.0.0.1:22\"
-login = \"root\"
-host_key = \"accept-first\"
-requestable_by = [\"engineer\"]
-approvers = [\"leader\"]
-
+/// Tight limits, so the tests see them act quickly.
+const LIMITS: &str = "
 [limits]
 handshake_timeout = \"1s\"
 max_channels_per_connection = 16
 ";
+
+fn bastion() -> Bastion {
+    Bastion::start(&format!("{UNREACHED_TARGETS}{LIMITS}"))
+}
 
 /// Reads until the bastion closes the connection; returns how long that took.
 fn until_closed(mut stream: TcpStream) -> Duration {
@@ -56,7 +52,7 @@ fn still_serving(bastion: &Bastion) {
 
 #[test]
 fn garbage_silence_and_stalls_are_disconnected() {
-    let bastion = Bastion::start(TARGETS);
+    let bastion = bastion();
     let address = ("127.0.0.1", bastion.port());
 
     let mut garbage = TcpStream::connect(address).expect("connect");
@@ -111,7 +107,7 @@ impl russh::client::Handler for AcceptAny {
 
 #[test]
 fn hundreds_of_channels_are_capped_per_connection() {
-    let bastion = Bastion::start(TARGETS);
+    let bastion = bastion();
     let key = russh::keys::load_secret_key(bastion.key("alice"), None).expect("alice's key");
     let port = bastion.port();
     let opened = bastion.runtime.block_on(async move {

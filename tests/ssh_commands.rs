@@ -12,30 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::bastion::Bastion;
+use support::bastion::{Bastion, UNREACHED_TARGETS};
 use support::{require_binary, run, ssh_keygen, wait_for};
-
-/// Two targets nobody connects to: these tests stop at the command interface.
-const COMMAND_TARGETS: &str = "\
-[[targets]]
-name = \"web-1\"
-kind = \"ssh\"
-address = \"127.0.0.1:22\"
-login = \"root\"
-host_key = \"accept-first\"
-requestable_by = [\"engineer\"]
-approvers = [\"leader\"]
-max_duration = \"2h\"
-
-[[targets]]
-name = \"web-2\"
-kind = \"ssh\"
-address = \"127.0.0.1:22\"
-login = \"root\"
-host_key = \"accept-first\"
-requestable_by = [\"engineer\"]
-approvers = [\"leader\"]
-";
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|error| panic!("{error}: {stdout:?}"))
@@ -43,7 +21,7 @@ fn json(stdout: &str) -> Value {
 
 #[test]
 fn request_approve_and_inspect_over_ssh() {
-    let bastion = Bastion::start(COMMAND_TARGETS);
+    let bastion = Bastion::start(UNREACHED_TARGETS);
 
     let (code, stdout, stderr) = bastion.ssh(
         "alice",
@@ -123,7 +101,7 @@ fn request_approve_and_inspect_over_ssh() {
 
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() {
-    let bastion = Bastion::start(COMMAND_TARGETS);
+    let bastion = Bastion::start(UNREACHED_TARGETS);
     let (code, _, stderr) = bastion.ssh("alice", &["request", "web-1"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--reason"), "{stderr}");
@@ -146,7 +124,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 
 #[test]
 fn a_target_without_a_grant_is_refused_with_the_request_command() {
-    let bastion = Bastion::start(COMMAND_TARGETS);
+    let bastion = Bastion::start(UNREACHED_TARGETS);
     // No command: the (not yet interactive) command interface explains itself.
     let (code, stdout, _) = bastion.ssh("alice", &[]);
     assert_eq!(code, 0);
@@ -176,7 +154,7 @@ fn a_target_without_a_grant_is_refused_with_the_request_command() {
 
 #[test]
 fn authentication_is_public_key_only_and_fails_closed() {
-    let bastion = Bastion::start(COMMAND_TARGETS);
+    let bastion = Bastion::start(UNREACHED_TARGETS);
     // bob's key does not log in as alice, a stranger's key logs in as nobody.
     let (code, _, stderr) = bastion.ssh_with(&bastion.key("bob"), "alice", &["targets"]);
     assert_eq!(code, 255);
@@ -233,7 +211,7 @@ fn authentication_is_public_key_only_and_fails_closed() {
 
 #[test]
 fn a_request_from_a_terminal_waits_for_the_decision() {
-    let bastion = Bastion::start(COMMAND_TARGETS);
+    let bastion = Bastion::start(UNREACHED_TARGETS);
     let mut child = bastion
         .ssh_command(&bastion.key("alice"), "alice")
         .args([

@@ -23,11 +23,20 @@ fn bastion_and_sshd(host_key: Option<&str>) -> (Bastion, Sshd) {
     bastion_and_sshd_with(host_key, "")
 }
 
-/// Like `bastion_and_sshd`, with `extra` TOML lines in the target.
+/// Like `bastion_and_sshd`, with `extra` TOML lines after the target.
 fn bastion_and_sshd_with(host_key: Option<&str>, extra: &str) -> (Bastion, Sshd) {
+    bastion_and_configured_sshd(host_key, extra, "")
+}
+
+/// Like `bastion_and_sshd_with`, with extra `sshd_config` lines for the target's sshd.
+fn bastion_and_configured_sshd(
+    host_key: Option<&str>,
+    extra: &str,
+    sshd_config: &str,
+) -> (Bastion, Sshd) {
     let mut sshd = None;
     let bastion = Bastion::start_with(|client_key| {
-        let server = Sshd::start_with(&[client_key.to_string()]);
+        let server = Sshd::start_with_config(&[client_key.to_string()], sshd_config);
         let pinned = host_key.map_or_else(|| server.host_key.clone(), str::to_string);
         let text = format!(
             "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
@@ -705,6 +714,15 @@ fn forward(bastion: &Bastion, destination_port: u16) -> (std::process::Child, u1
     (child, local_port)
 }
 
+/// A client connection to a local forward, reads bounded by a timeout.
+fn connect_forward(port: u16) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
 #[test]
 fn local_forwarding_works_only_where_the_target_allows_it() {
     use std::io::Read;
@@ -712,10 +730,7 @@ fn local_forwarding_works_only_where_the_target_allows_it() {
     bastion.grant("alice", "web-1", hour());
     let (mut child, local_port) = forward(&bastion, sshd.port);
     // Through the forward, the target's sshd greets us.
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", local_port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = connect_forward(local_port);
     let mut banner = [0u8; 8];
     stream
         .read_exact(&mut banner)
@@ -745,10 +760,7 @@ fn local_forwarding_works_only_where_the_target_allows_it() {
     let (bastion, sshd) = bastion_and_sshd(None);
     bastion.grant("alice", "web-1", hour());
     let (mut child, local_port) = forward(&bastion, sshd.port);
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", local_port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut stream = connect_forward(local_port);
     let mut buffer = [0u8; 8];
     let read = stream.read(&mut buffer).unwrap_or(0);
     assert_eq!(read, 0, "a forward reached a target that does not allow it");
@@ -781,26 +793,16 @@ fn container_targets_run_inside_the_runtime_with_safe_quoting() {
     let runtime = bin.path().join("docker");
     std::fs::write(&runtime, FAKE_RUNTIME).expect("write runtime");
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut sshd = None;
-    let bin_path = bin.path().display().to_string();
-    let bastion = Bastion::start_with(|client_key| {
-        let server = Sshd::start_with_config(
-            &[client_key.to_string()],
-            &format!("SetEnv PATH={bin_path}:/usr/local/bin:/usr/bin:/bin"),
-        );
-        let text = format!(
-            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
-             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\n\n\
-             [[targets]]\nname = \"api\"\nkind = \"container\"\nhost = \"web-1\"\n\
-             container = \"api-1\"\nruntime = \"docker\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\n",
-            server.port, server.user, server.host_key
-        );
-        sshd = Some(server);
-        text
-    });
-    let _sshd = sshd.expect("sshd");
+    let (bastion, _sshd) = bastion_and_configured_sshd(
+        None,
+        "\n[[targets]]\nname = \"api\"\nkind = \"container\"\nhost = \"web-1\"\n\
+         container = \"api-1\"\nruntime = \"docker\"\nrequestable_by = [\"engineer\"]\n\
+         approvers = [\"leader\"]\n",
+        &format!(
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin",
+            bin.path().display()
+        ),
+    );
     bastion.grant("alice", "api", hour());
     let hostile = "echo \"it's $((1 + 1))\"; echo second";
     let (code, stdout, stderr) = bastion.ssh_with(&bastion.key("alice"), "alice+api", &[hostile]);

@@ -61,6 +61,18 @@ struct OpenFile {
     bytes_written: u64,
 }
 
+impl OpenFile {
+    /// The audited operation of a file that is done: closed, or open when the channel ended.
+    fn into_op(self) -> FileOp {
+        FileOp::File {
+            path: self.path,
+            write: self.write,
+            bytes_read: self.bytes_read,
+            bytes_written: self.bytes_written,
+        }
+    }
+}
+
 /// Follows one SFTP channel.
 #[derive(Debug, Default)]
 pub struct SftpObserver {
@@ -87,15 +99,7 @@ impl SftpObserver {
 
     /// Files still open when the channel ends, reported with what they saw.
     pub fn finish(&mut self) -> Vec<FileOp> {
-        self.open
-            .drain()
-            .map(|(_, file)| FileOp::File {
-                path: file.path,
-                write: file.write,
-                bytes_read: file.bytes_read,
-                bytes_written: file.bytes_written,
-            })
-            .collect()
+        self.open.drain().map(|(_, file)| file.into_op()).collect()
     }
 
     fn feed(&mut self, bytes: &[u8], from_client: bool) -> Vec<FileOp> {
@@ -188,12 +192,7 @@ impl SftpObserver {
             }
             FXP_CLOSE => {
                 let handle = reader.string()?;
-                self.open.remove(handle).map(|file| FileOp::File {
-                    path: file.path,
-                    write: file.write,
-                    bytes_read: file.bytes_read,
-                    bytes_written: file.bytes_written,
-                })
+                self.open.remove(handle).map(OpenFile::into_op)
             }
             FXP_REMOVE => Some(FileOp::Remove {
                 path: reader.text()?,

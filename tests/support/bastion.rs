@@ -15,6 +15,28 @@ use time::OffsetDateTime;
 
 use super::{TestConfig, client_options, require_binary, run, ssh_keygen};
 
+/// Two targets nobody connects to, for tests that stop at the command interface.
+pub const UNREACHED_TARGETS: &str = "\
+[[targets]]
+name = \"web-1\"
+kind = \"ssh\"
+address = \"127.0.0.1:22\"
+login = \"root\"
+host_key = \"accept-first\"
+requestable_by = [\"engineer\"]
+approvers = [\"leader\"]
+max_duration = \"2h\"
+
+[[targets]]
+name = \"web-2\"
+kind = \"ssh\"
+address = \"127.0.0.1:22\"
+login = \"root\"
+host_key = \"accept-first\"
+requestable_by = [\"engineer\"]
+approvers = [\"leader\"]
+";
+
 pub struct Bastion {
     pub server: Option<Server>,
     pub runtime: tokio::runtime::Runtime,
