@@ -820,3 +820,108 @@ fn container_targets_run_inside_the_runtime_with_safe_quoting() {
     assert_eq!(code, 1);
     assert!(stderr.contains("no active grant for web-1"), "{stderr}");
 }
+
+/// Collects a child's stdout as it comes, for tests that answer what a terminal asks.
+fn screen(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let writer = shown.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = std::io::Read::read(&mut stdout, &mut buffer) {
+            if read == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+            writer.lock().unwrap().push_str(&text);
+        }
+    });
+    shown
+}
+
+fn wait_for_text(shown: &std::sync::Mutex<String>, text: &str) {
+    wait_for(text, Duration::from_secs(15), || {
+        shown.lock().unwrap().contains(text).then_some(())
+    });
+}
+
+#[test]
+fn a_terminal_without_a_grant_requests_waits_and_connects_once_approved() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let shown = screen(&mut child);
+    wait_for_text(&shown, "no active grant for web-1");
+    wait_for_text(&shown, "reason: ");
+    stdin.write_all(b"INC-7 fix the migration\n").unwrap();
+    wait_for_text(&shown, "for how long");
+    stdin.write_all(b"30m\n").unwrap();
+    wait_for_text(&shown, "waiting for a decision");
+    let request = bastion
+        .access()
+        .requests(portcullis::store::RequestFilter::default())
+        .unwrap()
+        .remove(0);
+    assert_eq!(request.reason, "INC-7 fix the migration");
+    assert_eq!(request.duration, Duration::from_secs(1_800));
+    let (code, _, stderr) = bastion.ssh("bob", &["approve", &request.id]);
+    assert_eq!(code, 0, "{stderr}");
+    wait_for_text(&shown, "connecting to web-1");
+    stdin
+        .write_all(b"echo marker-$((6 * 7)); exit 0\n")
+        .unwrap();
+    drop(stdin);
+    let status = child.wait().expect("ssh finishes");
+    let text = shown.lock().unwrap().clone();
+    assert!(text.contains("approved by bob"), "{text}");
+    assert!(text.contains("marker-42"), "{text}");
+    assert_eq!(status.code(), Some(0), "{text}");
+    let casts = wait_for("the recording", Duration::from_secs(10), || {
+        let done = bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "recording.finalized");
+        done.then(|| recordings(&bastion))
+    });
+    let output: String = casts[0].1[1..]
+        .iter()
+        .filter(|event| event[1] == "o")
+        .filter_map(|event| event[2].as_str())
+        .collect();
+    assert!(output.contains("marker-42"), "{output}");
+}
+
+#[test]
+fn ctrl_c_while_asking_leaves_without_a_request() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let shown = screen(&mut child);
+    wait_for_text(&shown, "reason: ");
+    stdin.write_all(b"\x03").unwrap();
+    let status = child.wait().expect("ssh finishes");
+    let text = shown.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("request later with: ssh -p"), "{text}");
+    assert!(
+        bastion
+            .access()
+            .requests(portcullis::store::RequestFilter::default())
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -19,11 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::container;
 use super::login::Login;
-use super::prompt;
+use super::prompt::{self, ClientEvent};
 use super::relay::{self, LiveChannels, SharedRecorder};
 use super::scp::{Direction as ScpDirection, ScpObserver};
 use super::sftp::SftpObserver;
 use super::upstream::{self, Upstream};
+use super::wait;
 use crate::access::Access;
 use crate::audit::AuditEvent;
 use crate::commands::{self, CommandOutput};
@@ -62,6 +63,7 @@ impl russh::server::Server for SshServer {
             login: None,
             target: None,
             target_refusal: None,
+            grant_missing: false,
             authenticated: Arc::new(AtomicBool::new(false)),
             attempted: None,
             channels: HashMap::new(),
@@ -83,6 +85,8 @@ pub struct Connection {
     target: Option<LiveTarget>,
     /// Why a target login's session was refused, told on every channel.
     target_refusal: Option<String>,
+    /// The refusal was a missing grant: a terminal shell is offered to request one and wait.
+    grant_missing: bool,
     /// Set once authenticated, for the handshake timeout.
     authenticated: Arc<AtomicBool>,
     /// The last login name a key was offered for, to audit a connection that never authenticated.
@@ -91,21 +95,38 @@ pub struct Connection {
 }
 
 /// A target login's live session.
-struct LiveTarget {
-    session: crate::session::Session,
-    upstream: Arc<Upstream>,
-    live: LiveChannels,
+pub(super) struct LiveTarget {
+    pub session: crate::session::Session,
+    pub upstream: Arc<Upstream>,
+    pub live: LiveChannels,
     /// Set for a container target: channels run inside it.
-    container: Option<crate::config::ContainerTarget>,
+    pub container: Option<crate::config::ContainerTarget>,
     /// Dropping it stops the grant supervisor.
     _stop: oneshot::Sender<()>,
 }
 
+impl LiveTarget {
+    /// Disconnects from the target and ends the session: the client went away.
+    pub(super) async fn close(self) {
+        let _ = self
+            .upstream
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "client disconnected",
+                "en",
+            )
+            .await;
+        end_session(&self.session, "closed").await;
+    }
+}
+
 #[derive(Debug, Clone)]
-struct Pty {
-    term: String,
-    width: u32,
-    height: u32,
+pub(super) struct Pty {
+    pub term: String,
+    pub width: u32,
+    pub height: u32,
+    /// Terminal modes as the client asked for them, for a shell opened later (wait-and-connect).
+    pub modes: Vec<(russh::Pty, u32)>,
 }
 
 #[derive(Default)]
@@ -125,8 +146,8 @@ struct ChannelState {
     forward: Option<Arc<relay::Forward>>,
     /// Set once the channel runs a file transfer (sftp, or a legacy scp exec).
     transfer: relay::SharedTransfer,
-    /// Keystrokes for the interactive prompt, when this channel runs it.
-    input: Option<mpsc::Sender<Vec<u8>>>,
+    /// What the client sends, when the bastion serves this channel itself (prompt, waiting).
+    input: Option<mpsc::Sender<ClientEvent>>,
 }
 
 impl Connection {
@@ -173,17 +194,7 @@ impl Drop for Connection {
     /// however many keys the client offered.
     fn drop(&mut self) {
         if let Some(live) = self.target.take() {
-            tokio::spawn(async move {
-                let _ = live
-                    .upstream
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "client disconnected",
-                        "en",
-                    )
-                    .await;
-                end_session(&live.session, "closed").await;
-            });
+            tokio::spawn(live.close());
         }
         if self.login.is_some() {
             return;
@@ -452,6 +463,8 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if let Some(upstream) = self.upstream_of(channel) {
             let _ = upstream.eof().await;
+        } else if let Some(input) = self.input_of(channel) {
+            let _ = input.send(ClientEvent::Eof).await;
         }
         Ok(())
     }
@@ -462,13 +475,9 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(input) = self
-            .channels
-            .get(&channel)
-            .and_then(|state| state.input.clone())
-        {
+        if let Some(input) = self.input_of(channel) {
             // The prompt reads at its own pace; a full queue slows the client down.
-            let _ = input.send(data.to_vec()).await;
+            let _ = input.send(ClientEvent::Data(data.to_vec())).await;
             return Ok(());
         }
         let Some(live) = &self.target else {
@@ -526,6 +535,7 @@ impl russh::server::Handler for Connection {
             term: term.to_string(),
             width: col_width,
             height: row_height,
+            modes: modes.to_vec(),
         });
         state.pty_flag.store(true, Ordering::Relaxed);
         if let Some(live) = &self.target
@@ -586,6 +596,15 @@ impl russh::server::Handler for Connection {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(input) = self.input_of(channel) {
+            let resize = ClientEvent::Resize {
+                width: col_width,
+                height: row_height,
+                pixel_width: pix_width,
+                pixel_height: pix_height,
+            };
+            let _ = input.send(resize).await;
+        }
         if let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) {
             if let Some(upstream) = &state.upstream {
                 let _ = upstream
@@ -607,6 +626,8 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if let Some(upstream) = self.upstream_of(channel) {
             let _ = upstream.signal(signal).await;
+        } else if let Some(input) = self.input_of(channel) {
+            let _ = input.send(ClientEvent::Signal(signal)).await;
         }
         Ok(())
     }
@@ -693,20 +714,17 @@ enum Start {
     Subsystem(String),
 }
 
-/// Does a target with this config record keystrokes?
-fn record_input(target: &crate::config::Target) -> bool {
-    match &target.kind {
-        crate::config::TargetKind::Ssh(ssh) => ssh.record_input,
-        crate::config::TargetKind::Container(container) => container.record_input,
-        crate::config::TargetKind::Postgres(_) => true,
-    }
-}
-
 impl Connection {
     fn upstream_of(&self, channel: ChannelId) -> Option<&ChannelWriteHalf<client::Msg>> {
         self.channels
             .get(&channel)
             .and_then(|state| state.upstream.as_ref())
+    }
+
+    fn input_of(&self, channel: ChannelId) -> Option<mpsc::Sender<ClientEvent>> {
+        self.channels
+            .get(&channel)
+            .and_then(|state| state.input.clone())
     }
 
     fn relayed(&self, channel: ChannelId) -> bool {
@@ -776,108 +794,21 @@ impl Connection {
         target: &str,
         session: &mut Session,
     ) -> Result<(), String> {
-        let access = self.access.clone();
-        let (name, target_name, source) =
-            (user.to_string(), target.to_string(), self.source.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            crate::session::Session::open(&access, &name, &target_name, "ssh", &source)
-        })
-        .await;
-        let opened = match opened {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(refusal)) => {
-                let why = match refusal {
-                    SessionRefusal::NoGrant { target } => format!(
-                        "no active grant for {target}; request one with: {}",
-                        request_hint(&self.access, user, &target, self.port)
-                    ),
-                    other => other.to_string(),
-                };
-                self.audit_refusal(user, target, &why).await;
-                return Err(why);
-            }
-            Err(_) => return Err("the bastion failed to open the session".to_string()),
+        let reach = Reach {
+            access: self.access.clone(),
+            source: self.source.clone(),
+            port: self.port,
+            client_key: self.client_key.clone(),
         };
-        // A container is reached through its host: the host's address, credential and host key.
-        let (host_name, ssh_target, container) = match &opened.target().kind {
-            TargetKind::Ssh(ssh) => (target.to_string(), ssh.clone(), None),
-            TargetKind::Container(container) => {
-                let host =
-                    self.access
-                        .config()
-                        .target(&container.host)
-                        .and_then(|host| match &host.kind {
-                            TargetKind::Ssh(ssh) => Some(ssh.clone()),
-                            _ => None,
-                        });
-                match host {
-                    Some(ssh) => (container.host.clone(), ssh, Some(container.clone())),
-                    None => {
-                        let why =
-                            format!("the host of container target {target} is not an ssh target");
-                        self.audit_refusal(user, target, &why).await;
-                        end_session(&opened, "refused").await;
-                        return Err(why);
-                    }
-                }
-            }
-            TargetKind::Postgres(_) => {
-                let why =
-                    format!("{target} is a PostgreSQL target: connect with psql to the bastion");
-                self.audit_refusal(user, target, &why).await;
-                end_session(&opened, "refused").await;
-                return Err(why);
-            }
-        };
-        match upstream::connect(
-            &self.access,
-            &host_name,
-            &ssh_target,
-            self.client_key.clone(),
-        )
-        .await
-        {
-            Ok(upstream) => {
-                let upstream = Arc::new(upstream);
-                let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
-                let (stop, stopped) = oneshot::channel();
-                tokio::spawn(relay::supervise(
-                    opened.clone(),
-                    session.handle(),
-                    upstream.clone(),
-                    live.clone(),
-                    stopped,
-                ));
-                self.target = Some(LiveTarget {
-                    session: opened,
-                    upstream,
-                    live,
-                    container,
-                    _stop: stop,
-                });
+        match reach.connect(user, target, session.handle()).await {
+            Ok(live) => {
+                self.target = Some(live);
                 Ok(())
             }
-            Err(error) => {
-                let why = error.to_string();
-                tracing::warn!(target, %error, "cannot reach the target");
-                self.audit_refusal(user, target, &why).await;
-                end_session(&opened, "target_unreachable").await;
-                Err(why)
+            Err(refused) => {
+                self.grant_missing = refused.no_grant;
+                Err(refused.why)
             }
-        }
-    }
-
-    async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
-        let event = AuditEvent::SessionRefused {
-            user: user.to_string(),
-            target: target.to_string(),
-            source: self.source.clone(),
-            why: why.to_string(),
-        };
-        let access = self.access.clone();
-        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!("cannot audit a refused session");
         }
     }
 
@@ -900,47 +831,27 @@ impl Connection {
         };
         // SFTP and scp traffic is not a terminal: it is audited per file operation, not cast.
         if !matches!(start, Start::Subsystem(_)) {
-            let (width, height) = match &state.pty {
-                Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
-                _ => DEFAULT_SIZE,
-            };
-            let header = Header {
-                width,
-                height,
-                timestamp: self.access.now().unix_timestamp(),
-                title: live.session.title(),
+            let started = start_recording(
+                &self.access,
+                &live.session,
+                state.index,
+                state.pty.as_ref(),
                 command,
-                term: state.pty.as_ref().map(|pty| pty.term.clone()),
-            };
-            let recording_session = live.session.clone();
-            let (index, record_input) = (state.index, state.record_input);
-            let created = tokio::task::spawn_blocking(move || {
-                recording_session.start_recording(index, &header, record_input)
-            })
+                state.record_input,
+                &state.recorder,
+            )
             .await;
-            match created {
-                Ok(Ok(recorder)) => {
-                    if let Ok(mut slot) = state.recorder.lock() {
-                        *slot = Some(recorder);
-                    }
+            match started {
+                RecordingStart::Started => {}
+                RecordingStart::Refused => {
+                    // Fail closed: a session that cannot be recorded does not run.
+                    session.channel_success(channel)?;
+                    let pty = state.pty.is_some();
+                    let _ = upstream.close().await;
+                    relay::cut(&session.handle(), channel, pty, UNRECORDABLE).await;
+                    return Ok(());
                 }
-                Ok(Err(error)) => {
-                    if live.session.recording_failed(&error) {
-                        // Fail closed: a session that cannot be recorded does not run.
-                        session.channel_success(channel)?;
-                        let pty = state.pty.is_some();
-                        let _ = upstream.close().await;
-                        relay::cut(
-                            &session.handle(),
-                            channel,
-                            pty,
-                            "this session cannot be recorded, so it cannot run; tell the bastion operators",
-                        )
-                        .await;
-                        return Ok(());
-                    }
-                }
-                Err(_) => return session.channel_failure(channel),
+                RecordingStart::Broken => return session.channel_failure(channel),
             }
         }
         let forwarded = match (&live.container, start) {
@@ -1034,6 +945,28 @@ impl Connection {
             ));
             return Ok(());
         }
+        if let (Some(target), Some(pty), None, true) =
+            (&login.target, &state.pty, &command, self.grant_missing)
+        {
+            // Issue #3: a terminal without a grant is offered to request access and wait.
+            let (sender, receiver) = mpsc::channel(64);
+            state.input = Some(sender);
+            let dialog = wait::Dialog {
+                reach: Reach {
+                    access,
+                    source: self.source.clone(),
+                    port: self.port,
+                    client_key: self.client_key.clone(),
+                },
+                user: login.user,
+                target: target.clone(),
+                handle: session.handle(),
+                channel,
+                pty: pty.clone(),
+            };
+            tokio::spawn(dialog.run(receiver));
+            return Ok(());
+        }
         let refused = state.refused.clone();
         let handle = session.handle();
         tokio::spawn(async move {
@@ -1107,6 +1040,211 @@ pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> Str
         .filter(|host| !host.is_empty())
         .unwrap_or("bastion");
     format!("ssh -p {port} {user}@{host} request {target} --for 1h --reason \"...\"")
+}
+
+/// What a target login needs to reach its target: held by the connection, and by a
+/// wait-and-connect dialog that connects once its request is approved.
+#[derive(Clone)]
+pub(super) struct Reach {
+    pub access: Access,
+    /// The client's IP address, as audited.
+    pub source: String,
+    pub port: u16,
+    pub client_key: Arc<PrivateKey>,
+}
+
+/// Why a target session was refused; the refusal is already audited.
+pub(super) struct TargetRefused {
+    /// The line to tell the engineer.
+    pub why: String,
+    /// No active grant (the one refusal a request can fix).
+    pub no_grant: bool,
+}
+
+impl Reach {
+    /// Opens the session (grant check, audit) and the upstream connection, and starts the grant
+    /// supervisor that warns and cuts the session's channels.
+    pub(super) async fn connect(
+        &self,
+        user: &str,
+        target: &str,
+        handle: russh::server::Handle,
+    ) -> Result<LiveTarget, TargetRefused> {
+        let refused = |why: String| TargetRefused {
+            why,
+            no_grant: false,
+        };
+        let access = self.access.clone();
+        let (name, target_name, source) =
+            (user.to_string(), target.to_string(), self.source.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::session::Session::open(&access, &name, &target_name, "ssh", &source)
+        })
+        .await;
+        let opened = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(refusal)) => {
+                let no_grant = matches!(refusal, SessionRefusal::NoGrant { .. });
+                let why = match refusal {
+                    SessionRefusal::NoGrant { target } => format!(
+                        "no active grant for {target}; request one with: {}",
+                        request_hint(&self.access, user, &target, self.port)
+                    ),
+                    other => other.to_string(),
+                };
+                self.audit_refusal(user, target, &why).await;
+                return Err(TargetRefused { why, no_grant });
+            }
+            Err(_) => {
+                return Err(refused(
+                    "the bastion failed to open the session".to_string(),
+                ));
+            }
+        };
+        // A container is reached through its host: the host's address, credential and host key.
+        let (host_name, ssh_target, container) = match &opened.target().kind {
+            TargetKind::Ssh(ssh) => (target.to_string(), ssh.clone(), None),
+            TargetKind::Container(container) => {
+                let host =
+                    self.access
+                        .config()
+                        .target(&container.host)
+                        .and_then(|host| match &host.kind {
+                            TargetKind::Ssh(ssh) => Some(ssh.clone()),
+                            _ => None,
+                        });
+                match host {
+                    Some(ssh) => (container.host.clone(), ssh, Some(container.clone())),
+                    None => {
+                        let why =
+                            format!("the host of container target {target} is not an ssh target");
+                        self.audit_refusal(user, target, &why).await;
+                        end_session(&opened, "refused").await;
+                        return Err(refused(why));
+                    }
+                }
+            }
+            TargetKind::Postgres(_) => {
+                let why =
+                    format!("{target} is a PostgreSQL target: connect with psql to the bastion");
+                self.audit_refusal(user, target, &why).await;
+                end_session(&opened, "refused").await;
+                return Err(refused(why));
+            }
+        };
+        match upstream::connect(
+            &self.access,
+            &host_name,
+            &ssh_target,
+            self.client_key.clone(),
+        )
+        .await
+        {
+            Ok(upstream) => {
+                let upstream = Arc::new(upstream);
+                let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
+                let (stop, stopped) = oneshot::channel();
+                tokio::spawn(relay::supervise(
+                    opened.clone(),
+                    handle,
+                    upstream.clone(),
+                    live.clone(),
+                    stopped,
+                ));
+                Ok(LiveTarget {
+                    session: opened,
+                    upstream,
+                    live,
+                    container,
+                    _stop: stop,
+                })
+            }
+            Err(error) => {
+                let why = error.to_string();
+                tracing::warn!(target, %error, "cannot reach the target");
+                self.audit_refusal(user, target, &why).await;
+                end_session(&opened, "target_unreachable").await;
+                Err(refused(why))
+            }
+        }
+    }
+
+    async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
+        let event = AuditEvent::SessionRefused {
+            user: user.to_string(),
+            target: target.to_string(),
+            source: self.source.clone(),
+            why: why.to_string(),
+        };
+        let access = self.access.clone();
+        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!("cannot audit a refused session");
+        }
+    }
+}
+
+/// Told to the engineer when a channel cannot be recorded and the target fails closed.
+pub(super) const UNRECORDABLE: &str =
+    "this session cannot be recorded, so it cannot run; tell the bastion operators";
+
+/// How starting a channel's recording went.
+pub(super) enum RecordingStart {
+    /// Recording (or the target continues without it, as its config says; audited).
+    Started,
+    /// The recording cannot be written and the target fails closed: cut the channel.
+    Refused,
+    /// The bastion failed; refuse the channel request.
+    Broken,
+}
+
+/// Opens the asciicast recording of a shell or exec channel and puts it in `recorder`.
+pub(super) async fn start_recording(
+    access: &Access,
+    session: &crate::session::Session,
+    index: u32,
+    pty: Option<&Pty>,
+    command: Option<String>,
+    record_input: bool,
+    recorder: &SharedRecorder,
+) -> RecordingStart {
+    let (width, height) = match pty {
+        Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
+        _ => DEFAULT_SIZE,
+    };
+    let header = Header {
+        width,
+        height,
+        timestamp: access.now().unix_timestamp(),
+        title: session.title(),
+        command,
+        term: pty.map(|pty| pty.term.clone()),
+    };
+    let recording_session = session.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        recording_session.start_recording(index, &header, record_input)
+    })
+    .await;
+    match created {
+        Ok(Ok(started)) => {
+            if let Ok(mut slot) = recorder.lock() {
+                *slot = Some(started);
+            }
+            RecordingStart::Started
+        }
+        Ok(Err(error)) if session.recording_failed(&error) => RecordingStart::Refused,
+        Ok(Err(_)) => RecordingStart::Started,
+        Err(_) => RecordingStart::Broken,
+    }
+}
+
+/// Does a target with this config record keystrokes?
+pub(super) fn record_input(target: &crate::config::Target) -> bool {
+    match &target.kind {
+        crate::config::TargetKind::Ssh(ssh) => ssh.record_input,
+        crate::config::TargetKind::Container(container) => container.record_input,
+        crate::config::TargetKind::Postgres(_) => true,
+    }
 }
 
 /// Ends a session from async code.

@@ -13,6 +13,7 @@ mod relay;
 mod scp;
 mod sftp;
 mod upstream;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,8 +10,23 @@ use russh::server::Handle;
 use tokio::sync::mpsc;
 
 use crate::access::Access;
-use crate::access::model::RequestState;
+use crate::access::model::{AccessRequest, RequestState};
 use crate::commands;
+
+/// What the client sends on a channel the bastion serves itself (the prompt, a waiting request,
+/// a wait-and-connect dialog), forwarded by the handler in order.
+#[derive(Debug)]
+pub enum ClientEvent {
+    Data(Vec<u8>),
+    Resize {
+        width: u32,
+        height: u32,
+        pixel_width: u32,
+        pixel_height: u32,
+    },
+    Signal(russh::Sig),
+    Eof,
+}
 
 const PROMPT: &str = "portcullis> ";
 
@@ -126,14 +141,17 @@ pub async fn run(
     user: String,
     handle: Handle,
     channel: ChannelId,
-    mut input: mpsc::Receiver<Vec<u8>>,
+    mut input: mpsc::Receiver<ClientEvent>,
 ) {
     let greeting = format!(
         "portcullis: signed in as {user}. Type help for the commands, exit to leave.\r\n{PROMPT}"
     );
     let _ = handle.data(channel, greeting.into_bytes()).await;
     let mut editor = LineEditor::default();
-    'session: while let Some(bytes) = input.recv().await {
+    'session: while let Some(event) = input.recv().await {
+        let ClientEvent::Data(bytes) = event else {
+            continue;
+        };
         for action in editor.feed(&bytes) {
             match action {
                 Action::Echo(bytes) => {
@@ -184,76 +202,45 @@ pub async fn request_and_wait(
     user: String,
     handle: Handle,
     channel: ChannelId,
-    mut input: mpsc::Receiver<Vec<u8>>,
+    mut input: mpsc::Receiver<ClientEvent>,
     line: String,
 ) {
     let filed = {
         let (access, user) = (access.clone(), user.clone());
         tokio::task::spawn_blocking(move || commands::run_line(&access, &user, &line)).await
     };
-    let say = |text: String| {
-        let handle = handle.clone();
-        async move {
-            let _ = handle
-                .data(channel, text.replace('\n', "\r\n").into_bytes())
-                .await;
-        }
-    };
     let exit_code = match filed {
         Ok(output) if output.exit_code == 0 => {
-            say(output.stdout.clone()).await;
+            say(&handle, channel, &output.stdout).await;
             let id = output
                 .stdout
                 .split_whitespace()
                 .nth(1)
                 .unwrap_or_default()
                 .to_string();
-            say("waiting for a decision (Ctrl-C leaves the request pending)\n".to_string()).await;
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let (access, id) = (access.clone(), id.clone());
-                        let found = tokio::task::spawn_blocking(move || access.request_by_id(&id)).await;
-                        let Ok(Ok(Some(request))) = found else {
-                            say("error: the bastion could not read the request\n".to_string()).await;
-                            break 1;
-                        };
-                        if request.state == RequestState::Pending {
-                            continue;
-                        }
-                        let text = match request.state {
-                            RequestState::Approved => format!(
-                                "request {} approved by {}: connect with ssh {}+{}@<bastion>\n",
-                                request.id,
-                                request.decided_by.unwrap_or_default(),
-                                user,
-                                request.target
-                            ),
-                            RequestState::Denied => format!(
-                                "request {} denied by {}: {}\n",
-                                request.id,
-                                request.decided_by.unwrap_or_default(),
-                                request.decision_reason.unwrap_or_default()
-                            ),
-                            other => format!("request {} is {other}\n", request.id),
-                        };
-                        say(text).await;
-                        break if request.state == RequestState::Approved { 0 } else { 1 };
-                    }
-                    received = input.recv() => match received {
-                        Some(bytes) if bytes.contains(&0x03) => {
-                            say(format!("\nleft pending: {id} (check with: status {id})\n")).await;
-                            break 0;
-                        }
-                        Some(_) => {}
-                        None => break 0,
-                    },
+            match wait_for_decision(&access, &id, &handle, channel, &mut input).await {
+                Waited::Approved(request) => {
+                    let text = format!(
+                        "request {} approved by {}: connect with ssh {}+{}@<bastion>\n",
+                        request.id,
+                        request.decided_by.unwrap_or_default(),
+                        user,
+                        request.target
+                    );
+                    say(&handle, channel, &text).await;
+                    0
                 }
+                Waited::Left => 0,
+                Waited::Refused | Waited::Failed => 1,
             }
         }
         Ok(output) => {
-            say(format!("{}{}", output.stdout, output.stderr)).await;
+            say(
+                &handle,
+                channel,
+                &format!("{}{}", output.stdout, output.stderr),
+            )
+            .await;
             output.exit_code
         }
         Err(_) => 1,
@@ -261,6 +248,86 @@ pub async fn request_and_wait(
     let _ = handle.exit_status_request(channel, exit_code).await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
+}
+
+/// How waiting for a decision ended.
+#[derive(Debug)]
+pub enum Waited {
+    Approved(Box<AccessRequest>),
+    /// Denied, expired or cancelled; already told.
+    Refused,
+    /// The user pressed Ctrl-C or went away; the request stays pending.
+    Left,
+    /// The bastion could not read the request; already told.
+    Failed,
+}
+
+/// Waits for request `id` to be decided, telling the terminal each new approval; Ctrl-C leaves
+/// the request pending.
+pub async fn wait_for_decision(
+    access: &Access,
+    id: &str,
+    handle: &Handle,
+    channel: ChannelId,
+    input: &mut mpsc::Receiver<ClientEvent>,
+) -> Waited {
+    say(
+        handle,
+        channel,
+        "waiting for a decision (Ctrl-C leaves the request pending)\n",
+    )
+    .await;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut approvals_told = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (access, id) = (access.clone(), id.to_string());
+                let found = tokio::task::spawn_blocking(move || access.request_by_id(&id)).await;
+                let Ok(Ok(Some(request))) = found else {
+                    say(handle, channel, "error: the bastion could not read the request\n").await;
+                    return Waited::Failed;
+                };
+                for approval in request.approvals.iter().skip(approvals_told) {
+                    say(handle, channel, &format!("approved by {}\n", approval.approver)).await;
+                }
+                approvals_told = request.approvals.len();
+                match request.state {
+                    RequestState::Pending => continue,
+                    RequestState::Approved => return Waited::Approved(Box::new(request)),
+                    RequestState::Denied => {
+                        let text = format!(
+                            "request {} denied by {}: {}\n",
+                            request.id,
+                            request.decided_by.unwrap_or_default(),
+                            request.decision_reason.unwrap_or_default()
+                        );
+                        say(handle, channel, &text).await;
+                        return Waited::Refused;
+                    }
+                    other => {
+                        say(handle, channel, &format!("request {} is {other}\n", request.id)).await;
+                        return Waited::Refused;
+                    }
+                }
+            }
+            received = input.recv() => match received {
+                Some(ClientEvent::Data(bytes)) if bytes.contains(&0x03) => {
+                    say(handle, channel, &format!("\nleft pending: {id} (check with: status {id})\n")).await;
+                    return Waited::Left;
+                }
+                Some(_) => {}
+                None => return Waited::Left,
+            },
+        }
+    }
+}
+
+/// Writes text to a terminal channel, with the CRLF line ends a raw-mode terminal needs.
+pub async fn say(handle: &Handle, channel: ChannelId, text: &str) {
+    let _ = handle
+        .data(channel, text.replace('\n', "\r\n").into_bytes())
+        .await;
 }
 
 #[cfg(test)]
