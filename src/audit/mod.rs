@@ -174,6 +174,19 @@ pub enum AuditEvent {
         bytes_read: u64,
         bytes_written: u64,
     },
+    /// One statement of a PostgreSQL session, as its query log has it (issue #4).
+    PgQuery {
+        session_id: String,
+        user: String,
+        target: String,
+        /// `simple` or `extended`.
+        protocol: &'static str,
+        sql: String,
+        /// The CommandComplete tag, like `SELECT 3`.
+        tag: Option<String>,
+        sqlstate: Option<String>,
+        duration_ms: f64,
+    },
     /// A local port forward (`ssh -L`) through a target, when it closed.
     PortForward {
         session_id: String,
@@ -445,6 +458,22 @@ impl AuditEvent {
                 entry.detail = json!({ "operation": operation, "path": path, "to": to,
                     "bytes_read": bytes_read, "bytes_written": bytes_written });
             }
+            AuditEvent::PgQuery {
+                session_id,
+                user,
+                target,
+                protocol,
+                sql,
+                tag,
+                sqlstate,
+                duration_ms,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                entry.detail = json!({ "protocol": protocol, "sql": sql, "tag": tag,
+                    "sqlstate": sqlstate, "duration_ms": duration_ms });
+            }
             AuditEvent::PortForward {
                 session_id,
                 user,
@@ -502,6 +531,7 @@ impl AuditEvent {
             AuditEvent::RecordingFinalized { .. } => "recording.finalized",
             AuditEvent::RecordingFailed { .. } => "recording.failed",
             AuditEvent::FileOperation { .. } => "file.operation",
+            AuditEvent::PgQuery { .. } => "pg.query",
             AuditEvent::PortForward { .. } => "forward.closed",
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",

@@ -8,6 +8,7 @@
 //! Recording content never reaches the logs.
 
 pub mod asciicast;
+pub mod querylog;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -50,46 +51,33 @@ pub fn recording_path(
     channel: u32,
     extension: &str,
 ) -> PathBuf {
+    dated_path(dir, at, &format!("{session_id}-{channel}.{extension}"))
+}
+
+/// `<dir>/YYYY/MM/DD/<file_name>`, by the UTC date of `at`.
+pub fn dated_path(dir: &Path, at: OffsetDateTime, file_name: &str) -> PathBuf {
     let at = at.to_offset(time::UtcOffset::UTC);
     dir.join(format!("{:04}", at.year()))
         .join(format!("{:02}", u8::from(at.month())))
         .join(format!("{:02}", at.day()))
-        .join(format!("{session_id}-{channel}.{extension}"))
-}
-
-/// Writes one asciicast v2 recording.
-pub struct Recorder {
-    path: PathBuf,
-    file: BufWriter<File>,
-    hasher: Sha256,
-    size: u64,
-    started: Instant,
-    last_flush: Instant,
-    output: Utf8Stream,
-    input: Utf8Stream,
-    record_input: bool,
-}
-
-impl std::fmt::Debug for Recorder {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Recorder")
-            .field("path", &self.path)
-            .field("size", &self.size)
-            .finish()
-    }
+        .join(file_name)
 }
 
 /// How often buffered lines must reach the file at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Recorder {
-    /// Creates the file (mode 0600, never overwriting) and writes the header.
-    pub fn create(
-        path: PathBuf,
-        header: &Header,
-        record_input: bool,
-    ) -> Result<Recorder, RecordingError> {
+/// An append-only recording file that hashes what it writes: created 0600 in 0700 folders,
+/// never overwriting, flushed at least every `FLUSH_INTERVAL`, synced when finalized.
+pub struct HashedFile {
+    path: PathBuf,
+    file: BufWriter<File>,
+    hasher: Sha256,
+    size: u64,
+    last_flush: Instant,
+}
+
+impl HashedFile {
+    pub fn create(path: PathBuf) -> Result<HashedFile, RecordingError> {
         let create_error = |source| RecordingError::Create {
             path: path.clone(),
             source,
@@ -107,25 +95,107 @@ impl Recorder {
             .mode(0o600)
             .open(&path)
             .map_err(create_error)?;
-        let now = Instant::now();
-        let mut recorder = Recorder {
+        Ok(HashedFile {
             path,
             file: BufWriter::new(file),
             hasher: Sha256::new(),
             size: 0,
-            started: now,
-            last_flush: now,
-            output: Utf8Stream::default(),
-            input: Utf8Stream::default(),
-            record_input,
-        };
-        recorder.write_line(&asciicast::header_line(header))?;
-        recorder.flush()?;
-        Ok(recorder)
+            last_flush: Instant::now(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Appends `line` as given; flushes when the last flush is a second old.
+    pub fn write_line(&mut self, line: &str) -> Result<(), RecordingError> {
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|source| RecordingError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.hasher.update(line.as_bytes());
+        self.size += line.len() as u64;
+        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Pushes buffered lines to the file; owners call this at least every second.
+    pub fn flush(&mut self) -> Result<(), RecordingError> {
+        self.last_flush = Instant::now();
+        self.file.flush().map_err(|source| RecordingError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Syncs the file to disk and returns its hash and size.
+    pub fn finalize(mut self) -> Result<Finalized, RecordingError> {
+        let write_error = |path: &Path, source| RecordingError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        self.file
+            .flush()
+            .map_err(|source| write_error(&self.path, source))?;
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(|source| write_error(&self.path, source))?;
+        Ok(Finalized {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+            path: self.path,
+        })
+    }
+}
+
+/// Writes one asciicast v2 recording.
+pub struct Recorder {
+    file: HashedFile,
+    started: Instant,
+    output: Utf8Stream,
+    input: Utf8Stream,
+    record_input: bool,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Recorder")
+            .field("path", &self.file.path)
+            .field("size", &self.file.size)
+            .finish()
+    }
+}
+
+impl Recorder {
+    /// Creates the file (mode 0600, never overwriting) and writes the header.
+    pub fn create(
+        path: PathBuf,
+        header: &Header,
+        record_input: bool,
+    ) -> Result<Recorder, RecordingError> {
+        let mut recorder = Recorder {
+            file: HashedFile::create(path)?,
+            started: Instant::now(),
+            output: Utf8Stream::default(),
+            input: Utf8Stream::default(),
+            record_input,
+        };
+        recorder
+            .file
+            .write_line(&asciicast::header_line(header))?;
+        recorder.file.flush()?;
+        Ok(recorder)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
     }
 
     /// Terminal output (stdout and stderr alike).
@@ -152,32 +222,12 @@ impl Recorder {
             return Ok(());
         }
         let line = asciicast::event_line(self.started.elapsed(), &event);
-        self.write_line(&line)?;
-        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn write_line(&mut self, line: &str) -> Result<(), RecordingError> {
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|source| RecordingError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.hasher.update(line.as_bytes());
-        self.size += line.len() as u64;
-        Ok(())
+        self.file.write_line(&line)
     }
 
     /// Pushes buffered lines to the file; the owner calls this at least every second.
     pub fn flush(&mut self) -> Result<(), RecordingError> {
-        self.last_flush = Instant::now();
-        self.file.flush().map_err(|source| RecordingError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.file.flush()
     }
 
     /// Writes what is held back, syncs the file to disk and returns its hash and size.
@@ -186,22 +236,7 @@ impl Recorder {
         if !rest.is_empty() {
             self.event(Event::Output(rest))?;
         }
-        let write_error = |path: &Path, source| RecordingError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        self.file
-            .flush()
-            .map_err(|source| write_error(&self.path, source))?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .map_err(|source| write_error(&self.path, source))?;
-        Ok(Finalized {
-            sha256: hex::encode(self.hasher.finalize()),
-            size: self.size,
-            path: self.path,
-        })
+        self.file.finalize()
     }
 }
 

@@ -21,7 +21,8 @@ use crate::audit::AuditEvent;
 use crate::config::{RecordingFailurePolicy, Target};
 use crate::ids::IdKind;
 use crate::recording::asciicast::Header;
-use crate::recording::{Finalized, Recorder, RecordingError, recording_path};
+use crate::recording::querylog::{QueryLog, Statement};
+use crate::recording::{Finalized, Recorder, RecordingError, dated_path, recording_path};
 use crate::store::{RecordingRow, SessionRow, StoreError};
 
 /// Why a session could not start; the front end words it for its protocol.
@@ -195,26 +196,7 @@ impl Session {
             "cast",
         );
         let recorder = Recorder::create(path, header, record_input)?;
-        let row = RecordingRow {
-            session_id: self.inner.id.clone(),
-            channel,
-            kind: "asciicast".to_string(),
-            path: recorder.path().display().to_string(),
-            sha256: None,
-            size: None,
-        };
-        let now = self.inner.access.now();
-        if let Err(error) = self
-            .inner
-            .access
-            .store()
-            .write(|tx| tx.insert_recording(&row, now))
-        {
-            return Err(RecordingError::Write {
-                path: recorder.path().to_path_buf(),
-                source: std::io::Error::other(error.to_string()),
-            });
-        }
+        self.insert_recording_row(channel, "asciicast", recorder.path())?;
         Ok(recorder)
     }
 
@@ -225,6 +207,87 @@ impl Session {
         recorder: Recorder,
     ) -> Result<Finalized, RecordingError> {
         let finalized = recorder.finalize()?;
+        self.store_finalized(channel, finalized)
+    }
+
+    /// Opens the query log of a PostgreSQL session (channel 0 of its recordings). Call on a
+    /// blocking thread.
+    pub fn start_query_log(&self) -> Result<QueryLog, RecordingError> {
+        let config = self.inner.access.config();
+        let path = dated_path(
+            &config.server.recordings_dir,
+            self.inner.started_at,
+            &format!("{}.pg.jsonl", self.inner.id),
+        );
+        let record_parameters = match &self.inner.target.kind {
+            crate::config::TargetKind::Postgres(postgres) => postgres.record_parameters,
+            _ => true,
+        };
+        let log = QueryLog::create(path, record_parameters)?;
+        self.insert_recording_row(0, "pg-query-log", log.path())?;
+        Ok(log)
+    }
+
+    /// Finalizes the query log: hash and size into its row and a `recording.finalized` event.
+    pub fn finish_query_log(&self, log: QueryLog) -> Result<Finalized, RecordingError> {
+        let finalized = log.finalize()?;
+        self.store_finalized(0, finalized)
+    }
+
+    /// Audits finished statements as `pg.query` events, in one transaction.
+    pub fn queries_done(&self, statements: &[Statement]) {
+        let now = self.inner.access.now();
+        let stored = self.inner.access.store().write(|tx| {
+            for statement in statements {
+                let event = AuditEvent::PgQuery {
+                    session_id: self.inner.id.clone(),
+                    user: self.inner.user.clone(),
+                    target: self.inner.target.name.clone(),
+                    protocol: statement.protocol,
+                    sql: statement.sql.clone(),
+                    tag: statement.tag.clone(),
+                    sqlstate: statement.sqlstate.clone(),
+                    duration_ms: statement.duration().as_secs_f64() * 1000.0,
+                };
+                tx.append_audit(&event, now)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = stored {
+            tracing::error!(session = %self.inner.id, %error, "cannot audit statements");
+        }
+    }
+
+    fn insert_recording_row(
+        &self,
+        channel: u32,
+        kind: &str,
+        path: &std::path::Path,
+    ) -> Result<(), RecordingError> {
+        let row = RecordingRow {
+            session_id: self.inner.id.clone(),
+            channel,
+            kind: kind.to_string(),
+            path: path.display().to_string(),
+            sha256: None,
+            size: None,
+        };
+        let now = self.inner.access.now();
+        self.inner
+            .access
+            .store()
+            .write(|tx| tx.insert_recording(&row, now))
+            .map_err(|error| RecordingError::Write {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(error.to_string()),
+            })
+    }
+
+    fn store_finalized(
+        &self,
+        channel: u32,
+        finalized: Finalized,
+    ) -> Result<Finalized, RecordingError> {
         let now = self.inner.access.now();
         let event = AuditEvent::RecordingFinalized {
             session_id: self.inner.id.clone(),
