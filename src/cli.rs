@@ -84,6 +84,8 @@ enum Command {
     ClientKey,
     /// Print the fingerprint of the bastion's SSH host key
     HostKey,
+    /// Print the CA certificate (PEM) that PostgreSQL clients trust (sslrootcert)
+    TlsCa,
     /// Print the version
     Version,
 }
@@ -194,6 +196,13 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 json!({ "public_key": public, "fingerprint": fingerprint }),
                 text,
             );
+            return Ok(Outcome::Success);
+        }
+        Command::TlsCa => {
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            let pem = crate::postgres::tls::ca_pem(&config)?;
+            output.print(json!({ "ca_pem": pem }), pem.trim_end().to_string());
             return Ok(Outcome::Success);
         }
         _ => {}

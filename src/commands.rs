@@ -102,12 +102,25 @@ enum Command {
     },
     /// Requests waiting for your decision
     Pending,
+    /// Print a database access token for your active grant (the password for psql)
+    Token {
+        target: String,
+        /// Print a ~/.pgpass line instead of the bare token
+        #[arg(long)]
+        pgpass: bool,
+    },
     /// End a grant at once (its holder, or an approver of its target); takes a grant or request id
     Revoke {
         grant: String,
         #[arg(long, num_args = 1..)]
         reason: Vec<String>,
     },
+}
+
+/// `ssh -p 2222 alice@bastion request web-1 --for 1h --reason "..."`, with this bastion's address.
+pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> String {
+    let host = access.config().server.public_host();
+    format!("ssh -p {port} {user}@{host} request {target} --for 1h --reason \"...\"")
 }
 
 /// Parses a command line as typed after `ssh alice@bastion` and runs it as `user`.
@@ -313,6 +326,7 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
                 text,
             ))
         }
+        Command::Token { target, pgpass } => token(access, user, &target, pgpass),
         Command::Revoke { grant, reason } => {
             // A request id stands for the grant it produced.
             let grant = if grant.starts_with(IdKind::Request.prefix()) {
@@ -335,6 +349,40 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
             ))
         }
     }
+}
+
+/// A token for the caller's active grant on a database target, alone on stdout (issue #4).
+fn token(
+    access: &Access,
+    user: &str,
+    target: &str,
+    pgpass: bool,
+) -> Result<(Value, String), AccessError> {
+    if access.config().target(target).is_none() {
+        return Err(AccessError::UnknownTarget(target.to_string()));
+    }
+    let key = access.token_key().ok_or(AccessError::NoTokenKey)?;
+    let grant = access
+        .active_grant(user, target)?
+        .ok_or_else(|| AccessError::NoActiveGrant(target.to_string()))?;
+    let token = key
+        .issue(&grant, access.now())
+        .map_err(|_| AccessError::NoTokenKey)?;
+    let host = access.config().server.public_host();
+    let port = access.config().server.postgres_listen.port();
+    let text = if pgpass {
+        format!("{host}:{port}:{target}:{user}:{token}")
+    } else {
+        token.clone()
+    };
+    let value = json!({
+        "token": token,
+        "target": target,
+        "grant_id": grant.id,
+        "expires_at": crate::clock::rfc3339(grant.ends_at),
+        "pgpass": format!("{host}:{port}:{target}:{user}:{token}"),
+    });
+    Ok((value, text))
 }
 
 fn targets(access: &Access, user: &str) -> Result<(Value, String), AccessError> {

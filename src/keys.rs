@@ -59,12 +59,22 @@ fn create(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|error| KeyError::Encode(error.to_string()))?;
+    if write_new_file(path, text.as_bytes())? {
+        Ok(key)
+    } else {
+        // Another process won the race: use its key.
+        load_or_create(path, comment)
+    }
+}
+
+/// Writes a new secret file (mode 0600) under a temporary name and renames it, so a crash never
+/// leaves a half-written file that the next start would refuse; false when another process
+/// created `path` first (its file is kept).
+pub fn write_new_file(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
     let write_error = |source| KeyError::Write {
         path: path.to_path_buf(),
         source,
     };
-    // Written under a temporary name and renamed, so a crash never leaves a half-written key that
-    // the next start would refuse to parse; `create_new` keeps two starting processes apart.
     let temporary = path.with_extension("tmp");
     let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
@@ -73,16 +83,15 @@ fn create(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
         .mode(0o600)
         .open(&temporary)
         .map_err(write_error)?;
-    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.write_all(bytes).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     drop(file);
     if path.exists() {
-        // Another process won the race: use its key.
         let _ = std::fs::remove_file(&temporary);
-        return load_or_create(path, comment);
+        return Ok(false);
     }
     std::fs::rename(&temporary, path).map_err(write_error)?;
-    Ok(key)
+    Ok(true)
 }
 
 /// The public half in `authorized_keys` form.

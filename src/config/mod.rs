@@ -61,6 +61,34 @@ pub struct ServerConfig {
     pub postgres_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub public_url: String,
+    /// The PostgreSQL front end's certificate: from files, or generated in the state dir.
+    pub postgres_tls: PostgresServerTls,
+    /// Names the generated certificate is valid for.
+    pub postgres_tls_names: Vec<String>,
+    /// Accept a startup without TLS (off by default: tokens are passwords).
+    pub postgres_allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresServerTls {
+    /// A private CA and a server certificate generated on first start in the state dir.
+    Generated,
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+impl ServerConfig {
+    /// The host engineers reach the bastion by, from `public_url`.
+    pub fn public_host(&self) -> &str {
+        self.public_url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .filter(|host| !host.is_empty())
+            .unwrap_or("bastion")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -494,14 +522,41 @@ impl Validator {
                 self.problem(key, "must not be empty");
             }
         }
-        ServerConfig {
+        let postgres_tls = match (raw.postgres_tls_cert_file, raw.postgres_tls_key_file) {
+            (None, None) => PostgresServerTls::Generated,
+            (Some(cert), Some(key)) => PostgresServerTls::Files {
+                cert_file: self.path(&cert),
+                key_file: self.path(&key),
+            },
+            _ => {
+                self.problem(
+                    "server.postgres_tls_cert_file",
+                    "set both postgres_tls_cert_file and postgres_tls_key_file, or neither",
+                );
+                PostgresServerTls::Generated
+            }
+        };
+        let public_url = public_url.trim_end_matches('/').to_string();
+        let mut server = ServerConfig {
             state_dir: self.path(&raw.state_dir),
             recordings_dir: self.path(&raw.recordings_dir),
             ssh_listen,
             postgres_listen,
             http_listen,
-            public_url: public_url.trim_end_matches('/').to_string(),
-        }
+            public_url,
+            postgres_tls,
+            postgres_tls_names: Vec::new(),
+            postgres_allow_plaintext: raw.postgres_allow_plaintext.unwrap_or(false),
+        };
+        server.postgres_tls_names = raw.postgres_tls_names.unwrap_or_else(|| {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let host = server.public_host().to_string();
+            if !names.contains(&host) {
+                names.push(host);
+            }
+            names
+        });
+        server
     }
 
     fn access(&mut self, raw: RawAccess) -> AccessConfig {

@@ -41,6 +41,10 @@ pub struct RawServer {
     pub postgres_listen: Option<String>,
     pub http_listen: Option<String>,
     pub public_url: Option<String>,
+    pub postgres_tls_cert_file: Option<String>,
+    pub postgres_tls_key_file: Option<String>,
+    pub postgres_tls_names: Option<Vec<String>>,
+    pub postgres_allow_plaintext: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -187,9 +187,7 @@ impl Recorder {
             input: Utf8Stream::default(),
             record_input,
         };
-        recorder
-            .file
-            .write_line(&asciicast::header_line(header))?;
+        recorder.file.write_line(&asciicast::header_line(header))?;
         recorder.file.flush()?;
         Ok(recorder)
     }

@@ -64,7 +64,11 @@ impl QueryLog {
             .map(|at| at.saturating_duration_since(self.started))
             .unwrap_or_else(|| self.started.elapsed());
         let parameters: Vec<Value> = if self.record_parameters {
-            statement.parameters.iter().map(|value| parameter(value.as_deref())).collect()
+            statement
+                .parameters
+                .iter()
+                .map(|value| parameter(value.as_deref()))
+                .collect()
         } else {
             statement
                 .parameters
@@ -117,8 +121,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_are_lines_with_parameters_cut_or_redacted() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn statements_are_lines_with_parameters_cut_or_redacted()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         for record in [true, false] {
             let path = dir.path().join(format!("{record}.pg.jsonl"));
@@ -139,7 +143,12 @@ mod tests {
             if record {
                 assert_eq!(line["parameters"][0], "42");
                 assert!(line["parameters"][1].is_null());
-                assert!(line["parameters"][2].as_str().unwrap_or_default().ends_with("(1000 bytes)"));
+                assert!(
+                    line["parameters"][2]
+                        .as_str()
+                        .unwrap_or_default()
+                        .ends_with("(1000 bytes)")
+                );
             } else {
                 assert_eq!(line["parameters"][0], "<redacted>");
             }

@@ -148,6 +148,10 @@ impl Session {
         &self.inner.id
     }
 
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
     pub fn target(&self) -> &Target {
         &self.inner.target
     }

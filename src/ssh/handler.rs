@@ -1028,20 +1028,6 @@ async fn finish(
     let _ = handle.close(channel).await;
 }
 
-/// `ssh -p 2222 alice@bastion request web-1 --for 1h --reason "..."`, with this bastion's address.
-pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> String {
-    let config = access.config();
-    let host = config
-        .server
-        .public_url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .filter(|host| !host.is_empty())
-        .unwrap_or("bastion");
-    format!("ssh -p {port} {user}@{host} request {target} --for 1h --reason \"...\"")
-}
-
 /// What a target login needs to reach its target: held by the connection, and by a
 /// wait-and-connect dialog that connects once its request is approved.
 #[derive(Clone)]
@@ -1088,7 +1074,7 @@ impl Reach {
                 let why = match refusal {
                     SessionRefusal::NoGrant { target } => format!(
                         "no active grant for {target}; request one with: {}",
-                        request_hint(&self.access, user, &target, self.port)
+                        commands::request_hint(&self.access, user, &target, self.port)
                     ),
                     other => other.to_string(),
                 };

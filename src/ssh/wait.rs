@@ -57,7 +57,7 @@ impl Dialog {
     /// Asks, files and waits. `Ok` once approved; otherwise the exit status to end with.
     async fn request_and_wait(&self, input: &mut mpsc::Receiver<ClientEvent>) -> Result<(), u32> {
         let (handle, channel) = (&self.handle, self.channel);
-        let hint = super::handler::request_hint(
+        let hint = commands::request_hint(
             &self.reach.access,
             &self.user,
             &self.target,

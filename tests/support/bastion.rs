@@ -62,6 +62,11 @@ impl Bastion {
     /// Like `start`, but `targets` is made once the bastion's client public key exists, so a
     /// test can put it in an `sshd`'s authorized_keys before the bastion starts.
     pub fn start_with(targets: impl FnOnce(&str) -> String) -> Bastion {
+        Bastion::start_configured("", targets)
+    }
+
+    /// Like `start_with`, with extra `[server]` lines.
+    pub fn start_configured(server: &str, targets: impl FnOnce(&str) -> String) -> Bastion {
         if std::env::var_os("PORTCULLIS_TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug,russh=info")
@@ -77,6 +82,9 @@ impl Bastion {
             ));
         }
         let config = TestConfig::new("");
+        if !server.is_empty() {
+            config.add_server_lines(server);
+        }
         std::fs::create_dir_all(config.state_dir()).expect("state dir");
         let client_key = portcullis::keys::load_or_create(
             &config.state_dir().join(portcullis::keys::CLIENT_KEY_FILE),
@@ -123,6 +131,10 @@ impl Bastion {
 
     pub fn access(&self) -> &portcullis::access::Access {
         &self.server.as_ref().expect("running").access
+    }
+
+    pub fn postgres_port(&self) -> u16 {
+        self.server.as_ref().expect("running").postgres_addr.port()
     }
 
     pub fn port(&self) -> u16 {

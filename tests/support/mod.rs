@@ -384,6 +384,11 @@ impl Postgres {
         )
     }
 
+    /// A PostgreSQL client tool (`psql`, `pgbench`) of the same version as the server.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        require_binary(name, std::slice::from_ref(&self.bin), "postgresql-client")
+    }
+
     /// Runs SQL with `psql` as the superuser; returns unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
         let psql = require_binary("psql", std::slice::from_ref(&self.bin), "postgresql-client");
@@ -524,6 +529,13 @@ impl TestConfig {
         )
         .expect("write config");
         TestConfig { dir, path }
+    }
+
+    /// Adds `lines` to the generated `[server]` section.
+    pub fn add_server_lines(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.path).expect("read config");
+        let text = text.replacen("\n\n[access]", &format!("\n{lines}\n\n[access]"), 1);
+        std::fs::write(&self.path, text).expect("write config");
     }
 
     /// Replaces everything after the generated `[server]` and `[access]` sections.

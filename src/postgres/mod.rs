@@ -1,0 +1,785 @@
+//! The PostgreSQL front end (issue #4): a wire-protocol proxy that speaks to `psql` and any
+//! libpq/JDBC client, checks the engineer's grant-bound token, and relays to the target over the
+//! bastion's own authenticated connection, recording every statement.
+//!
+//! A connection moves through typed stages: `startup` (TLS, cancel, startup packet) →
+//! `authenticate` (token, grant, session) → `open_upstream` (credential injected) → `relay`.
+//! Only a `Ready` value can relay, and it exists only after all checks passed. Every refusal is
+//! an ErrorResponse with the SQLSTATE outside tools rely on, audited, and the connection closed.
+//! `access/`, `session/` and `recording/` do the protocol-blind work; this module only maps the
+//! wire to them.
+
+pub mod codec;
+mod observe;
+pub mod tls;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::access::Access;
+use crate::audit::AuditEvent;
+use crate::config::TargetKind;
+use crate::recording::FLUSH_INTERVAL;
+use crate::recording::querylog::{QueryLog, Statement};
+use crate::session::{Notice, Session, SessionRefusal};
+use codec::{CodecError, MAX_MESSAGE, MAX_STARTUP, Startup, backend};
+use observe::Tracker;
+use upstream::Stream;
+
+/// Live sessions' cancel keys: (upstream pid, proxy secret) → where to send the cancel.
+type Cancels = Arc<Mutex<HashMap<(i32, i32), CancelTarget>>>;
+
+#[derive(Debug, Clone)]
+struct CancelTarget {
+    address: String,
+    pid: i32,
+    secret: i32,
+}
+
+/// Accepts PostgreSQL clients until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    access: Access,
+    tls: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let cancels = Cancels::default();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "postgres accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (access, acceptor, cancels) = (access.clone(), acceptor.clone(), cancels.clone());
+        tokio::spawn(async move {
+            let deadline = access.config().limits.handshake_timeout;
+            let client = Client {
+                access,
+                source: peer.ip().to_string(),
+                peer,
+                cancels,
+            };
+            let ready =
+                tokio::time::timeout(deadline, client.establish(Box::new(tcp), &acceptor)).await;
+            match ready {
+                Ok(Some(ready)) => client.relay(ready).await,
+                Ok(None) => {}
+                Err(_) => tracing::info!(peer = %client.peer, "postgres startup timed out"),
+            }
+        });
+    }
+}
+
+/// One client connection's context.
+struct Client {
+    access: Access,
+    source: String,
+    peer: SocketAddr,
+    cancels: Cancels,
+}
+
+/// A client stream and what was read past the last message.
+struct Wire {
+    stream: Box<dyn Stream>,
+    buffer: BytesMut,
+}
+
+/// The startup packet was read; nobody is authenticated yet.
+struct Started {
+    wire: Wire,
+    parameters: Vec<(String, String)>,
+    tls: bool,
+}
+
+/// Authenticated, with an open session on the target's grant.
+struct Authenticated {
+    wire: Wire,
+    session: Session,
+    parameters: Vec<(String, String)>,
+}
+
+/// Relaying: client and upstream connected, the query log open, the cancel key registered.
+struct Ready {
+    wire: Wire,
+    session: Session,
+    upstream: upstream::Upstream,
+    log: QueryLog,
+    cancel_key: (i32, i32),
+    cancel: CancelTarget,
+}
+
+impl Client {
+    async fn establish(&self, stream: Box<dyn Stream>, acceptor: &TlsAcceptor) -> Option<Ready> {
+        let started = self.startup(stream, acceptor).await?;
+        let authenticated = self.authenticate(started).await?;
+        self.open_upstream(authenticated).await
+    }
+
+    /// TLS, GSS refusal, cancel requests, and the startup packet.
+    async fn startup(&self, stream: Box<dyn Stream>, acceptor: &TlsAcceptor) -> Option<Started> {
+        let mut wire = Wire {
+            stream,
+            buffer: BytesMut::with_capacity(1024),
+        };
+        let mut tls = false;
+        loop {
+            let packet = match read_startup(&mut wire).await {
+                Ok(packet) => packet,
+                Err(Some(error)) => {
+                    let message = format!("invalid startup packet: {error}");
+                    refuse(&mut wire, "08P01", &message).await;
+                    return None;
+                }
+                Err(None) => return None,
+            };
+            match packet {
+                Startup::Ssl if !tls => {
+                    // Bytes sent after SSLRequest but before the handshake would be read as if
+                    // they came over TLS: refuse them.
+                    if !wire.buffer.is_empty() {
+                        return None;
+                    }
+                    wire.stream.write_all(b"S").await.ok()?;
+                    let secured = acceptor.accept(wire.stream).await.ok()?;
+                    wire = Wire {
+                        stream: Box::new(secured),
+                        buffer: BytesMut::with_capacity(1024),
+                    };
+                    tls = true;
+                }
+                Startup::Gss if !tls => wire.stream.write_all(b"N").await.ok()?,
+                Startup::Ssl | Startup::Gss => return None,
+                Startup::Cancel { pid, secret } => {
+                    self.cancel(pid, secret).await;
+                    return None;
+                }
+                Startup::Startup { parameters } => {
+                    return Some(Started {
+                        wire,
+                        parameters,
+                        tls,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A CancelRequest on its own connection: forwarded only for a key this bastion issued.
+    async fn cancel(&self, pid: i32, secret: i32) {
+        let target = self
+            .cancels
+            .lock()
+            .ok()
+            .and_then(|cancels| cancels.get(&(pid, secret)).cloned());
+        match target {
+            Some(target) => upstream::cancel(&target.address, target.pid, target.secret).await,
+            None => tracing::info!(peer = %self.peer, "cancel request with an unknown key ignored"),
+        }
+    }
+
+    /// The token check, the grant check and the session: the security sequence for Postgres.
+    async fn authenticate(&self, started: Started) -> Option<Authenticated> {
+        let Started {
+            mut wire,
+            parameters,
+            tls,
+        } = started;
+        let parameter = |name: &str| {
+            parameters
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        let Some(user) = parameter("user") else {
+            refuse(&mut wire, "08P01", "the startup packet names no user").await;
+            return None;
+        };
+        let target_name = parameter("database").unwrap_or_else(|| user.clone());
+        let config = self.access.config();
+        let token_hint = format!(
+            "ssh -p {} {user}@{} token {target_name}",
+            config.server.ssh_listen.port(),
+            config.server.public_host()
+        );
+        if !tls && !config.server.postgres_allow_plaintext {
+            self.failed(&user, "plaintext startup refused").await;
+            let message = "this bastion requires TLS: connect with sslmode=require \
+                           (or sslmode=verify-full with the CA from portcullis tls-ca)";
+            refuse(&mut wire, "28000", message).await;
+            return None;
+        }
+        match config.target(&target_name).map(|target| &target.kind) {
+            Some(TargetKind::Postgres(_)) => {}
+            Some(_) => {
+                let message = format!("{target_name} is not a database target");
+                refuse(&mut wire, "3D000", &message).await;
+                return None;
+            }
+            None => {
+                self.failed(&user, "unknown database target").await;
+                let message = format!("unknown target {target_name:?}");
+                refuse(&mut wire, "3D000", &message).await;
+                return None;
+            }
+        }
+        if wire
+            .stream
+            .write_all(&backend::authentication_cleartext())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        let token = match read_message(&mut wire, MAX_STARTUP).await {
+            Ok(message) if message.tag == b'p' => codec::password(&message.body).ok()?,
+            Ok(_) => {
+                refuse(&mut wire, "08P01", "expected a password message").await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let checked = {
+            let (access, user, target, source) = (
+                self.access.clone(),
+                user.clone(),
+                target_name.clone(),
+                self.source.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                check_token(&access, &user, &target, &token, &source)
+            })
+            .await
+        };
+        match checked {
+            Ok(Ok(session)) => Some(Authenticated {
+                wire,
+                session,
+                parameters,
+            }),
+            Ok(Err(refusal)) => {
+                let (code, message) = match refusal {
+                    TokenRefusal::BadToken(why) => {
+                        self.failed(&user, why).await;
+                        (
+                            "28P01",
+                            format!("invalid or expired access token; get one with: {token_hint}"),
+                        )
+                    }
+                    TokenRefusal::NoGrant(why) => {
+                        self.failed(&user, &why).await;
+                        let hint = crate::commands::request_hint(
+                            &self.access,
+                            &user,
+                            &target_name,
+                            config.server.ssh_listen.port(),
+                        );
+                        ("28000", format!("{why}; request access with: {hint}"))
+                    }
+                    TokenRefusal::Bastion => (
+                        "58000",
+                        "the bastion failed to check the token; nothing was opened".to_string(),
+                    ),
+                };
+                refuse(&mut wire, code, &message).await;
+                None
+            }
+            Err(_) => {
+                refuse(&mut wire, "58000", "the bastion failed to check the token").await;
+                None
+            }
+        }
+    }
+
+    /// Audits a failed authentication and counts it against the user.
+    async fn failed(&self, user: &str, why: &str) {
+        let (access, user, source, why) = (
+            self.access.clone(),
+            user.to_string(),
+            self.source.clone(),
+            why.to_string(),
+        );
+        let recorded = tokio::task::spawn_blocking(move || {
+            access.record_auth_failure(&user, &source, "postgres", &why)
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(_))) {
+            tracing::error!("cannot audit a failed postgres authentication");
+        }
+    }
+
+    /// Connects upstream with the injected credential and hands the client its session start.
+    async fn open_upstream(&self, authenticated: Authenticated) -> Option<Ready> {
+        let Authenticated {
+            mut wire,
+            session,
+            parameters,
+        } = authenticated;
+        let TargetKind::Postgres(target) = &session.target().kind else {
+            return None;
+        };
+        let target = target.clone();
+        let forwarded = forwarded_parameters(&parameters, session.id());
+        let upstream = match upstream::connect(&target, &forwarded).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::warn!(target = %session.target().name, %error, "cannot open the database session");
+                let why = format!(
+                    "target {} refused the bastion: {error}",
+                    session.target().name
+                );
+                self.refused_session(&session, &why).await;
+                end_session(&session, "target_unreachable").await;
+                refuse(&mut wire, "08001", &why).await;
+                return None;
+            }
+        };
+        let opening = session.clone();
+        let log = match tokio::task::spawn_blocking(move || opening.start_query_log()).await {
+            Ok(Ok(log)) => log,
+            Ok(Err(error)) => {
+                // Fail closed: a database session that cannot be recorded does not run. The
+                // `continue` policy is not offered here: the query log is the session record.
+                let _ = session.recording_failed(&error);
+                end_session(&session, "recording_failed").await;
+                let message =
+                    "this session cannot be recorded, so it cannot run; tell the bastion operators";
+                refuse(&mut wire, "58030", message).await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let proxy_secret = loop {
+            let secret = rand::random::<i32>();
+            let taken = self
+                .cancels
+                .lock()
+                .map(|cancels| cancels.contains_key(&(upstream.pid, secret)))
+                .unwrap_or(true);
+            if !taken {
+                break secret;
+            }
+        };
+        let cancel = CancelTarget {
+            address: target.address.clone(),
+            pid: upstream.pid,
+            secret: upstream.secret,
+        };
+        let cancel_key = (upstream.pid, proxy_secret);
+        if let Ok(mut cancels) = self.cancels.lock() {
+            cancels.insert(cancel_key, cancel.clone());
+        }
+        let mut hello = BytesMut::new();
+        hello.put_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+        hello.put_slice(&upstream.parameters);
+        hello.put_slice(&backend::backend_key_data(upstream.pid, proxy_secret));
+        hello.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        if wire.stream.write_all(&hello).await.is_err() {
+            self.forget(cancel_key);
+            end_session(&session, "closed").await;
+            return None;
+        }
+        Some(Ready {
+            wire,
+            session,
+            upstream,
+            log,
+            cancel_key,
+            cancel,
+        })
+    }
+
+    async fn refused_session(&self, session: &Session, why: &str) {
+        let event = AuditEvent::SessionRefused {
+            user: session.user().to_string(),
+            target: session.target().name.clone(),
+            source: self.source.clone(),
+            why: why.to_string(),
+        };
+        let access = self.access.clone();
+        let _ = tokio::task::spawn_blocking(move || access.record(&event)).await;
+    }
+
+    fn forget(&self, key: (i32, i32)) {
+        if let Ok(mut cancels) = self.cancels.lock() {
+            cancels.remove(&key);
+        }
+    }
+
+    /// Relays until either side closes or the grant ends, then finalizes the session.
+    async fn relay(&self, ready: Ready) {
+        let Ready {
+            wire,
+            session,
+            upstream,
+            log,
+            cancel_key,
+            cancel,
+        } = ready;
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let log = Arc::new(Mutex::new(Some(log)));
+        let unaudited: Arc<Mutex<Vec<Statement>>> = Arc::default();
+        let (client_read, client_write) = tokio::io::split(wire.stream);
+        let (upstream_read, upstream_write) = tokio::io::split(upstream.stream);
+        let (control, controls) = mpsc::channel(4);
+        let mut up = tokio::spawn(client_to_upstream(
+            client_read,
+            wire.buffer,
+            upstream_write,
+            tracker.clone(),
+            session.clone(),
+        ));
+        let mut down = tokio::spawn(upstream_to_client(
+            upstream_read,
+            upstream.buffer,
+            client_write,
+            controls,
+            Recording {
+                session: session.clone(),
+                tracker: tracker.clone(),
+                log: log.clone(),
+                unaudited: unaudited.clone(),
+            },
+        ));
+        let mut watch = session.watch();
+        let reason = loop {
+            tokio::select! {
+                _ = &mut up => break "closed",
+                ended = &mut down => break match ended {
+                    Ok(Ok(())) => "closed",
+                    Ok(Err(reason)) => reason,
+                    Err(_) => "closed",
+                },
+                notice = watch.next() => match notice {
+                    Notice::Warning(message) => {
+                        let _ = control.send(Control::Warn(message)).await;
+                    }
+                    Notice::Ended { message, reason } => {
+                        // Tell the client why first (so the FATAL is what it sees, not the
+                        // cancel's error), then stop what runs upstream and close both sides.
+                        let _ = control.send(Control::End(message)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
+                        upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
+                        break reason;
+                    }
+                },
+            }
+        };
+        up.abort();
+        down.abort();
+        self.forget(cancel_key);
+        let unfinished = tracker
+            .lock()
+            .map(|mut tracker| tracker.unfinished())
+            .unwrap_or_default();
+        let mut to_audit = unaudited
+            .lock()
+            .map(|mut batch| std::mem::take(&mut *batch))
+            .unwrap_or_default();
+        let log = log.lock().ok().and_then(|mut slot| slot.take());
+        let finishing = session.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(mut log) = log {
+                for statement in &unfinished {
+                    let _ = log.write(statement);
+                }
+                if let Err(error) = finishing.finish_query_log(log) {
+                    finishing.recording_failed(&error);
+                }
+            }
+            to_audit.extend(unfinished);
+            finishing.queries_done(&to_audit);
+            finishing.end(reason);
+        })
+        .await;
+    }
+}
+
+/// Why a token did not open a session.
+enum TokenRefusal {
+    /// Bad signature, malformed, expired, or another user's token: 28P01.
+    BadToken(&'static str),
+    /// A valid token whose grant is not active, or for another target: 28000.
+    NoGrant(String),
+    Bastion,
+}
+
+/// Checks the token against the key, the user, the target and the live grant, then opens the
+/// session. Runs on a blocking thread.
+fn check_token(
+    access: &Access,
+    user: &str,
+    target: &str,
+    token: &str,
+    source: &str,
+) -> Result<Session, TokenRefusal> {
+    let key = access.token_key().ok_or(TokenRefusal::Bastion)?;
+    let claims = key
+        .verify(token, access.now())
+        .map_err(|_| TokenRefusal::BadToken("invalid or expired token"))?;
+    if claims.sub != user {
+        return Err(TokenRefusal::BadToken("token of another user"));
+    }
+    if claims.target != target {
+        return Err(TokenRefusal::NoGrant(format!(
+            "this token is for {}, not {target}",
+            claims.target
+        )));
+    }
+    let active = access
+        .active_grant(user, target)
+        .map_err(|_| TokenRefusal::Bastion)?;
+    if active.as_ref().map(|grant| grant.id.as_str()) != Some(claims.grant.as_str()) {
+        return Err(TokenRefusal::NoGrant(format!(
+            "the grant of this token ({}) is no longer active",
+            claims.grant
+        )));
+    }
+    match Session::open(access, user, target, "postgres", source) {
+        Ok(session) => {
+            if access
+                .record_login(user, source, "postgres", Some(target))
+                .is_err()
+            {
+                tracing::error!("cannot audit a postgres login");
+            }
+            Ok(session)
+        }
+        Err(SessionRefusal::NoGrant { target }) => Err(TokenRefusal::NoGrant(format!(
+            "no active grant for {target}"
+        ))),
+        Err(_) => Err(TokenRefusal::Bastion),
+    }
+}
+
+/// The client's startup parameters for the target, without identity, and with the session id
+/// added to `application_name` so DBAs see it in pg_stat_activity.
+fn forwarded_parameters(
+    parameters: &[(String, String)],
+    session_id: &str,
+) -> Vec<(String, String)> {
+    let mut forwarded: Vec<(String, String)> = parameters
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database" | "replication"))
+        .filter(|(name, _)| name != "application_name")
+        .cloned()
+        .collect();
+    let application = parameters
+        .iter()
+        .find(|(name, _)| name == "application_name")
+        .map(|(_, value)| value.as_str())
+        .filter(|value| !value.is_empty());
+    let named = match application {
+        Some(name) => format!("{name} (portcullis {session_id})"),
+        None => format!("portcullis {session_id}"),
+    };
+    forwarded.push(("application_name".to_string(), named));
+    forwarded
+}
+
+/// What the server-to-client task records with: statements finish on the server's answers.
+struct Recording {
+    session: Session,
+    tracker: Arc<Mutex<Tracker>>,
+    log: Arc<Mutex<Option<QueryLog>>>,
+    /// Finished statements not yet audited as `pg.query` (written in batches, every second).
+    unaudited: Arc<Mutex<Vec<Statement>>>,
+}
+
+/// What the session supervisor tells the client-facing task.
+enum Control {
+    Warn(String),
+    End(String),
+}
+
+async fn client_to_upstream(
+    mut client: tokio::io::ReadHalf<Box<dyn Stream>>,
+    mut buffer: BytesMut,
+    mut upstream: tokio::io::WriteHalf<Box<dyn Stream>>,
+    tracker: Arc<Mutex<Tracker>>,
+    session: Session,
+) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match codec::decode_message(&mut buffer, MAX_MESSAGE) {
+                Ok(Some(message)) => {
+                    if let Ok(mut tracker) = tracker.lock() {
+                        tracker.client_sent(&message);
+                    }
+                    message.encode(&mut out);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if !out.is_empty() {
+            session.count_in(out.len());
+            if upstream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        match client.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn upstream_to_client(
+    mut upstream: tokio::io::ReadHalf<Box<dyn Stream>>,
+    mut buffer: BytesMut,
+    mut client: tokio::io::WriteHalf<Box<dyn Stream>>,
+    mut controls: mpsc::Receiver<Control>,
+    recording: Recording,
+) -> Result<(), &'static str> {
+    let Recording {
+        session,
+        tracker,
+        log,
+        unaudited,
+    } = recording;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    loop {
+        loop {
+            match codec::decode_message(&mut buffer, MAX_MESSAGE) {
+                Ok(Some(message)) => {
+                    let done = tracker
+                        .lock()
+                        .map(|mut tracker| tracker.server_sent(&message))
+                        .unwrap_or_default();
+                    if !done.is_empty() {
+                        let written = log.lock().ok().and_then(|mut slot| {
+                            slot.as_mut().map(|log| {
+                                done.iter().try_for_each(|statement| log.write(statement))
+                            })
+                        });
+                        if let Some(Err(error)) = written
+                            && session.recording_failed(&error)
+                        {
+                            let message = "recording failed; the session was ended";
+                            let _ = client
+                                .write_all(&backend::error("FATAL", "58030", message))
+                                .await;
+                            return Err("recording_failed");
+                        }
+                        if let Ok(mut batch) = unaudited.lock() {
+                            batch.extend(done);
+                        }
+                    }
+                    message.encode(&mut out);
+                }
+                Ok(None) => break,
+                Err(_) => return Err("target_protocol_error"),
+            }
+        }
+        if !out.is_empty() {
+            session.count_out(out.len());
+            if client.write_all(&out).await.is_err() {
+                return Ok(());
+            }
+            out.clear();
+        }
+        tokio::select! {
+            read = upstream.read_buf(&mut buffer) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            },
+            control = controls.recv() => match control {
+                Some(Control::Warn(message)) => {
+                    let text = message.trim_start_matches("portcullis: ");
+                    let _ = client.write_all(&backend::notice("01000", &format!("expiry_warning: {text}"))).await;
+                }
+                Some(Control::End(message)) => {
+                    let _ = client.write_all(&backend::error("FATAL", "57P01", &message)).await;
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+                None => {}
+            },
+            _ = tick.tick() => {
+                let flushed = log.lock().ok().and_then(|mut slot| slot.as_mut().map(QueryLog::flush));
+                if let Some(Err(error)) = flushed
+                    && session.recording_failed(&error)
+                {
+                    let message = "recording failed; the session was ended";
+                    let _ = client.write_all(&backend::error("FATAL", "58030", message)).await;
+                    return Err("recording_failed");
+                }
+                let batch = unaudited
+                    .lock()
+                    .map(|mut batch| std::mem::take(&mut *batch))
+                    .unwrap_or_default();
+                if !batch.is_empty() {
+                    let auditing = session.clone();
+                    tokio::task::spawn_blocking(move || auditing.queries_done(&batch));
+                }
+            }
+        }
+    }
+}
+
+/// Reads one startup packet. `Err(Some)` for a malformed packet with a readable length (answer
+/// 08P01), `Err(None)` to just close (unreadable length, EOF).
+async fn read_startup(wire: &mut Wire) -> Result<Startup, Option<CodecError>> {
+    loop {
+        match codec::decode_startup(&mut wire.buffer) {
+            Ok(Some(packet)) => return Ok(packet),
+            Ok(None) => {}
+            Err(CodecError::BadLength(_)) => return Err(None),
+            Err(error) => return Err(Some(error)),
+        }
+        match wire.stream.read_buf(&mut wire.buffer).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn read_message(wire: &mut Wire, max: usize) -> Result<codec::Message, ()> {
+    loop {
+        match codec::decode_message(&mut wire.buffer, max) {
+            Ok(Some(message)) => return Ok(message),
+            Ok(None) => {}
+            Err(_) => return Err(()),
+        }
+        match wire.stream.read_buf(&mut wire.buffer).await {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends a FATAL ErrorResponse and closes.
+async fn refuse(wire: &mut Wire, code: &str, message: &str) {
+    let _ = wire
+        .stream
+        .write_all(&backend::error("FATAL", code, message))
+        .await;
+    let _ = wire.stream.shutdown().await;
+}
+
+async fn end_session(session: &Session, reason: &'static str) {
+    let session = session.clone();
+    let _ = tokio::task::spawn_blocking(move || session.end(reason)).await;
+}

@@ -1,0 +1,241 @@
+//! Statement tracking for the query log (issue #4), sans-IO: fed every message in both
+//! directions, it returns each statement once its outcome is known.
+//!
+//! Responses come back in request order, so pending statements wait in a queue. A simple
+//! `Query` is one statement (all its CommandComplete tags) and ends at ReadyForQuery. In the
+//! extended protocol each `Execute` is one statement, ended by its CommandComplete,
+//! EmptyQueryResponse, PortalSuspended or ErrorResponse; after an error the server skips to the
+//! next `Sync`, so statements still queued when ReadyForQuery answers that `Sync` are logged as
+//! not run. COPY data is counted against the statement that started the COPY.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::codec::{self, Message};
+use crate::recording::querylog::Statement;
+
+/// Statements prepared or bound beyond this many are not remembered (their SQL shows as unknown).
+const MAX_REMEMBERED: usize = 10_000;
+
+enum Pending {
+    Statement(Statement),
+    /// A `Sync` from the client: the ReadyForQuery that answers it closes everything before it.
+    Sync,
+}
+
+/// A bound portal: its SQL and parameter values.
+type Portal = (String, Vec<Option<Vec<u8>>>);
+
+#[derive(Default)]
+pub struct Tracker {
+    pending: VecDeque<Pending>,
+    /// Prepared statements by name ("" is the unnamed one).
+    prepared: HashMap<String, String>,
+    /// Portals by name.
+    portals: HashMap<String, Portal>,
+}
+
+impl Tracker {
+    /// A message from the client.
+    pub fn client_sent(&mut self, message: &Message) {
+        match message.tag {
+            b'Q' => {
+                let sql = codec::query_text(&message.body).unwrap_or_default();
+                self.pending.push_back(Pending::Statement(Statement {
+                    protocol: "simple",
+                    sql,
+                    started: Some(Instant::now()),
+                    ..Statement::default()
+                }));
+            }
+            b'P' => {
+                if let Ok((name, sql)) = codec::parse_message(&message.body)
+                    && (self.prepared.len() < MAX_REMEMBERED || name.is_empty())
+                {
+                    self.prepared.insert(name, sql);
+                }
+            }
+            b'B' => {
+                if let Ok(bind) = codec::bind_message(&message.body)
+                    && (self.portals.len() < MAX_REMEMBERED || bind.portal.is_empty())
+                {
+                    let sql = self
+                        .prepared
+                        .get(&bind.statement)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            format!("<unknown prepared statement {:?}>", bind.statement)
+                        });
+                    // Binary values are logged as hex, like bytea: `\x0000002a`.
+                    let parameters = bind
+                        .parameters
+                        .into_iter()
+                        .zip(bind.binary)
+                        .map(|(value, binary)| match value {
+                            Some(bytes) if binary => {
+                                Some(format!("\\x{}", hex::encode(bytes)).into_bytes())
+                            }
+                            other => other,
+                        })
+                        .collect();
+                    self.portals.insert(bind.portal, (sql, parameters));
+                }
+            }
+            b'E' => {
+                let portal = codec::execute_portal(&message.body).unwrap_or_default();
+                let (sql, parameters) = self
+                    .portals
+                    .get(&portal)
+                    .cloned()
+                    .unwrap_or_else(|| (format!("<unknown portal {portal:?}>"), Vec::new()));
+                self.pending.push_back(Pending::Statement(Statement {
+                    protocol: "extended",
+                    sql,
+                    parameters,
+                    started: Some(Instant::now()),
+                    ..Statement::default()
+                }));
+            }
+            b'C' => {
+                // Close: 'S' statement or 'P' portal, then the name.
+                if let Some((&kind, rest)) = message.body.split_first() {
+                    let name = String::from_utf8_lossy(
+                        rest.split(|byte| *byte == 0).next().unwrap_or_default(),
+                    )
+                    .into_owned();
+                    match kind {
+                        b'S' => {
+                            self.prepared.remove(&name);
+                        }
+                        b'P' => {
+                            self.portals.remove(&name);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            b'S' => self.pending.push_back(Pending::Sync),
+            b'd' => self.count_copy(message.body.len()),
+            _ => {}
+        }
+    }
+
+    /// A message from the server; returns the statements it finished.
+    pub fn server_sent(&mut self, message: &Message) -> Vec<Statement> {
+        let mut done = Vec::new();
+        match message.tag {
+            b'C' | b'I' | b's' | b'E' => {
+                let error = (message.tag == b'E').then(|| codec::error_fields(&message.body));
+                let tag = (message.tag == b'C').then(|| codec::command_tag(&message.body));
+                let Some(Pending::Statement(front)) = self.pending.front_mut() else {
+                    return done;
+                };
+                if let Some(tag) = tag {
+                    front.tag = Some(match front.tag.take() {
+                        Some(earlier) => format!("{earlier}; {tag}"),
+                        None => tag,
+                    });
+                }
+                if let Some((code, text)) = error {
+                    front.sqlstate = Some(code);
+                    front.error = Some(text);
+                }
+                if front.protocol == "extended"
+                    && let Some(Pending::Statement(statement)) = self.pending.pop_front()
+                {
+                    done.push(statement);
+                }
+            }
+            b'Z' => {
+                while let Some(pending) = self.pending.pop_front() {
+                    match pending {
+                        Pending::Sync => break,
+                        Pending::Statement(statement) => {
+                            let simple = statement.protocol == "simple";
+                            done.push(statement);
+                            if simple {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            b'd' => self.count_copy(message.body.len()),
+            _ => {}
+        }
+        done
+    }
+
+    fn count_copy(&mut self, bytes: usize) {
+        if let Some(Pending::Statement(front)) = self.pending.front_mut() {
+            front.copy_bytes += bytes as u64;
+        }
+    }
+
+    /// Statements never answered (the connection ended), for the log.
+    pub fn unfinished(&mut self) -> Vec<Statement> {
+        self.pending
+            .drain(..)
+            .filter_map(|pending| match pending {
+                Pending::Statement(statement) => Some(statement),
+                Pending::Sync => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Message {
+        Message {
+            tag,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn simple_and_extended_statements_get_their_outcomes() {
+        let mut tracker = Tracker::default();
+        tracker.client_sent(&message(b'Q', b"select 1; select 2\0"));
+        assert!(
+            tracker
+                .server_sent(&message(b'C', b"SELECT 1\0"))
+                .is_empty()
+        );
+        assert!(
+            tracker
+                .server_sent(&message(b'C', b"SELECT 1\0"))
+                .is_empty()
+        );
+        let done = tracker.server_sent(&message(b'Z', b"I"));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].tag.as_deref(), Some("SELECT 1; SELECT 1"));
+
+        // Pipeline: two executes, the first fails, the second is skipped until Sync.
+        tracker.client_sent(&message(b'P', b"s1\0select $1\0\0\0"));
+        let mut bind = BytesMut::new();
+        bind.put_slice(b"\0s1\0");
+        bind.put_i16(0);
+        bind.put_i16(1);
+        bind.put_i32(1);
+        bind.put_slice(b"7");
+        bind.put_i16(0);
+        tracker.client_sent(&message(b'B', &bind));
+        tracker.client_sent(&message(b'E', b"\0\0\0\0\0"));
+        tracker.client_sent(&message(b'E', b"\0\0\0\0\0"));
+        tracker.client_sent(&message(b'S', b""));
+        let failed = tracker.server_sent(&message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"));
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].sql, "select $1");
+        assert_eq!(failed[0].parameters, vec![Some(b"7".to_vec())]);
+        assert_eq!(failed[0].sqlstate.as_deref(), Some("22012"));
+        let skipped = tracker.server_sent(&message(b'Z', b"I"));
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].tag.is_none());
+        assert!(tracker.unfinished().is_empty());
+    }
+}

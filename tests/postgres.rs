@@ -1,0 +1,382 @@
+//! PostgreSQL through the bastion (issue #4), against a real PostgreSQL server: `psql` and
+//! `pgbench` over TLS with a grant-bound token, a Rust client (tokio-postgres) for the extended
+//! protocol, SQLSTATEs, cancel and revoke, and the query log.
+
+// Tests fail by panicking; the no-panic rule is for code that handles network input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::bastion::Bastion;
+use support::{Postgres, wait_for};
+
+/// A bastion with database target `prod-db` on a fresh PostgreSQL, its password from a file.
+fn bastion_and_postgres(server: &str) -> (Bastion, Postgres) {
+    let postgres = Postgres::start();
+    let password_file = postgres.dir.path().join("bastion-password");
+    std::fs::write(&password_file, &postgres.password).unwrap();
+    let bastion = Bastion::start_configured(server, |_| {
+        format!(
+            "[[targets]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:{}\"\n\
+             database = \"postgres\"\nlogin = \"{}\"\npassword_file = \"{}\"\ntls = \"disable\"\n\
+             requestable_by = [\"engineer\"]\napprovers = [\"leader\"]\nmax_duration = \"2h\"\n",
+            postgres.port,
+            postgres.superuser,
+            password_file.display()
+        )
+    });
+    (bastion, postgres)
+}
+
+fn hour() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+fn token(bastion: &Bastion, user: &str) -> String {
+    let (code, stdout, stderr) = bastion.ssh(user, &["token", "prod-db"]);
+    assert_eq!(code, 0, "{stderr}");
+    stdout.trim().to_string()
+}
+
+/// The bastion's CA, written for `sslrootcert`.
+fn ca_file(bastion: &Bastion) -> PathBuf {
+    let output = bastion.config.portcullis(&["tls-ca"]).output().unwrap();
+    assert!(output.status.success());
+    let path = bastion.config.dir.path().join("bastion-ca.pem");
+    std::fs::write(&path, &output.stdout).unwrap();
+    path
+}
+
+fn psql(bastion: &Bastion, postgres: &Postgres, token: &str, sql: &str) -> (bool, String, String) {
+    let connection = format!(
+        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=verify-full sslrootcert={}",
+        bastion.postgres_port(),
+        ca_file(bastion).display()
+    );
+    let output = Command::new(postgres.tool("psql"))
+        .arg(connection)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", token)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The query log lines of the bastion's sessions.
+fn query_logs(bastion: &Bastion) -> Vec<Value> {
+    let mut lines = Vec::new();
+    let mut pending = vec![bastion.config.dir.path().join("recordings")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(".pg.jsonl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                lines.extend(
+                    text.lines()
+                        .map(|line| serde_json::from_str::<Value>(line).unwrap()),
+                );
+            }
+        }
+    }
+    lines
+}
+
+#[test]
+fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let (ok, stdout, stderr) = psql(
+        &bastion,
+        &postgres,
+        &token,
+        "select 40 + 2; select application_name from pg_stat_activity where pid = pg_backend_pid()",
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("42\n"), "{stdout}");
+    assert!(
+        stdout.contains("(portcullis s-"),
+        "the session id reaches pg_stat_activity: {stdout}"
+    );
+
+    wait_for("the query log", Duration::from_secs(10), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "recording.finalized")
+            .then_some(())
+    });
+    let logged = query_logs(&bastion);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["protocol"], "simple");
+    assert!(
+        logged[0]["sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("select 40 + 2")
+    );
+    assert_eq!(logged[0]["tag"], "SELECT 1; SELECT 1");
+    let audit = bastion.audit();
+    assert!(audit.iter().any(|event| event["type"] == "pg.query"));
+    assert!(audit.iter().any(|event| event["type"] == "session.ended"));
+
+    // --pgpass prints a ~/.pgpass line for the same grant.
+    let (code, stdout, _) = bastion.ssh("alice", &["token", "prod-db", "--pgpass"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.starts_with(&format!(
+            "127.0.0.1:{}:prod-db:alice:",
+            bastion.config.load().server.postgres_listen.port()
+        )) || stdout.contains(":prod-db:alice:"),
+        "{stdout}"
+    );
+}
+
+/// Connects with tokio-postgres without TLS (the bastion must allow plaintext).
+fn connect(
+    runtime: &tokio::runtime::Runtime,
+    bastion: &Bastion,
+    user: &str,
+    database: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(bastion.postgres_port())
+        .user(user)
+        .dbname(database)
+        .password(password)
+        .application_name("test-client");
+    runtime.block_on(async {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    })
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn sqlstate(result: Result<tokio_postgres::Client, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => "connected".to_string(),
+        Err(error) => error
+            .code()
+            .map(|code| code.code().to_string())
+            .unwrap_or_else(|| format!("no SQLSTATE: {error}")),
+    }
+}
+
+#[test]
+fn refusals_answer_with_the_sqlstates_clients_rely_on() {
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    let runtime = client_runtime();
+    let grant = bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    // A well-signed token whose subject is another user.
+    let mut other = bastion.access().grants(true, None).unwrap().remove(0);
+    other.user = "bob".into();
+    let bob = bastion
+        .access()
+        .token_key()
+        .unwrap()
+        .issue(&other, bastion.now())
+        .unwrap();
+    let cases = [
+        ("alice", "prod-db", "not-a-token".to_string(), "28P01"),
+        ("alice", "prod-db", format!("{alice}x"), "28P01"),
+        ("alice", "prod-db", bob.clone(), "28P01"),
+        ("alice", "no-such-db", alice.clone(), "3D000"),
+        ("alice", "prod-db", alice.clone(), "connected"),
+    ];
+    for (user, database, password, expected) in cases {
+        let got = sqlstate(connect(&runtime, &bastion, user, database, &password));
+        assert_eq!(got, expected, "{user} {database}");
+    }
+    // A revoked grant's token is dead at once.
+    bastion
+        .access()
+        .revoke(
+            &portcullis::audit::Actor::User("bob".into()),
+            &grant,
+            "done",
+        )
+        .unwrap();
+    assert_eq!(
+        sqlstate(connect(&runtime, &bastion, "alice", "prod-db", &alice)),
+        "28000"
+    );
+    let failures = bastion
+        .audit()
+        .iter()
+        .filter(|event| event["type"] == "auth_failed")
+        .count();
+    assert!(
+        failures >= 4,
+        "refusals are audited as failed authentications: {failures}"
+    );
+}
+
+#[test]
+fn plaintext_is_refused_unless_allowed_and_names_sslmode() {
+    let (bastion, _postgres) = bastion_and_postgres("");
+    let runtime = client_runtime();
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let error = connect(&runtime, &bastion, "alice", "prod-db", &alice)
+        .err()
+        .unwrap();
+    let database_error = error.as_db_error().unwrap();
+    assert_eq!(database_error.code().code(), "28000");
+    assert!(
+        database_error.message().contains("sslmode=require"),
+        "{error}"
+    );
+}
+
+#[test]
+fn extended_protocol_cancel_and_revoke_work_through_the_bastion() {
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    let runtime = client_runtime();
+    let grant = bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let client = connect(&runtime, &bastion, "alice", "prod-db", &alice).unwrap();
+
+    // Extended protocol with parameters, and the backend pid is the target's.
+    let row = runtime
+        .block_on(client.query_one(
+            "select $1::int + $2::int, pg_backend_pid()",
+            &[&40i32, &2i32],
+        ))
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+
+    // Cancel: a long statement is cancelled through the bastion's key mapping.
+    let cancel = client.cancel_token();
+    let running = runtime.spawn({
+        let sleeper = connect(&runtime, &bastion, "alice", "prod-db", &alice).unwrap();
+        let cancel = sleeper.cancel_token();
+        async move {
+            let started = tokio::time::Instant::now();
+            let sleeping =
+                tokio::spawn(async move { sleeper.simple_query("select pg_sleep(30)").await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            let result = sleeping.await.unwrap();
+            (
+                result
+                    .err()
+                    .and_then(|error| error.code().map(|code| code.code().to_string())),
+                started.elapsed(),
+            )
+        }
+    });
+    let (code, took) = runtime.block_on(running).unwrap();
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled");
+    assert!(took < Duration::from_secs(25));
+    drop(cancel);
+
+    // Revoke: a running statement ends with 57P01 within a second or so.
+    let running = runtime.spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    std::thread::sleep(Duration::from_millis(300));
+    bastion
+        .access()
+        .revoke(
+            &portcullis::audit::Actor::User("bob".into()),
+            &grant,
+            "incident over",
+        )
+        .unwrap();
+    let result = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), running).await })
+        .expect("cut within 10 s")
+        .unwrap();
+    let error = result.expect_err("the statement was cut");
+    let message = format!("{error:?}");
+    assert!(
+        error.code().map(|code| code.code()) == Some("57P01")
+            || message.contains("57P01")
+            || message.contains("grant revoked"),
+        "{message}"
+    );
+
+    wait_for("the session to end", Duration::from_secs(10), || {
+        bastion
+            .audit()
+            .iter()
+            .any(|event| {
+                event["type"] == "session.ended" && event["detail"]["reason"] == "grant_revoked"
+            })
+            .then_some(())
+    });
+    let logged = query_logs(&bastion);
+    let extended = logged
+        .iter()
+        .find(|line| line["protocol"] == "extended")
+        .expect("an extended statement");
+    // tokio-postgres binds integers in binary: recorded as hex.
+    assert_eq!(extended["parameters"][0], "\\x00000028", "{extended}");
+}
+
+#[test]
+fn pgbench_initializes_with_copy_and_runs_through_the_bastion() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let pgbench = |args: &[&str]| {
+        let output = Command::new(postgres.tool("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &bastion.postgres_port().to_string(),
+                "-U",
+                "alice",
+            ])
+            .args(args)
+            .arg("prod-db")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "require")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    pgbench(&["-i", "-s", "1", "-q"]);
+    let run = pgbench(&["-c", "2", "-t", "20", "-M", "extended"]);
+    assert!(
+        run.contains("number of transactions actually processed: 40/40"),
+        "{run}"
+    );
+    wait_for("the query logs", Duration::from_secs(10), || {
+        let logged = query_logs(&bastion);
+        logged
+            .iter()
+            .any(|line| line["copy_bytes"].as_u64().unwrap_or(0) > 0)
+            .then_some(())
+    });
+}
