@@ -380,3 +380,195 @@ fn pgbench_initializes_with_copy_and_runs_through_the_bastion() {
             .then_some(())
     });
 }
+
+/// Sends `bytes` on a fresh connection and returns everything the bastion answers before it
+/// closes (waiting at most 10 s).
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn bad_startup_input_gets_a_clear_error_or_a_close_and_stalls_time_out() {
+    let postgres = Postgres::start();
+    let bastion = Bastion::start_configured("", |_| {
+        format!(
+            "[limits]\nhandshake_timeout = \"1s\"\n\n[[targets]]\nname = \"prod-db\"\n\
+             kind = \"postgres\"\naddress = \"127.0.0.1:{}\"\ndatabase = \"postgres\"\n\
+             login = \"{}\"\ntls = \"disable\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\n",
+            postgres.port, postgres.superuser
+        )
+    });
+    let port = bastion.postgres_port();
+    // A readable length with an unknown protocol version: 08P01, then the close.
+    let answer = raw_exchange(port, &[0, 0, 0, 8, 0, 9, 0, 0]);
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("08P01"));
+    // An impossible length: closed without an answer.
+    assert!(raw_exchange(port, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).is_empty());
+    assert!(raw_exchange(port, &[0, 0, 0, 2]).is_empty());
+    // A cancel for a key the bastion never issued does nothing.
+    assert!(raw_exchange(port, &[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0, 2]).is_empty());
+    // A client that stalls mid-startup is dropped at the handshake timeout.
+    let started = std::time::Instant::now();
+    assert!(raw_exchange(port, &[0, 0, 0, 40]).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "closed by the 1 s timeout"
+    );
+    // The bastion still serves: a plaintext startup gets its TLS refusal.
+    let mut startup = vec![0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0alice\0database\0prod-db\0\0");
+    let mut packet = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    let answer = raw_exchange(port, &packet);
+    assert!(
+        String::from_utf8_lossy(&answer).contains("28000"),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn expiry_warns_with_a_notice_then_ends_the_session_with_57p01() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", Duration::from_secs(600));
+    let token = token(&bastion, "alice");
+    let connection = format!(
+        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
+        bastion.postgres_port()
+    );
+    let child = Command::new(postgres.tool("psql"))
+        .arg(connection)
+        .args([
+            "-X",
+            "-c",
+            "select pg_sleep(2)",
+            "-c",
+            "select pg_sleep(30)",
+        ])
+        .env("PGPASSWORD", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the session to start", Duration::from_secs(10), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "session.started")
+            .then_some(())
+    });
+    // Into the 5-minute warning window, then past the end.
+    bastion.advance(Duration::from_secs(6 * 60));
+    std::thread::sleep(Duration::from_millis(3_000));
+    bastion.advance(Duration::from_secs(4 * 60));
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("expiry_warning: access to prod-db ends at"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("access to prod-db ended: grant expired"),
+        "{stderr}"
+    );
+    wait_for("session.ended", Duration::from_secs(10), || {
+        bastion
+            .audit()
+            .iter()
+            .any(|event| {
+                event["type"] == "session.ended" && event["detail"]["reason"] == "grant_expired"
+            })
+            .then_some(())
+    });
+}
+
+#[test]
+fn copy_notify_large_results_and_errors_pass_through() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let script = "\
+        create table items (id int, name text);\n\
+        copy items from stdin;\n1\tone\n2\ttwo\n\\.\n\
+        copy (select * from items order by id) to stdout;\n\
+        select count(*) from generate_series(1, 200000);\n\
+        select length(string_agg(md5(i::text), '')) from generate_series(1, 50000) i;\n\
+        begin;\n\
+        select 1/0;\n\
+        rollback;\n\
+        listen channel_a;\n\
+        notify channel_a, 'hello';\n\
+        select 'done';\n";
+    let connection = format!(
+        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
+        bastion.postgres_port()
+    );
+    let mut child = Command::new(postgres.tool("psql"))
+        .arg(connection)
+        .args(["-X", "-A", "-t"])
+        .env("PGPASSWORD", &token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("1\tone\n2\ttwo"),
+        "COPY TO STDOUT: {stdout}"
+    );
+    assert!(stdout.contains("200000"), "{stdout}");
+    assert!(stdout.contains("1600000"), "a 1.6 MB value: {stdout}");
+    assert!(stderr.contains("division by zero"), "{stderr}");
+    assert!(
+        stdout.contains("Asynchronous notification \"channel_a\" with payload \"hello\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("done"), "{stdout}");
+    wait_for("the query log", Duration::from_secs(10), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "recording.finalized")
+            .then_some(())
+    });
+    let logged = query_logs(&bastion);
+    let copy = logged
+        .iter()
+        .find(|line| {
+            line["sql"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("copy items from")
+        })
+        .unwrap();
+    // The two rows (12 bytes) and the `\.` end marker psql sends as data (3 bytes).
+    assert_eq!(copy["copy_bytes"], 15, "{copy}");
+    assert_eq!(copy["tag"], "COPY 2");
+    let failed = logged
+        .iter()
+        .find(|line| line["sql"] == "select 1/0;")
+        .unwrap();
+    assert_eq!(failed["sqlstate"], "22012");
+}
