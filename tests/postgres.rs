@@ -572,3 +572,31 @@ fn copy_notify_large_results_and_errors_pass_through() {
         .unwrap();
     assert_eq!(failed["sqlstate"], "22012");
 }
+
+#[test]
+fn the_sessions_row_counts_statements_and_bytes() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token, "select 1; select 2");
+    assert!(ok, "{stderr}");
+    let ended = wait_for("the session to end", Duration::from_secs(10), || {
+        bastion
+            .audit()
+            .into_iter()
+            .find(|event| event["type"] == "session.ended")
+    });
+    let id = ended["session_id"].as_str().unwrap().to_string();
+    let row = bastion
+        .access()
+        .store()
+        .read(|tx| tx.session(&id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.protocol, "postgres");
+    assert_eq!(row.user, "alice");
+    assert_eq!(row.end_reason.as_deref(), Some("closed"));
+    assert_eq!(row.statements, 1, "one simple query message");
+    assert!(row.bytes_in > 0 && row.bytes_out > 0);
+    assert_eq!(row.client_address, "127.0.0.1");
+}

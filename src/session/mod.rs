@@ -23,7 +23,7 @@ use crate::ids::IdKind;
 use crate::recording::asciicast::Header;
 use crate::recording::querylog::{QueryLog, Statement};
 use crate::recording::{Finalized, Recorder, RecordingError, dated_path, recording_path};
-use crate::store::{RecordingRow, SessionRow, StoreError};
+use crate::store::{RecordingRow, SessionRow, SessionTotals, StoreError};
 
 /// Why a session could not start; the front end words it for its protocol.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,7 @@ struct Inner {
     next_channel: AtomicU32,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    statements: AtomicU64,
     ended: AtomicBool,
 }
 
@@ -113,6 +114,7 @@ impl Session {
                 end_reason: None,
                 bytes_in: 0,
                 bytes_out: 0,
+                statements: 0,
             })?;
             tx.append_audit(
                 &AuditEvent::SessionStarted {
@@ -139,6 +141,7 @@ impl Session {
                 next_channel: AtomicU32::new(0),
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
+                statements: AtomicU64::new(0),
                 ended: AtomicBool::new(false),
             }),
         })
@@ -238,8 +241,11 @@ impl Session {
         self.store_finalized(0, finalized)
     }
 
-    /// Audits finished statements as `pg.query` events, in one transaction.
+    /// Counts finished statements and audits them as `pg.query` events, in one transaction.
     pub fn queries_done(&self, statements: &[Statement]) {
+        self.inner
+            .statements
+            .fetch_add(statements.len() as u64, Ordering::Relaxed);
         let now = self.inner.access.now();
         let stored = self.inner.access.store().write(|tx| {
             for statement in statements {
@@ -357,7 +363,12 @@ impl Session {
             bytes_out,
         };
         let stored = self.inner.access.store().write(|tx| {
-            if tx.end_session(&self.inner.id, now, reason, bytes_in, bytes_out)? {
+            let totals = SessionTotals {
+                bytes_in,
+                bytes_out,
+                statements: self.inner.statements.load(Ordering::Relaxed),
+            };
+            if tx.end_session(&self.inner.id, now, reason, totals)? {
                 tx.append_audit(&event, now)?;
             }
             Ok(())

@@ -562,6 +562,16 @@ pub struct SessionRow {
     pub end_reason: Option<String>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Statements run, for database sessions.
+    pub statements: u64,
+}
+
+/// What a session moved, written when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub statements: u64,
 }
 
 /// A recording row: one per recorded channel.
@@ -599,18 +609,19 @@ impl Tx<'_> {
         id: &str,
         at: OffsetDateTime,
         reason: &str,
-        bytes_in: u64,
-        bytes_out: u64,
+        totals: SessionTotals,
     ) -> Result<bool, StoreError> {
         let changed = self.transaction.execute(
-            "UPDATE sessions SET ended_at = ?2, end_reason = ?3, bytes_in = ?4, bytes_out = ?5
+            "UPDATE sessions SET ended_at = ?2, end_reason = ?3, bytes_in = ?4, bytes_out = ?5,
+                    statements = ?6
              WHERE id = ?1 AND ended_at IS NULL",
             params![
                 id,
                 at.unix_timestamp(),
                 reason,
-                bytes_in as i64,
-                bytes_out as i64
+                totals.bytes_in as i64,
+                totals.bytes_out as i64,
+                totals.statements as i64
             ],
         )?;
         Ok(changed == 1)
@@ -621,7 +632,7 @@ impl Tx<'_> {
             .transaction
             .query_row(
                 "SELECT id, grant_id, user, target, protocol, client_address, started_at,
-                        ended_at, end_reason, bytes_in, bytes_out
+                        ended_at, end_reason, bytes_in, bytes_out, statements
                  FROM sessions WHERE id = ?1",
                 [id],
                 |row| {
@@ -638,6 +649,7 @@ impl Tx<'_> {
                             end_reason: row.get(8)?,
                             bytes_in: row.get::<_, i64>(9)?.max(0) as u64,
                             bytes_out: row.get::<_, i64>(10)?.max(0) as u64,
+                            statements: row.get::<_, i64>(11)?.max(0) as u64,
                         },
                         row.get::<_, i64>(6)?,
                         row.get::<_, Option<i64>>(7)?,
