@@ -116,6 +116,14 @@ impl Tracker {
             }
             b'S' => self.pending.push_back(Pending::Sync),
             b'd' => self.count_copy(message.body.len()),
+            b'c' | b'f' => {
+                // The server ignores a Sync that arrives during COPY FROM STDIN (clients such as
+                // tokio-postgres send one right after the Execute): drop those markers so the
+                // next ReadyForQuery is matched to the right batch.
+                while matches!(self.pending.back(), Some(Pending::Sync)) {
+                    self.pending.pop_back();
+                }
+            }
             _ => {}
         }
     }
@@ -237,5 +245,25 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].tag.is_none());
         assert!(tracker.unfinished().is_empty());
+    }
+
+    #[test]
+    fn a_sync_sent_during_copy_in_is_not_matched_to_a_ready_for_query() {
+        let mut tracker = Tracker::default();
+        tracker.client_sent(&message(b'P', b"\0copy t from stdin\0\0\0"));
+        tracker.client_sent(&message(b'B', b"\0\0\0\0\0\0\0\0"));
+        tracker.client_sent(&message(b'E', b"\0\0\0\0\0"));
+        tracker.client_sent(&message(b'S', b""));
+        tracker.client_sent(&message(b'd', b"1\n2\n"));
+        tracker.client_sent(&message(b'c', b""));
+        tracker.client_sent(&message(b'S', b""));
+        let done = tracker.server_sent(&message(b'C', b"COPY 2\0"));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].copy_bytes, 4);
+        assert!(tracker.server_sent(&message(b'Z', b"I")).is_empty());
+        tracker.client_sent(&message(b'Q', b"select 1\0"));
+        tracker.server_sent(&message(b'C', b"SELECT 1\0"));
+        let done = tracker.server_sent(&message(b'Z', b"I"));
+        assert_eq!(done[0].tag.as_deref(), Some("SELECT 1"));
     }
 }

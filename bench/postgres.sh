@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# PostgreSQL benchmark: portcullis side by side with a direct connection and pgbouncer, in one
+# run, on this machine (loopback only). Not a test: it prints a Markdown table of figures and
+# ratios to paste into docs/PERFORMANCE.md.
+#
+#   bench/postgres.sh                  # defaults: 10 s per run, 8 clients
+#   SECONDS_PER_RUN=5 CLIENTS=4 bench/postgres.sh
+#
+# It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
+# mode, and the bastion (query log and pg.query audit on, as always), gets a grant through the
+# SSH command interface (alice requests, bob approves) and a token, and runs pgbench through
+# each path: select-only (-S) and TPC-B-like transactions with persistent connections, and
+# select-only with a new connection per transaction (-C). The bastion is measured both with
+# TLS (what engineers use) and without (like for like with the plaintext baselines).
+# Needs: postgresql, pgbouncer, openssh-client, python3 (installed here if missing, on Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN=${SECONDS_PER_RUN:-10}
+CLIENTS=${CLIENTS:-8}
+
+if ! command -v pgbouncer >/dev/null; then
+  apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer >/dev/null; }
+fi
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+
+cargo build --release --quiet
+BIN=$PWD/target/release/portcullis
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups "$@"; else "$@"; fi; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; }
+
+PASSWORD=bench-$RANDOM$RANDOM
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); BASTION_SSH=$(free_port); BASTION_PG=$(free_port)
+mkdir -p "$WORK/pg"; echo "$PASSWORD" > "$WORK/pg/pw"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/pg"
+as_postgres "$PGBIN/initdb" -D "$WORK/pg/data" -U bench --pwfile="$WORK/pg/pw" --auth=scram-sha-256 >/dev/null
+as_postgres "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" -c listen_addresses=127.0.0.1 \
+  -c max_connections=200 -c fsync=off >"$WORK/pg/log" 2>&1 &
+PIDS+=($!)
+wait_port "$PG_PORT"
+sleep 1
+
+mkdir -p "$WORK/bouncer"
+cat > "$WORK/bouncer/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $WORK/bouncer/users.txt
+pool_mode = session
+max_client_conn = 400
+default_pool_size = 100
+logfile = $WORK/bouncer/log
+EOF
+echo "\"bench\" \"$PASSWORD\"" > "$WORK/bouncer/users.txt"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/bouncer"
+as_postgres pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$BOUNCER_PORT"
+
+for key in alice bob; do ssh-keygen -q -t ed25519 -N "" -C "$key" -f "$WORK/$key"; done
+cat > "$WORK/portcullis.toml" <<EOF
+[server]
+state_dir = "state"
+recordings_dir = "recordings"
+ssh_listen = "127.0.0.1:$BASTION_SSH"
+postgres_listen = "127.0.0.1:$BASTION_PG"
+http_listen = "127.0.0.1:0"
+postgres_allow_plaintext = true
+
+[access]
+max_duration = "8h"
+
+[limits]
+handshake_timeout = "60s"
+
+[roles]
+engineer = "requests"
+leader = "approves"
+
+[[users]]
+name = "alice"
+ssh_keys = ["$(cat "$WORK/alice.pub")"]
+roles = ["engineer"]
+
+[[users]]
+name = "bob"
+ssh_keys = ["$(cat "$WORK/bob.pub")"]
+roles = ["leader"]
+
+[[targets]]
+name = "prod-db"
+kind = "postgres"
+address = "127.0.0.1:$PG_PORT"
+database = "postgres"
+login = "bench"
+password_env = "BENCH_DB_PASSWORD"
+tls = "disable"
+requestable_by = ["engineer"]
+approvers = ["leader"]
+EOF
+BENCH_DB_PASSWORD=$PASSWORD "$BIN" --config "$WORK/portcullis.toml" serve --log-format json 2>"$WORK/bastion.log" &
+BASTION_PID=$!
+PIDS+=("$BASTION_PID")
+wait_port "$BASTION_SSH"; wait_port "$BASTION_PG"
+
+SSH_OPTS=(-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+as_bastion() { ssh "${SSH_OPTS[@]}" -i "$WORK/$1" -p "$BASTION_SSH" "$1@127.0.0.1" "${@:2}"; }
+REQUEST=$(as_bastion alice request prod-db --for 8h --reason benchmark --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+as_bastion bob approve "$REQUEST" >/dev/null
+TOKEN=$(as_bastion alice token prod-db)
+
+# pgbench -i once, directly.
+PGPASSWORD=$PASSWORD "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 2 -q postgres >/dev/null 2>&1
+
+# path name -> "port user password database sslmode"
+declare -A PATHS=(
+  [direct]="$PG_PORT bench $PASSWORD postgres disable"
+  [pgbouncer]="$BOUNCER_PORT bench $PASSWORD bench disable"
+  [portcullis]="$BASTION_PG alice $TOKEN prod-db disable"
+  [portcullis_tls]="$BASTION_PG alice $TOKEN prod-db require"
+)
+ORDER=(direct pgbouncer portcullis portcullis_tls)
+
+# run path args... -> "tps latency_ms"
+run() {
+  read -r port user password database sslmode <<<"${PATHS[$1]}"
+  PGPASSWORD=$password PGSSLMODE=$sslmode "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" \
+    -n -T "$RUN" "${@:2}" "$database" 2>/dev/null |
+    python3 -c '
+import re, sys
+text = sys.stdin.read()
+tps = re.search(r"tps = ([0-9.]+)", text)
+latency = re.search(r"latency average = ([0-9.]+) ms", text)
+print(tps.group(1) if tps else "0", latency.group(1) if latency else "0")'
+}
+
+declare -A RESULT
+for workload in "select:-S -c $CLIENTS -j 2" "tpcb:-c $CLIENTS -j 2" "connect:-S -C -c 4 -j 2"; do
+  name=${workload%%:*}; args=${workload#*:}
+  for path in "${ORDER[@]}"; do
+    # shellcheck disable=SC2086
+    RESULT[$name,$path]=$(run "$path" $args)
+  done
+done
+RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BASTION_PID/status")
+
+ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}' if b else '-')"; }
+echo "| measure | direct | pgbouncer | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer |"
+echo "|---|---|---|---|---|---|---|"
+for name in select tpcb connect; do
+  for column in 1 2; do
+    label=$([ "$column" = 1 ] && echo "$name tps" || echo "$name latency ms")
+    row="| $label"
+    values=()
+    for path in "${ORDER[@]}"; do
+      value=$(echo "${RESULT[$name,$path]}" | cut -d' ' -f"$column")
+      values+=("$value"); row="$row | $value"
+    done
+    echo "$row | $(ratio "${values[2]}" "${values[1]}") | $(ratio "${values[3]}" "${values[1]}") |"
+  done
+done
+echo
+echo "bastion RSS after the runs: ${RSS_KIB} KiB; clients: $CLIENTS; seconds per run: $RUN"
