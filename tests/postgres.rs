@@ -800,3 +800,139 @@ fn scram_md5_and_cleartext_upstream_logins_all_work() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_session_that_cannot_be_recorded_does_not_run() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    // Today's folder cannot be made: the year is a file.
+    let recordings = bastion.config.dir.path().join("recordings");
+    std::fs::create_dir_all(&recordings).unwrap();
+    std::fs::write(
+        recordings.join(bastion.now().year().to_string()),
+        "not a folder",
+    )
+    .unwrap();
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token, "select 1");
+    assert!(!ok);
+    assert!(stderr.contains("cannot be recorded"), "{stderr}");
+    let types = bastion.audit_types();
+    assert!(
+        types.iter().any(|kind| kind == "recording.failed"),
+        "{types:?}"
+    );
+    assert!(!types.iter().any(|kind| kind == "pg.query"));
+}
+
+#[test]
+fn gssenc_is_declined_and_tls_follows() {
+    let (bastion, _postgres) = bastion_and_postgres("");
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", bastion.postgres_port())).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N", "GSSENCRequest declined");
+    stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S", "then SSLRequest accepted");
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM: (ca, cert, key).
+fn certificate_for_localhost(common_name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn upstream_tls_require_and_verify_full_reach_a_tls_database() {
+    let postgres = Postgres::start();
+    let (ca, cert, key) = certificate_for_localhost("database CA");
+    let data = postgres.dir.path().join("data");
+    std::fs::write(data.join("server.crt"), cert).unwrap();
+    std::fs::write(data.join("server.key"), key).unwrap();
+    let owner = std::fs::metadata(&data).unwrap();
+    for file in ["server.crt", "server.key"] {
+        let path = data.join(file);
+        std::os::unix::fs::chown(
+            &path,
+            Some(std::os::unix::fs::MetadataExt::uid(&owner)),
+            Some(std::os::unix::fs::MetadataExt::gid(&owner)),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    postgres.psql("alter system set ssl = on");
+    postgres.psql("select pg_reload_conf()");
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, &postgres.password).unwrap();
+    let ca_file = secrets.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let (other_ca, _, _) = certificate_for_localhost("another CA");
+    let other_ca_file = secrets.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca).unwrap();
+    let target = |name: &str, tls: &str| {
+        database_target(name, &postgres, &postgres.superuser, &password_file)
+            .replace("tls = \"disable\"", tls)
+    };
+    let bastion = Bastion::start_with(|_| {
+        [
+            target("tls-require", "tls = \"require\""),
+            target(
+                "tls-verified",
+                &format!("tls = \"verify-full\"\nca_file = \"{}\"", ca_file.display()),
+            ),
+            target(
+                "tls-wrong-ca",
+                &format!(
+                    "tls = \"verify-full\"\nca_file = \"{}\"",
+                    other_ca_file.display()
+                ),
+            ),
+        ]
+        .concat()
+    });
+    for (name, expected) in [
+        ("tls-require", Ok("t")),
+        ("tls-verified", Ok("t")),
+        (
+            "tls-wrong-ca",
+            Err("target tls-wrong-ca refused the bastion"),
+        ),
+    ] {
+        bastion.grant("alice", name, hour());
+        let token = token_for(&bastion, "alice", name);
+        let output = Command::new(postgres.tool("psql"))
+            .arg(format!(
+                "host=127.0.0.1 port={} user=alice dbname={name} sslmode=require",
+                bastion.postgres_port()
+            ))
+            .args(["-X", "-A", "-t", "-c"])
+            .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            .env("PGPASSWORD", &token)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match expected {
+            Ok(ssl) => assert_eq!(stdout.trim(), ssl, "{name}: {stderr}"),
+            Err(message) => assert!(stderr.contains(message), "{name}: {stderr}"),
+        }
+    }
+}

@@ -230,6 +230,7 @@ impl Client {
         match config.target(&target_name).map(|target| &target.kind) {
             Some(TargetKind::Postgres(_)) => {}
             Some(_) => {
+                self.failed(&user, "not a database target").await;
                 let message = format!("{target_name} is not a database target");
                 refuse(&mut wire, "3D000", &message).await;
                 return None;
