@@ -9,7 +9,8 @@
 # It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
 # mode, and the bastion (query log and pg.query audit on, as always), gets a grant through the
 # SSH command interface (alice requests, bob approves) and a token, and runs pgbench through
-# each path: select-only (-S) and TPC-B-like transactions with persistent connections, and
+# each path: select-only (-S; simple, extended and prepared protocol) and TPC-B-like transactions
+# with persistent connections, and
 # select-only with a new connection per transaction (-C). The bastion is measured both with
 # TLS (what engineers use) and without (like for like with the plaintext baselines).
 # Needs: postgresql, pgbouncer, openssh-client, python3 (installed here if missing, on Debian).
@@ -152,8 +153,12 @@ print(tps.group(1) if tps else "0", latency.group(1) if latency else "0")'
 }
 
 declare -A RESULT
-for workload in "select:-S -c $CLIENTS -j 2" "tpcb:-c $CLIENTS -j 2" "connect:-S -C -c 4 -j 2"; do
+WORKLOADS=("select-simple:-S -M simple -c $CLIENTS -j 2" "select-extended:-S -M extended -c $CLIENTS -j 2"
+  "select-prepared:-S -M prepared -c $CLIENTS -j 2" "tpcb:-c $CLIENTS -j 2" "connect:-S -C -c 4 -j 2")
+ONLY=${ONLY:-.}   # a regex: run only the workloads whose name matches
+for workload in "${WORKLOADS[@]}"; do
   name=${workload%%:*}; args=${workload#*:}
+  [[ $name =~ $ONLY ]] || continue
   for path in "${ORDER[@]}"; do
     # shellcheck disable=SC2086
     RESULT[$name,$path]=$(run "$path" $args)
@@ -164,7 +169,8 @@ RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BASTION_PID/status")
 ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}' if b else '-')"; }
 echo "| measure | direct | pgbouncer | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer |"
 echo "|---|---|---|---|---|---|---|"
-for name in select tpcb connect; do
+for name in select-simple select-extended select-prepared tpcb connect; do
+  [[ $name =~ $ONLY ]] || continue
   for column in 1 2; do
     label=$([ "$column" = 1 ] && echo "$name tps" || echo "$name latency ms")
     row="| $label"

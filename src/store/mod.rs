@@ -452,13 +452,11 @@ impl Tx<'_> {
         event: &AuditEvent,
         at: OffsetDateTime,
     ) -> Result<AuditRecord, StoreError> {
+        // Cached statements: a database session appends an event per statement.
         let prev: Option<(i64, String)> = self
             .transaction
-            .query_row(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let record = AuditRecord::chain(
             prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
@@ -466,12 +464,12 @@ impl Tx<'_> {
             at,
             event.entry(),
         );
-        self.transaction.execute(
-            &format!(
+        self.transaction
+            .prepare_cached(&format!(
                 "INSERT INTO audit_events ({AUDIT_COLUMNS})
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ),
-            params![
+            ))?
+            .execute(params![
                 record.seq,
                 record.id,
                 record.ts.unix_timestamp(),
