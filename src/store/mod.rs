@@ -482,8 +482,7 @@ impl Tx<'_> {
                 record.detail,
                 record.prev_hash,
                 record.hash,
-            ],
-        )?;
+            ])?;
         Ok(record)
     }
 
