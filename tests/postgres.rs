@@ -936,3 +936,45 @@ fn upstream_tls_require_and_verify_full_reach_a_tls_database() {
         }
     }
 }
+
+#[test]
+fn a_configured_certificate_replaces_the_generated_one() {
+    let (ca, cert, key) = certificate_for_localhost("operator CA");
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file, ca_file) = (
+        files.path().join("server.pem"),
+        files.path().join("server.key"),
+        files.path().join("ca.pem"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&ca_file, ca).unwrap();
+    let server = format!(
+        "postgres_tls_cert_file = \"{}\"\npostgres_tls_key_file = \"{}\"",
+        cert_file.display(),
+        key_file.display()
+    );
+    let (bastion, postgres) = bastion_and_postgres(&server);
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let output = Command::new(postgres.tool("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=verify-full sslrootcert={}",
+            bastion.postgres_port(),
+            ca_file.display()
+        ))
+        .args(["-X", "-A", "-t", "-c", "select 1"])
+        .env("PGPASSWORD", &token)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "1",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !bastion.config.state_dir().join("tls").exists(),
+        "nothing generated"
+    );
+}
