@@ -75,16 +75,33 @@ fn ca_file(bastion: &Bastion) -> PathBuf {
     path
 }
 
+/// `psql -X` through the bastion as alice to `target`, with `tls` connection options
+/// (`sslmode=require`, or verify-full with a CA) and the token as the password.
+fn psql_to(
+    bastion: &Bastion,
+    postgres: &Postgres,
+    token: &str,
+    target: &str,
+    tls: &str,
+) -> Command {
+    let mut command = Command::new(postgres.tool("psql"));
+    command
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname={target} {tls}",
+            bastion.postgres_port()
+        ))
+        .arg("-X")
+        .env("PGPASSWORD", token);
+    command
+}
+
 fn psql(bastion: &Bastion, postgres: &Postgres, token: &str, sql: &str) -> (bool, String, String) {
-    let connection = format!(
-        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=verify-full sslrootcert={}",
-        bastion.postgres_port(),
+    let tls = format!(
+        "sslmode=verify-full sslrootcert={}",
         ca_file(bastion).display()
     );
-    let output = Command::new(postgres.tool("psql"))
-        .arg(connection)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", token)
+    let output = psql_to(bastion, postgres, token, "prod-db", &tls)
+        .args(["-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .unwrap();
     (
@@ -101,24 +118,16 @@ fn query_logs(bastion: &Bastion) -> Vec<Value> {
 
 /// The query logs of the bastion's sessions, one list of lines a session.
 fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
-    let mut files = Vec::new();
-    let mut pending = vec![bastion.config.dir.path().join("recordings")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.to_string_lossy().ends_with(".pg.jsonl") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                files.push(
-                    text.lines()
-                        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-                        .collect(),
-                );
-            }
-        }
-    }
-    files
+    let recordings = bastion.config.dir.path().join("recordings");
+    support::files_under(&recordings, ".pg.jsonl")
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            text.lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -527,20 +536,8 @@ fn expiry_warns_with_a_notice_then_ends_the_session_with_57p01() {
     let (bastion, postgres) = bastion_and_postgres("");
     bastion.grant("alice", "prod-db", Duration::from_secs(600));
     let token = token(&bastion, "alice");
-    let connection = format!(
-        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
-        bastion.postgres_port()
-    );
-    let child = Command::new(postgres.tool("psql"))
-        .arg(connection)
-        .args([
-            "-X",
-            "-c",
-            "select pg_sleep(2)",
-            "-c",
-            "select pg_sleep(30)",
-        ])
-        .env("PGPASSWORD", &token)
+    let child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
+        .args(["-c", "select pg_sleep(2)", "-c", "select pg_sleep(30)"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -598,14 +595,8 @@ fn copy_notify_large_results_and_errors_pass_through() {
         select 'done';\n";
     let items_file = bastion.config.dir.path().join("items.tsv");
     let script = script.replace("ITEMS_FILE", &items_file.display().to_string());
-    let connection = format!(
-        "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
-        bastion.postgres_port()
-    );
-    let mut child = Command::new(postgres.tool("psql"))
-        .arg(connection)
-        .args(["-X", "-A", "-t"])
-        .env("PGPASSWORD", &token)
+    let mut child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
+        .args(["-A", "-t"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -760,14 +751,9 @@ fn scram_md5_and_cleartext_upstream_logins_all_work() {
     ] {
         bastion.grant("alice", target, hour());
         let token = token_for(&bastion, "alice", target);
-        let output = Command::new(postgres.tool("psql"))
-            .arg(format!(
-                "host=127.0.0.1 port={} user=alice dbname={target} sslmode=verify-full sslrootcert={}",
-                bastion.postgres_port(),
-                ca.display()
-            ))
-            .args(["-X", "-A", "-t", "-c", "select current_user"])
-            .env("PGPASSWORD", &token)
+        let tls = format!("sslmode=verify-full sslrootcert={}", ca.display());
+        let output = psql_to(&bastion, &postgres, &token, target, &tls)
+            .args(["-A", "-t", "-c", "select current_user"])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -781,13 +767,8 @@ fn scram_md5_and_cleartext_upstream_logins_all_work() {
     // A wrong injected password is a target problem, named as such.
     std::fs::write(&md5, "wrong").unwrap();
     let token = token_for(&bastion, "alice", "md5-db");
-    let output = Command::new(postgres.tool("psql"))
-        .arg(format!(
-            "host=127.0.0.1 port={} user=alice dbname=md5-db sslmode=require",
-            bastion.postgres_port()
-        ))
-        .args(["-X", "-c", "select 1"])
-        .env("PGPASSWORD", &token)
+    let output = psql_to(&bastion, &postgres, &token, "md5-db", "sslmode=require")
+        .args(["-c", "select 1"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -918,14 +899,9 @@ fn upstream_tls_require_and_verify_full_reach_a_tls_database() {
     ] {
         bastion.grant("alice", name, hour());
         let token = token_for(&bastion, "alice", name);
-        let output = Command::new(postgres.tool("psql"))
-            .arg(format!(
-                "host=127.0.0.1 port={} user=alice dbname={name} sslmode=require",
-                bastion.postgres_port()
-            ))
-            .args(["-X", "-A", "-t", "-c"])
+        let output = psql_to(&bastion, &postgres, &token, name, "sslmode=require")
+            .args(["-A", "-t", "-c"])
             .arg("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
-            .env("PGPASSWORD", &token)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -957,14 +933,9 @@ fn a_configured_certificate_replaces_the_generated_one() {
     let (bastion, postgres) = bastion_and_postgres(&server);
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
-    let output = Command::new(postgres.tool("psql"))
-        .arg(format!(
-            "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=verify-full sslrootcert={}",
-            bastion.postgres_port(),
-            ca_file.display()
-        ))
-        .args(["-X", "-A", "-t", "-c", "select 1"])
-        .env("PGPASSWORD", &token)
+    let tls = format!("sslmode=verify-full sslrootcert={}", ca_file.display());
+    let output = psql_to(&bastion, &postgres, &token, "prod-db", &tls)
+        .args(["-A", "-t", "-c", "select 1"])
         .output()
         .unwrap();
     assert_eq!(

@@ -56,25 +56,18 @@ fn hour() -> Duration {
 
 /// The recordings of a session, as (path, parsed lines).
 fn recordings(bastion: &Bastion) -> Vec<(PathBuf, Vec<Value>)> {
-    let mut found = Vec::new();
-    let mut pending = vec![bastion.config.dir.path().join("recordings")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "cast") {
-                let text = std::fs::read_to_string(&path).expect("read cast");
-                let lines = text
-                    .lines()
-                    .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-                    .collect();
-                found.push((path, lines));
-            }
-        }
-    }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found
+    let recordings = bastion.config.dir.path().join("recordings");
+    support::files_under(&recordings, ".cast")
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read cast");
+            let lines = text
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                .collect();
+            (path, lines)
+        })
+        .collect()
 }
 
 #[test]
@@ -839,6 +832,27 @@ fn screen(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<St
     shown
 }
 
+/// `ssh -tt alice+web-1@bastion` with its stdin to type into and its screen as it comes.
+fn terminal_on_web_1(
+    bastion: &Bastion,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    let stdin = child.stdin.take().expect("stdin");
+    let shown = screen(&mut child);
+    (child, stdin, shown)
+}
+
 fn wait_for_text(shown: &std::sync::Mutex<String>, text: &str) {
     wait_for(text, Duration::from_secs(15), || {
         shown.lock().unwrap().contains(text).then_some(())
@@ -848,16 +862,7 @@ fn wait_for_text(shown: &std::sync::Mutex<String>, text: &str) {
 #[test]
 fn a_terminal_without_a_grant_requests_waits_and_connects_once_approved() {
     let (bastion, _sshd) = bastion_and_sshd(None);
-    let mut child = bastion
-        .ssh_command(&bastion.key("alice"), "alice+web-1")
-        .arg("-tt")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ssh");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let shown = screen(&mut child);
+    let (mut child, mut stdin, shown) = terminal_on_web_1(&bastion);
     wait_for_text(&shown, "no active grant for web-1");
     wait_for_text(&shown, "reason: ");
     stdin.write_all(b"INC-7 fix the migration\n").unwrap();
@@ -901,16 +906,7 @@ fn a_terminal_without_a_grant_requests_waits_and_connects_once_approved() {
 #[test]
 fn ctrl_c_while_asking_leaves_without_a_request() {
     let (bastion, _sshd) = bastion_and_sshd(None);
-    let mut child = bastion
-        .ssh_command(&bastion.key("alice"), "alice+web-1")
-        .arg("-tt")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ssh");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let shown = screen(&mut child);
+    let (mut child, mut stdin, shown) = terminal_on_web_1(&bastion);
     wait_for_text(&shown, "reason: ");
     stdin.write_all(b"\x03").unwrap();
     let status = child.wait().expect("ssh finishes");

@@ -565,6 +565,24 @@ impl TestConfig {
     }
 }
 
+/// The files below `dir` (recursively) whose names end with `suffix`, sorted.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// The built `portcullis` binary, with no config chosen.
 pub fn portcullis_binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
