@@ -149,13 +149,7 @@ fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
         "the session id reaches pg_stat_activity: {stdout}"
     );
 
-    wait_for("the query log", Duration::from_secs(10), || {
-        bastion
-            .audit_types()
-            .iter()
-            .any(|kind| kind == "recording.finalized")
-            .then_some(())
-    });
+    bastion.wait_for_event("recording.finalized");
     let logged = query_logs(&bastion);
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert_eq!(logged[0]["protocol"], "simple");
@@ -542,13 +536,7 @@ fn expiry_warns_with_a_notice_then_ends_the_session_with_57p01() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the session to start", Duration::from_secs(10), || {
-        bastion
-            .audit_types()
-            .iter()
-            .any(|kind| kind == "session.started")
-            .then_some(())
-    });
+    bastion.wait_for_event("session.started");
     // Into the 5-minute warning window, then past the end.
     bastion.advance(Duration::from_secs(6 * 60));
     std::thread::sleep(Duration::from_millis(3_000));
@@ -631,13 +619,7 @@ fn copy_notify_large_results_and_errors_pass_through() {
         "1\tone\n2\ttwo\n",
         "\\copy"
     );
-    wait_for("the query log", Duration::from_secs(10), || {
-        bastion
-            .audit_types()
-            .iter()
-            .any(|kind| kind == "recording.finalized")
-            .then_some(())
-    });
+    bastion.wait_for_event("recording.finalized");
     let logged = query_logs(&bastion);
     let copy = logged
         .iter()

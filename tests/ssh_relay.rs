@@ -757,13 +757,7 @@ fn local_forwarding_works_only_where_the_target_allows_it() {
     let mut buffer = [0u8; 8];
     let read = stream.read(&mut buffer).unwrap_or(0);
     assert_eq!(read, 0, "a forward reached a target that does not allow it");
-    wait_for("forward.refused", Duration::from_secs(10), || {
-        bastion
-            .audit_types()
-            .iter()
-            .any(|kind| kind == "forward.refused")
-            .then_some(())
-    });
+    bastion.wait_for_event("forward.refused");
     let _ = child.kill();
     let _ = child.wait();
 }

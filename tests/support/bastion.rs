@@ -199,6 +199,13 @@ impl Bastion {
         events["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits (10 s at most) for the first audit event of `kind` and returns it.
+    pub fn wait_for_event(&self, kind: &str) -> Value {
+        crate::support::wait_for(kind, Duration::from_secs(10), || {
+            self.audit().into_iter().find(|event| event["type"] == kind)
+        })
+    }
+
     pub fn audit_types(&self) -> Vec<String> {
         self.audit()
             .iter()
