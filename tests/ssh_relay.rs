@@ -878,9 +878,9 @@ fn a_terminal_without_a_grant_requests_waits_and_connects_once_approved() {
         .unwrap();
     drop(stdin);
     let status = child.wait().expect("ssh finishes");
+    wait_for_text(&shown, "marker-42");
     let text = shown.lock().unwrap().clone();
     assert!(text.contains("approved by bob"), "{text}");
-    assert!(text.contains("marker-42"), "{text}");
     assert_eq!(status.code(), Some(0), "{text}");
     let casts = wait_for("the recording", Duration::from_secs(10), || {
         let done = bastion
@@ -904,9 +904,9 @@ fn ctrl_c_while_asking_leaves_without_a_request() {
     wait_for_text(&shown, "reason: ");
     stdin.write_all(b"\x03").unwrap();
     let status = child.wait().expect("ssh finishes");
-    let text = shown.lock().unwrap().clone();
-    assert_eq!(status.code(), Some(1), "{text}");
-    assert!(text.contains("request later with: ssh -p"), "{text}");
+    // The screen is read by another thread: wait for it rather than race it.
+    wait_for_text(&shown, "request later with: ssh -p");
+    assert_eq!(status.code(), Some(1));
     assert!(
         bastion
             .access()
