@@ -162,6 +162,15 @@ fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
     assert_eq!(logged[0]["tag"], "SELECT 1; SELECT 1");
     let audit = bastion.audit();
     assert!(audit.iter().any(|event| event["type"] == "pg.query"));
+    let verified = bastion
+        .config
+        .portcullis(&["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "the chain holds with pg.query batches"
+    );
     assert!(audit.iter().any(|event| event["type"] == "session.ended"));
 
     // --pgpass prints a ~/.pgpass line for the same grant.

@@ -130,6 +130,15 @@ impl Tracker {
 
     /// A message from the server; returns the statements it finished.
     pub fn server_sent(&mut self, message: &Message) -> Vec<Statement> {
+        let mut done = self.outcomes(message);
+        let now = Instant::now();
+        for statement in &mut done {
+            statement.finished = Some(now);
+        }
+        done
+    }
+
+    fn outcomes(&mut self, message: &Message) -> Vec<Statement> {
         let mut done = Vec::new();
         match message.tag {
             b'C' | b'I' | b's' | b'E' => {

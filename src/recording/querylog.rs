@@ -26,6 +26,8 @@ pub struct Statement {
     /// Text forms of the bind parameters (`None` for SQL NULL), as sent.
     pub parameters: Vec<Option<Vec<u8>>>,
     pub started: Option<Instant>,
+    /// When its outcome arrived (`None` while it runs, or if it never finished).
+    pub finished: Option<Instant>,
     pub tag: Option<String>,
     pub sqlstate: Option<String>,
     pub error: Option<String>,
@@ -34,7 +36,11 @@ pub struct Statement {
 
 impl Statement {
     pub fn duration(&self) -> Duration {
-        self.started.map(|at| at.elapsed()).unwrap_or_default()
+        match (self.started, self.finished) {
+            (Some(started), Some(finished)) => finished.saturating_duration_since(started),
+            (Some(started), None) => started.elapsed(),
+            _ => Duration::default(),
+        }
     }
 }
 

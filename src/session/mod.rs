@@ -247,22 +247,24 @@ impl Session {
             .statements
             .fetch_add(statements.len() as u64, Ordering::Relaxed);
         let now = self.inner.access.now();
-        let stored = self.inner.access.store().write(|tx| {
-            for statement in statements {
-                let event = AuditEvent::PgQuery {
-                    session_id: self.inner.id.clone(),
-                    user: self.inner.user.clone(),
-                    target: self.inner.target.name.clone(),
-                    protocol: statement.protocol,
-                    sql: statement.sql.clone(),
-                    tag: statement.tag.clone(),
-                    sqlstate: statement.sqlstate.clone(),
-                    duration_ms: statement.duration().as_secs_f64() * 1000.0,
-                };
-                tx.append_audit(&event, now)?;
-            }
-            Ok(())
-        });
+        let events: Vec<AuditEvent> = statements
+            .iter()
+            .map(|statement| AuditEvent::PgQuery {
+                session_id: self.inner.id.clone(),
+                user: self.inner.user.clone(),
+                target: self.inner.target.name.clone(),
+                protocol: statement.protocol,
+                sql: statement.sql.clone(),
+                tag: statement.tag.clone(),
+                sqlstate: statement.sqlstate.clone(),
+                duration_ms: statement.duration().as_secs_f64() * 1000.0,
+            })
+            .collect();
+        let stored = self
+            .inner
+            .access
+            .store()
+            .write(|tx| tx.append_audits(&events, now).map(|_| ()));
         if let Err(error) = stored {
             tracing::error!(session = %self.inner.id, %error, "cannot audit statements");
         }

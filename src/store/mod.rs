@@ -452,24 +452,39 @@ impl Tx<'_> {
         event: &AuditEvent,
         at: OffsetDateTime,
     ) -> Result<AuditRecord, StoreError> {
+        let mut records = self.append_audits(std::slice::from_ref(event), at)?;
+        records.pop().ok_or(StoreError::Corrupt {
+            column: "audit_events",
+            value: "no record appended".to_string(),
+        })
+    }
+
+    /// Appends events in order, reading the chain's head once (a database session audits its
+    /// statements in batches).
+    pub fn append_audits(
+        &self,
+        events: &[AuditEvent],
+        at: OffsetDateTime,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         // Cached statements: a database session appends an event per statement.
-        let prev: Option<(i64, String)> = self
+        let mut prev: Option<(i64, String)> = self
             .transaction
             .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        let record = AuditRecord::chain(
-            prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
-            new_id(IdKind::AuditEvent),
-            at,
-            event.entry(),
-        );
-        self.transaction
-            .prepare_cached(&format!(
-                "INSERT INTO audit_events ({AUDIT_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ))?
-            .execute(params![
+        let mut insert = self.transaction.prepare_cached(&format!(
+            "INSERT INTO audit_events ({AUDIT_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))?;
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            let record = AuditRecord::chain(
+                prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+                new_id(IdKind::AuditEvent),
+                at,
+                event.entry(),
+            );
+            insert.execute(params![
                 record.seq,
                 record.id,
                 record.ts.unix_timestamp(),
@@ -483,7 +498,10 @@ impl Tx<'_> {
                 record.prev_hash,
                 record.hash,
             ])?;
-        Ok(record)
+            prev = Some((record.seq, record.hash.clone()));
+            records.push(record);
+        }
+        Ok(records)
     }
 
     /// The last `count` audit records, oldest first.
