@@ -51,6 +51,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Channels one SSH connection may have open at once.
     pub max_channels_per_connection: u32,
+    /// Reaching a target: TCP connect and the SSH handshake, or TCP, TLS and the PostgreSQL login.
+    pub upstream_connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +464,12 @@ impl Validator {
                 Duration::from_secs(10),
             ),
             max_channels_per_connection: max_channels,
+            // OpenSSH's LoginGraceTime is 120 s; a loaded target answers late, not never.
+            upstream_connect_timeout: self.duration(
+                "limits.upstream_connect_timeout",
+                raw.upstream_connect_timeout,
+                Duration::from_secs(60),
+            ),
         }
     }
 

@@ -339,7 +339,8 @@ impl Client {
         };
         let target = target.clone();
         let forwarded = forwarded_parameters(&parameters, session.id());
-        let upstream = match upstream::connect(&target, &forwarded).await {
+        let deadline = self.access.config().limits.upstream_connect_timeout;
+        let upstream = match upstream::connect(&target, &forwarded, deadline).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 tracing::warn!(target = %session.target().name, %error, "cannot open the database session");

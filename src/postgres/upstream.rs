@@ -15,7 +15,8 @@ use super::tls;
 use crate::config::{PostgresTarget, PostgresTls};
 use crate::secret::Secret;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// For cancel requests, which have no config at hand.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A byte stream in either direction, plain or TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -52,14 +53,26 @@ pub struct Upstream {
 pub async fn connect(
     target: &PostgresTarget,
     parameters: &[(String, String)],
+    deadline: Duration,
+) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(deadline, login(target, parameters))
+        .await
+        .map_err(|_| UpstreamError::Unreachable {
+            address: target.address.clone(),
+            why: format!("no answer within {}s", deadline.as_secs()),
+        })?
+}
+
+async fn login(
+    target: &PostgresTarget,
+    parameters: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
     let unreachable = |why: String| UpstreamError::Unreachable {
         address: target.address.clone(),
         why,
     };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.address))
+    let tcp = TcpStream::connect(&target.address)
         .await
-        .map_err(|_| unreachable("timed out".to_string()))?
         .map_err(|error| unreachable(error.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let mut stream: Box<dyn Stream> = match &target.tls {
@@ -125,7 +138,7 @@ pub async fn connect(
 pub async fn cancel(address: &str, pid: i32, secret: i32) {
     let mut out = BytesMut::new();
     frontend::cancel_request(pid, secret, &mut out);
-    let sent = tokio::time::timeout(CONNECT_TIMEOUT, async {
+    let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
         let mut tcp = TcpStream::connect(address).await?;
         tcp.write_all(&out).await?;
         // The server closes the connection once it has read the request.

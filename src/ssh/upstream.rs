@@ -15,7 +15,6 @@ use crate::access::Access;
 use crate::config::{HostKeyPolicy, SshCredential, SshTarget};
 
 /// How long connecting and authenticating to a target may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -158,7 +157,8 @@ pub async fn connect(
         ..Default::default()
     });
     let connecting = client::connect(config, (host.as_str(), port), verifier);
-    let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+    let deadline = access.config().limits.upstream_connect_timeout;
+    let mut handle = match tokio::time::timeout(deadline, connecting).await {
         Ok(Ok(handle)) => handle,
         Ok(Err(error)) => {
             let recorded = problem.lock().ok().and_then(|mut slot| slot.take());
