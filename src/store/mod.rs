@@ -452,20 +452,20 @@ impl Tx<'_> {
         event: &AuditEvent,
         at: OffsetDateTime,
     ) -> Result<AuditRecord, StoreError> {
-        let mut records = self.append_audits(std::slice::from_ref(event), at)?;
-        records.pop().ok_or(StoreError::Corrupt {
-            column: "audit_events",
-            value: "no record appended".to_string(),
-        })
+        self.append_audits(std::slice::from_ref(event), at)?
+            .ok_or(StoreError::Corrupt {
+                column: "audit_events",
+                value: "no record appended".to_string(),
+            })
     }
 
     /// Appends events in order, reading the chain's head once (a database session audits its
-    /// statements in batches).
+    /// statements in batches); returns the last record.
     pub fn append_audits(
         &self,
         events: &[AuditEvent],
         at: OffsetDateTime,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
+    ) -> Result<Option<AuditRecord>, StoreError> {
         // Cached statements: a database session appends an event per statement.
         let mut prev: Option<(i64, String)> = self
             .transaction
@@ -476,7 +476,7 @@ impl Tx<'_> {
             "INSERT INTO audit_events ({AUDIT_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?;
-        let mut records = Vec::with_capacity(events.len());
+        let mut last = None;
         for event in events {
             let record = AuditRecord::chain(
                 prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
@@ -499,9 +499,9 @@ impl Tx<'_> {
                 record.hash,
             ])?;
             prev = Some((record.seq, record.hash.clone()));
-            records.push(record);
+            last = Some(record);
         }
-        Ok(records)
+        Ok(last)
     }
 
     /// The last `count` audit records, oldest first.
