@@ -358,8 +358,10 @@ fn token(
     target: &str,
     pgpass: bool,
 ) -> Result<(Value, String), AccessError> {
-    if access.config().target(target).is_none() {
-        return Err(AccessError::UnknownTarget(target.to_string()));
+    match access.config().target(target).map(|target| &target.kind) {
+        None => return Err(AccessError::UnknownTarget(target.to_string())),
+        Some(crate::config::TargetKind::Postgres(_)) => {}
+        Some(_) => return Err(AccessError::NotADatabase(target.to_string())),
     }
     let key = access.token_key().ok_or(AccessError::NoTokenKey)?;
     let grant = access

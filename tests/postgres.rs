@@ -133,6 +133,9 @@ fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
 #[test]
 fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
     let (bastion, postgres) = bastion_and_postgres("");
+    let (code, _, stderr) = bastion.ssh("alice", &["token", "prod-db"]);
+    assert_eq!(code, 1, "no token without a grant");
+    assert!(stderr.contains("no active grant for prod-db"), "{stderr}");
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");

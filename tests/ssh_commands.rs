@@ -142,6 +142,13 @@ fn a_target_without_a_grant_is_refused_with_the_request_command() {
     let (code, _, stderr) = bastion.ssh_with(&bastion.key("alice"), "alice+nowhere", &["uptime"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown target nowhere"), "{stderr}");
+    // Tokens are only for database targets, and only with a grant.
+    let (code, _, stderr) = bastion.ssh("alice", &["token", "web-2"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("web-2 is not a database target"),
+        "{stderr}"
+    );
     assert!(
         bastion
             .audit_types()

@@ -77,6 +77,8 @@ pub enum AccessError {
     },
     #[error("no active grant for {0}; request one with: request {0} --for 1h --reason \"...\"")]
     NoActiveGrant(String),
+    #[error("{0} is not a database target: tokens are for psql and other PostgreSQL clients")]
+    NotADatabase(String),
     #[error("this bastion cannot issue tokens")]
     NoTokenKey,
     #[error(transparent)]
