@@ -205,49 +205,76 @@ pub async fn request_and_wait(
     mut input: mpsc::Receiver<ClientEvent>,
     line: String,
 ) {
-    let filed = {
-        let (access, user) = (access.clone(), user.clone());
-        tokio::task::spawn_blocking(move || commands::run_line(&access, &user, &line)).await
-    };
-    let exit_code = match filed {
-        Ok(output) if output.exit_code == 0 => {
-            say(&handle, channel, &output.stdout).await;
-            let id = output
-                .stdout
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            match wait_for_decision(&access, &id, &handle, channel, &mut input).await {
-                Waited::Approved(request) => {
-                    let text = format!(
-                        "request {} approved by {}: connect with ssh {}+{}@<bastion>\n",
-                        request.id,
-                        request.decided_by.unwrap_or_default(),
-                        user,
-                        request.target
-                    );
-                    say(&handle, channel, &text).await;
-                    0
-                }
-                Waited::Left => 0,
-                Waited::Refused | Waited::Failed => 1,
-            }
+    let exit_code = match file_and_wait(&access, &user, line, &handle, channel, &mut input).await {
+        Filed::Approved(request) => {
+            let text = format!(
+                "request {} approved by {}: connect with ssh {}+{}@<bastion>\n",
+                request.id,
+                request.decided_by.unwrap_or_default(),
+                user,
+                request.target
+            );
+            say(&handle, channel, &text).await;
+            0
         }
-        Ok(output) => {
-            say(
-                &handle,
-                channel,
-                &format!("{}{}", output.stdout, output.stderr),
-            )
-            .await;
-            output.exit_code
-        }
-        Err(_) => 1,
+        Filed::Left => 0,
+        Filed::Refused(exit_code) => exit_code,
     };
     let _ = handle.exit_status_request(channel, exit_code).await;
     let _ = handle.eof(channel).await;
     let _ = handle.close(channel).await;
+}
+
+/// How filing a request and waiting for its decision ended; all of it already told.
+#[derive(Debug)]
+pub enum Filed {
+    Approved(Box<AccessRequest>),
+    /// Ctrl-C or a closed channel while waiting: the request stays pending.
+    Left,
+    /// Not filed, denied, expired, cancelled, or unreadable: the exit status to end with.
+    Refused(u32),
+}
+
+/// Files a request with the command-interface `line` (`request TARGET ...`), shows the answer
+/// and waits for the decision. The prompt's `request` and wait-and-connect share it.
+pub async fn file_and_wait(
+    access: &Access,
+    user: &str,
+    line: String,
+    handle: &Handle,
+    channel: ChannelId,
+    input: &mut mpsc::Receiver<ClientEvent>,
+) -> Filed {
+    let filed = {
+        let (access, user) = (access.clone(), user.to_string());
+        tokio::task::spawn_blocking(move || commands::run_line(&access, &user, &line)).await
+    };
+    let output = match filed {
+        Ok(output) if output.exit_code == 0 => output,
+        Ok(output) => {
+            let text = format!("{}{}", output.stdout, output.stderr);
+            say(handle, channel, &text).await;
+            return Filed::Refused(output.exit_code);
+        }
+        Err(_) => {
+            let text = "error: the bastion failed to file the request\n";
+            say(handle, channel, text).await;
+            return Filed::Refused(1);
+        }
+    };
+    say(handle, channel, &output.stdout).await;
+    // The text answer starts `request <id> filed: ...`.
+    let id = output
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    match wait_for_decision(access, &id, handle, channel, input).await {
+        Waited::Approved(request) => Filed::Approved(request),
+        Waited::Left => Filed::Left,
+        Waited::Refused | Waited::Failed => Filed::Refused(1),
+    }
 }
 
 /// How waiting for a decision ended.

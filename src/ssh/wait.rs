@@ -15,7 +15,7 @@ use super::container;
 use super::handler::{
     LiveTarget, Pty, Reach, RecordingStart, UNRECORDABLE, record_input, start_recording,
 };
-use super::prompt::{Action, ClientEvent, LineEditor, Waited, say, wait_for_decision};
+use super::prompt::{Action, ClientEvent, Filed, LineEditor, file_and_wait, say};
 use super::relay::{self, SharedRecorder, SharedTransfer};
 use crate::commands;
 use crate::config::parse_duration;
@@ -100,48 +100,21 @@ impl Dialog {
             words.extend(["--for".to_string(), duration]);
         }
         words.extend(["--reason".to_string(), reason]);
-        let (access, user) = (self.reach.access.clone(), self.user.clone());
-        let filed =
-            tokio::task::spawn_blocking(move || commands::run(&access, &user, &words)).await;
-        let output = match filed {
-            Ok(output) if output.exit_code == 0 => output,
-            Ok(output) => {
-                say(
-                    handle,
-                    channel,
-                    &format!("{}{}", output.stdout, output.stderr),
-                )
-                .await;
-                return Err(output.exit_code);
-            }
-            Err(_) => {
-                say(
-                    handle,
-                    channel,
-                    "error: the bastion failed to file the request\n",
-                )
-                .await;
-                return Err(1);
-            }
-        };
-        say(handle, channel, &output.stdout).await;
-        let id = output
-            .stdout
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        match wait_for_decision(&self.reach.access, &id, handle, channel, input).await {
-            Waited::Approved(request) => {
+        let line = shell_words::join(words);
+        let access = &self.reach.access;
+        match file_and_wait(access, &self.user, line, handle, channel, input).await {
+            Filed::Approved(request) => {
                 let text = format!(
-                    "request {id} approved by {}: connecting to {}\n",
+                    "request {} approved by {}: connecting to {}\n",
+                    request.id,
                     request.decided_by.unwrap_or_default(),
                     self.target
                 );
                 say(handle, channel, &text).await;
                 Ok(())
             }
-            Waited::Left | Waited::Refused | Waited::Failed => Err(1),
+            Filed::Left => Err(1),
+            Filed::Refused(exit_code) => Err(exit_code),
         }
     }
 
