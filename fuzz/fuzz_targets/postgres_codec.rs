@@ -7,6 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use portcullis::postgres::codec;
 
 fuzz_target!(|data: &[u8]| {
+    let mut relayed = BytesMut::from(data);
+    let _ = codec::take_messages(&mut relayed, codec::MAX_MESSAGE);
     let mut startup = BytesMut::from(data);
     let _ = codec::decode_startup(&mut startup);
     let mut stream = BytesMut::from(data);

@@ -118,6 +118,38 @@ pub fn decode_message(buffer: &mut BytesMut, max: usize) -> Result<Option<Messag
     Ok(Some(Message { tag, body: frame }))
 }
 
+/// Takes every complete message of at most `max` bytes from the front of `buffer`: the raw
+/// bytes, to forward as they are, and the messages in them as views of those bytes (no copy).
+pub fn take_messages(
+    buffer: &mut BytesMut,
+    max: usize,
+) -> Result<(Bytes, Vec<Message>), CodecError> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while buffer.len() - offset >= 5 {
+        let at = &buffer[offset..];
+        let length = i32::from_be_bytes([at[1], at[2], at[3], at[4]]);
+        if length < 4 || length as usize > max {
+            return Err(CodecError::BadLength(i64::from(length)));
+        }
+        let total = length as usize + 1;
+        if at.len() < total {
+            break;
+        }
+        frames.push((at[0], offset + 5..offset + total));
+        offset += total;
+    }
+    let raw = buffer.split_to(offset).freeze();
+    let messages = frames
+        .into_iter()
+        .map(|(tag, body)| Message {
+            tag,
+            body: raw.slice(body),
+        })
+        .collect();
+    Ok((raw, messages))
+}
+
 /// Reads a NUL-terminated string.
 fn cstring(bytes: &mut Bytes) -> Option<String> {
     let end = bytes.iter().position(|byte| *byte == 0)?;
@@ -400,6 +432,17 @@ mod tests {
             }
             let mut buffer = BytesMut::from(&bytes[..]);
             let _ = decode_startup(&mut buffer);
+            let mut whole = BytesMut::from(&bytes[..]);
+            if let Ok((raw, messages)) = take_messages(&mut whole, MAX_MESSAGE) {
+                let mut again = BytesMut::from(&raw[..]);
+                for message in &messages {
+                    assert_eq!(
+                        decode_message(&mut again, MAX_MESSAGE),
+                        Ok(Some(message.clone()))
+                    );
+                }
+                assert!(again.is_empty());
+            }
             let mut buffer = BytesMut::from(&bytes[..]);
             if let Ok(Some(message)) = decode_message(&mut buffer, MAX_MESSAGE) {
                 let _ = bind_message(&message.body);

@@ -621,26 +621,20 @@ async fn client_to_upstream(
     tracker: Arc<Mutex<Tracker>>,
     session: Session,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
-        loop {
-            match codec::decode_message(&mut buffer, MAX_MESSAGE) {
-                Ok(Some(message)) => {
-                    if let Ok(mut tracker) = tracker.lock() {
-                        tracker.client_sent(&message);
-                    }
-                    message.encode(&mut out);
-                }
-                Ok(None) => break,
-                Err(_) => return,
+        let Ok((raw, messages)) = codec::take_messages(&mut buffer, MAX_MESSAGE) else {
+            return;
+        };
+        if let Ok(mut tracker) = tracker.lock() {
+            for message in &messages {
+                tracker.client_sent(message);
             }
         }
-        if !out.is_empty() {
-            session.count_in(out.len());
-            if upstream.write_all(&out).await.is_err() {
+        if !raw.is_empty() {
+            session.count_in(raw.len());
+            if upstream.write_all(&raw).await.is_err() {
                 return;
             }
-            out.clear();
         }
         match client.read_buf(&mut buffer).await {
             Ok(0) | Err(_) => return,
@@ -662,47 +656,43 @@ async fn upstream_to_client(
         log,
         unaudited,
     } = recording;
-    let mut out = BytesMut::with_capacity(16 * 1024);
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
-        loop {
-            match codec::decode_message(&mut buffer, MAX_MESSAGE) {
-                Ok(Some(message)) => {
-                    let done = tracker
-                        .lock()
-                        .map(|mut tracker| tracker.server_sent(&message))
-                        .unwrap_or_default();
-                    if !done.is_empty() {
-                        let written = log.lock().ok().and_then(|mut slot| {
-                            slot.as_mut().map(|log| {
-                                done.iter().try_for_each(|statement| log.write(statement))
-                            })
-                        });
-                        if let Some(Err(error)) = written
-                            && session.recording_failed(&error)
-                        {
-                            let message = "recording failed; the session was ended";
-                            let _ = client
-                                .write_all(&backend::error("FATAL", "58030", message))
-                                .await;
-                            return Err("recording_failed");
-                        }
-                        if let Ok(mut batch) = unaudited.lock() {
-                            batch.extend(done);
-                        }
-                    }
-                    message.encode(&mut out);
-                }
-                Ok(None) => break,
-                Err(_) => return Err("target_protocol_error"),
+        let Ok((raw, messages)) = codec::take_messages(&mut buffer, MAX_MESSAGE) else {
+            return Err("target_protocol_error");
+        };
+        let done: Vec<Statement> = tracker
+            .lock()
+            .map(|mut tracker| {
+                messages
+                    .iter()
+                    .flat_map(|message| tracker.server_sent(message))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !done.is_empty() {
+            let written = log.lock().ok().and_then(|mut slot| {
+                slot.as_mut()
+                    .map(|log| done.iter().try_for_each(|statement| log.write(statement)))
+            });
+            if let Some(Err(error)) = written
+                && session.recording_failed(&error)
+            {
+                let message = "recording failed; the session was ended";
+                let _ = client
+                    .write_all(&backend::error("FATAL", "58030", message))
+                    .await;
+                return Err("recording_failed");
+            }
+            if let Ok(mut batch) = unaudited.lock() {
+                batch.extend(done);
             }
         }
-        if !out.is_empty() {
-            session.count_out(out.len());
-            if client.write_all(&out).await.is_err() {
+        if !raw.is_empty() {
+            session.count_out(raw.len());
+            if client.write_all(&raw).await.is_err() {
                 return Ok(());
             }
-            out.clear();
         }
         tokio::select! {
             read = upstream.read_buf(&mut buffer) => match read {
