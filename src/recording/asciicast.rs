@@ -8,6 +8,7 @@
 //! chunk by chunk, holding back a character split across two chunks, and replaces invalid bytes
 //! with U+FFFD, so a recording never fails on odd bytes and never garbles a split character.
 
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -54,62 +55,124 @@ pub fn header_line(header: &Header) -> String {
 }
 
 /// One event as a line: `[seconds, "o", "text"]`, newline included.
-///
-/// Built by hand rather than through `serde_json`: recording sits on the data path of every
-/// session, and serde_json's string escaping through `fmt::Write` was the largest cost of a bulk
-/// transfer (measured with perf, see docs/PERFORMANCE.md). The output is the same JSON.
 pub fn event_line(elapsed: Duration, event: &Event) -> String {
     let resize;
     let (code, data) = match event {
-        Event::Output(text) => ("o", text.as_str()),
-        Event::Input(text) => ("i", text.as_str()),
+        Event::Output(text) => (Code::Output, text.as_str()),
+        Event::Input(text) => (Code::Input, text.as_str()),
         Event::Resize { width, height } => {
             resize = format!("{width}x{height}");
-            ("r", resize.as_str())
+            (Code::Resize, resize.as_str())
         }
     };
+    let mut line = Vec::with_capacity(data.len() + 32);
+    begin_event(&mut line, elapsed, code);
+    escape_json_into(data, &mut line);
+    end_event(&mut line);
+    // Only ASCII and whole characters of `data` were written.
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// The kind of an event line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Output,
+    Input,
+    Resize,
+}
+
+/// Appends the start of an event line, up to the opening quote of its data:
+/// `[1.500000,"o","`.
+///
+/// Lines are built in a caller's reusable buffer rather than through `serde_json`: recording
+/// sits on the data path of every session, and building a `String` per event and escaping
+/// through `fmt::Write` was the largest cost of a bulk transfer (measured with perf, see
+/// docs/PERFORMANCE.md). The output is the same JSON.
+pub fn begin_event(line: &mut Vec<u8>, elapsed: Duration, code: Code) {
     // Microsecond precision, as asciinema writes it.
     let micros = elapsed.as_micros();
-    let mut line = String::with_capacity(data.len() + data.len() / 8 + 32);
-    line.push_str(&format!(
+    let code = match code {
+        Code::Output => "o",
+        Code::Input => "i",
+        Code::Resize => "r",
+    };
+    let _ = write!(
+        line,
         "[{}.{:06},\"{code}\",\"",
         micros / 1_000_000,
         micros % 1_000_000
-    ));
-    escape_json_into(data, &mut line);
-    line.push_str("\"]\n");
-    line
+    );
 }
+
+/// Closes an event line begun by `begin_event`, newline included.
+pub fn end_event(line: &mut Vec<u8>) {
+    line.extend_from_slice(b"\"]\n");
+}
+
+/// How each byte appears inside a JSON string: 0 as itself, `u` as `\u00XX`, anything else as
+/// a backslash and that letter. Only ASCII bytes escape, so a run of the rest is whole UTF-8.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 /// Appends `text` as the inside of a JSON string: quotes, backslashes and control characters
 /// escaped, everything else copied in runs.
-fn escape_json_into(text: &str, out: &mut String) {
+pub fn escape_json_into(text: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
+    // The worst case (every byte a control character) is six bytes a byte: one reservation.
+    out.reserve(bytes.len() * 6);
     let mut run_start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
-        let escaped: Option<&str> = match byte {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0..=0x1f => None,
-            _ => continue,
-        };
-        // Every byte that needs escaping is ASCII, so `index` is a char boundary.
-        out.push_str(&text[run_start..index]);
-        match escaped {
-            Some(escape) => out.push_str(escape),
-            None => {
-                out.push_str("\\u00");
-                out.push(HEX[(byte >> 4) as usize] as char);
-                out.push(HEX[(byte & 0xf) as usize] as char);
-            }
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        let escape = ESCAPE[byte as usize];
+        if escape == 0 {
+            index += 1;
+            continue;
         }
-        run_start = index + 1;
+        out.extend_from_slice(&bytes[run_start..index]);
+        if escape == b'u' {
+            // Binary streams carry long runs of one control byte (NUL padding): the first
+            // escape is written once and then copied by doubling, at memcpy speed.
+            let run = bytes[index..]
+                .iter()
+                .take_while(|&&next| next == byte)
+                .count();
+            let first = out.len();
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(byte >> 4) as usize],
+                HEX[(byte & 0xf) as usize],
+            ]);
+            let mut written = 1;
+            while written < run {
+                let copied = written.min(run - written);
+                out.extend_from_within(first..first + copied * 6);
+                written += copied;
+            }
+            index += run;
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
+            index += 1;
+        }
+        run_start = index;
     }
-    out.push_str(&text[run_start..]);
+    out.extend_from_slice(&bytes[run_start..]);
 }
 
 /// Decodes a UTF-8 byte stream that arrives in arbitrary chunks.
@@ -121,35 +184,35 @@ pub struct Utf8Stream {
 impl Utf8Stream {
     /// The text of `bytes` and whatever was held back, less an incomplete trailing character.
     pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
         let mut out = String::new();
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(text) => {
-                    out.push_str(text);
-                    rest = &[];
-                    break;
-                }
-                Err(error) => {
-                    let valid = error.valid_up_to();
-                    out.push_str(std::str::from_utf8(&rest[..valid]).unwrap_or_default());
-                    match error.error_len() {
-                        Some(bad) => {
-                            out.push('\u{fffd}');
-                            rest = &rest[valid + bad..];
-                        }
-                        // An incomplete character at the end: keep it for the next chunk.
-                        None => {
-                            rest = &rest[valid..];
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.pending = rest.to_vec();
+        self.decode(bytes, |text| out.push_str(text));
         out
+    }
+
+    /// Hands the text of `bytes` (and whatever was held back) to `each` in pieces, holding back
+    /// an incomplete trailing character. A chunk of whole characters, the usual case, is handed
+    /// over as it is, without a copy.
+    pub fn decode(&mut self, bytes: &[u8], mut each: impl FnMut(&str)) {
+        if self.pending.is_empty() {
+            let rest = decode_valid(bytes, &mut each);
+            self.pending.extend_from_slice(rest);
+            return;
+        }
+        // A character was split across chunks: complete it from the new bytes alone, so the
+        // rest of the chunk takes the fast path.
+        let taken = bytes.len().min(4 - self.pending.len().min(3));
+        let mut joined = std::mem::take(&mut self.pending);
+        joined.extend_from_slice(&bytes[..taken]);
+        let rest = decode_valid(&joined, &mut each);
+        // What the joined bytes left over came from `bytes`' first few, or is still incomplete.
+        let consumed_from_new = taken.saturating_sub(rest.len());
+        if consumed_from_new == 0 && taken == bytes.len() {
+            self.pending = rest.to_vec();
+            return;
+        }
+        let rest_of_new = &bytes[consumed_from_new..];
+        let tail = decode_valid(rest_of_new, &mut each);
+        self.pending.extend_from_slice(tail);
     }
 
     /// Whatever is still held back, as replacement characters (at the end of the stream).
@@ -161,6 +224,35 @@ impl Utf8Stream {
         };
         self.pending.clear();
         out
+    }
+}
+
+/// Hands the valid text of `bytes` to `each`, invalid bytes as U+FFFD, and returns an incomplete
+/// character at the end, if any.
+fn decode_valid<'a>(mut bytes: &'a [u8], each: &mut impl FnMut(&str)) -> &'a [u8] {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    each(text);
+                }
+                return &[];
+            }
+            Err(error) => {
+                let valid = error.valid_up_to();
+                if valid > 0 {
+                    each(std::str::from_utf8(&bytes[..valid]).unwrap_or_default());
+                }
+                match error.error_len() {
+                    Some(bad) => {
+                        each("\u{fffd}");
+                        bytes = &bytes[valid + bad..];
+                    }
+                    // An incomplete character at the end: the caller keeps it.
+                    None => return &bytes[valid..],
+                }
+            }
+        }
     }
 }
 
@@ -212,6 +304,12 @@ mod tests {
     fn every_character_round_trips_through_the_escaper() {
         let mut text: String = (0u8..=0x7f).map(char::from).collect();
         text.push_str("é → 日本 \u{1F600} \u{2028}\u{2029} \\ \"");
+        // Runs of one control byte, of every length around the doubling steps.
+        for length in [1, 2, 3, 4, 5, 7, 8, 9, 1000] {
+            text.push_str(&"\u{0}".repeat(length));
+            text.push('x');
+            text.push_str(&"\u{1b}".repeat(length));
+        }
         let line = event_line(
             Duration::from_micros(1_234_567),
             &Event::Output(text.clone()),
@@ -231,5 +329,46 @@ mod tests {
         assert_eq!(stream.push(&[0xff, b'c']), "\u{fffd}c");
         assert_eq!(stream.push(&[0xe2]), "");
         assert_eq!(stream.finish(), "\u{fffd}");
+    }
+
+    /// Any bytes, cut anywhere, decode to what the whole would decode to at once.
+    #[test]
+    fn chunked_decoding_matches_decoding_the_whole() {
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"\n",
+            b"\x00",
+            "é".as_bytes(),
+            "→".as_bytes(),
+            "😀".as_bytes(),
+            b"\xff",
+            b"\xe2",
+            b"\xf0\x9f",
+            b"\x80",
+            b"\"",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        for _ in 0..2_000 {
+            let mut bytes = Vec::new();
+            for _ in 0..next(24) {
+                bytes.extend_from_slice(alphabet[next(alphabet.len())]);
+            }
+            let mut stream = Utf8Stream::default();
+            let mut decoded = String::new();
+            let mut rest: &[u8] = &bytes;
+            while !rest.is_empty() {
+                let cut = 1 + next(rest.len());
+                decoded.push_str(&stream.push(&rest[..cut]));
+                rest = &rest[cut..];
+            }
+            decoded.push_str(&stream.finish());
+            assert_eq!(decoded, String::from_utf8_lossy(&bytes), "{bytes:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use asciicast::{Event, Header, Utf8Stream};
+use asciicast::{Code, Event, Header, Utf8Stream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -110,14 +110,20 @@ impl HashedFile {
 
     /// Appends `line` as given; flushes when the last flush is a second old.
     pub fn write_line(&mut self, line: &str) -> Result<(), RecordingError> {
+        self.write_bytes(line.as_bytes())
+    }
+
+    /// Appends `bytes` (whole lines of UTF-8) as given; flushes when the last flush is a second
+    /// old.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
         self.file
-            .write_all(line.as_bytes())
+            .write_all(bytes)
             .map_err(|source| RecordingError::Write {
                 path: self.path.clone(),
                 source,
             })?;
-        self.hasher.update(line.as_bytes());
-        self.size += line.len() as u64;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
         if self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.flush()?;
         }
@@ -161,6 +167,8 @@ pub struct Recorder {
     output: Utf8Stream,
     input: Utf8Stream,
     record_input: bool,
+    /// The line being built, kept between events so its allocation is reused.
+    line: Vec<u8>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -186,6 +194,7 @@ impl Recorder {
             output: Utf8Stream::default(),
             input: Utf8Stream::default(),
             record_input,
+            line: Vec::new(),
         };
         recorder.file.write_line(&asciicast::header_line(header))?;
         recorder.file.flush()?;
@@ -198,8 +207,7 @@ impl Recorder {
 
     /// Terminal output (stdout and stderr alike).
     pub fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        let text = self.output.push(bytes);
-        self.event(Event::Output(text))
+        self.text_event(Code::Output, bytes)
     }
 
     /// Keystrokes; dropped when the target says `record_input = false`.
@@ -207,20 +215,34 @@ impl Recorder {
         if !self.record_input {
             return Ok(());
         }
-        let text = self.input.push(bytes);
-        self.event(Event::Input(text))
+        self.text_event(Code::Input, bytes)
     }
 
     pub fn resize(&mut self, width: u32, height: u32) -> Result<(), RecordingError> {
-        self.event(Event::Resize { width, height })
+        let line = asciicast::event_line(self.started.elapsed(), &Event::Resize { width, height });
+        self.file.write_line(&line)
     }
 
-    fn event(&mut self, event: Event) -> Result<(), RecordingError> {
-        if matches!(&event, Event::Output(text) | Event::Input(text) if text.is_empty()) {
-            return Ok(());
-        }
-        let line = asciicast::event_line(self.started.elapsed(), &event);
-        self.file.write_line(&line)
+    /// Decodes `bytes` and escapes them straight into the reused line buffer; no event for bytes
+    /// that are only the start of a character.
+    fn text_event(&mut self, code: Code, bytes: &[u8]) -> Result<(), RecordingError> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        asciicast::begin_event(&mut line, self.started.elapsed(), code);
+        let empty = line.len();
+        let stream = match code {
+            Code::Input => &mut self.input,
+            _ => &mut self.output,
+        };
+        stream.decode(bytes, |text| asciicast::escape_json_into(text, &mut line));
+        let written = if line.len() > empty {
+            asciicast::end_event(&mut line);
+            self.file.write_bytes(&line)
+        } else {
+            Ok(())
+        };
+        self.line = line;
+        written
     }
 
     /// Pushes buffered lines to the file; the owner calls this at least every second.
@@ -232,7 +254,8 @@ impl Recorder {
     pub fn finalize(mut self) -> Result<Finalized, RecordingError> {
         let rest = self.output.finish();
         if !rest.is_empty() {
-            self.event(Event::Output(rest))?;
+            let line = asciicast::event_line(self.started.elapsed(), &Event::Output(rest));
+            self.file.write_line(&line)?;
         }
         self.file.finalize()
     }
