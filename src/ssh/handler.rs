@@ -134,8 +134,10 @@ struct ChannelState {
     pty: Option<Pty>,
     /// The same, for the pump.
     pty_flag: Arc<AtomicBool>,
-    /// The target's side of a relayed channel.
-    upstream: Option<ChannelWriteHalf<client::Msg>>,
+    /// The target's side of a relayed channel, for requests.
+    upstream: Option<Arc<ChannelWriteHalf<client::Msg>>>,
+    /// The engineer's data and EOF on their way to the target.
+    to_target: Option<relay::TargetInput>,
     /// The channel's index within the session.
     index: u32,
     recorder: SharedRecorder,
@@ -322,6 +324,8 @@ impl russh::server::Handler for Connection {
                         let (read, write) = upstream_channel.split();
                         let index = live.session.next_channel();
                         state.index = index;
+                        let write = Arc::new(write);
+                        state.to_target = Some(relay::TargetInput::start(write.clone()));
                         state.upstream = Some(write);
                         state.record_input = record_input(live.session.target());
                         if let Ok(mut open) = live.live.lock() {
@@ -381,7 +385,9 @@ impl russh::server::Handler for Connection {
                     bytes_up: Default::default(),
                     bytes_down: Default::default(),
                 });
+                let write = Arc::new(write);
                 let mut state = ChannelState {
+                    to_target: Some(relay::TargetInput::start(write.clone())),
                     upstream: Some(write),
                     forward: Some(forward.clone()),
                     ..ChannelState::default()
@@ -461,8 +467,12 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(upstream) = self.upstream_of(channel) {
-            let _ = upstream.eof().await;
+        if let Some(to_target) = self
+            .channels
+            .get(&channel)
+            .and_then(|state| state.to_target.as_ref())
+        {
+            to_target.eof().await;
         } else if let Some(input) = self.input_of(channel) {
             let _ = input.send(ClientEvent::Eof).await;
         }
@@ -511,7 +521,9 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         relay::observe_transfer(&live.session, &state.transfer, data, true).await;
-        if upstream.data(data).await.is_err() {
+        if let Some(to_target) = &state.to_target
+            && !to_target.data(data).await
+        {
             tracing::debug!("upstream channel closed while writing");
         }
         Ok(())
@@ -718,7 +730,7 @@ impl Connection {
     fn upstream_of(&self, channel: ChannelId) -> Option<&ChannelWriteHalf<client::Msg>> {
         self.channels
             .get(&channel)
-            .and_then(|state| state.upstream.as_ref())
+            .and_then(|state| state.upstream.as_deref())
     }
 
     fn input_of(&self, channel: ChannelId) -> Option<mpsc::Sender<ClientEvent>> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::client;
 use russh::server::Handle;
-use russh::{ChannelId, ChannelMsg, ChannelReadHalf};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::oneshot;
 
 use crate::recording::{FLUSH_INTERVAL, Recorder};
@@ -122,6 +122,55 @@ pub async fn audit_file_ops(session: &Session, ops: Vec<FileOp>) {
     .await;
 }
 
+/// How many chunks of the engineer's input (each at most one SSH packet) may wait for the target.
+const INPUT_QUEUE: usize = 64;
+
+/// The engineer's input to an upstream channel, written by a task of its own.
+///
+/// Writing waits for the target's window. Waited for in the handler, that stalled the client
+/// connection's whole session loop, the target's answers included: OpenSSH keeps a session
+/// channel's window at 0 until its shell, exec or subsystem starts, so when it refused `sftp`
+/// the refusal sat behind the client's first bytes and `scp` hung (found by bench/ssh.sh).
+/// Data and EOF keep their order through one queue; a full queue still slows the client down.
+pub struct TargetInput {
+    queue: tokio::sync::mpsc::Sender<Input>,
+}
+
+enum Input {
+    Data(Vec<u8>),
+    Eof,
+}
+
+impl TargetInput {
+    /// Starts the writer; it ends when the channel fails or this value is dropped.
+    pub fn start(write: Arc<ChannelWriteHalf<client::Msg>>) -> TargetInput {
+        let (queue, mut queued) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        tokio::spawn(async move {
+            while let Some(input) = queued.recv().await {
+                let written = match input {
+                    Input::Data(data) => write.data(&data[..]).await,
+                    Input::Eof => write.eof().await,
+                };
+                if written.is_err() {
+                    tracing::debug!("upstream channel closed while writing");
+                    break;
+                }
+            }
+        });
+        TargetInput { queue }
+    }
+
+    /// Queues `data` for the target; false once the channel is gone.
+    pub async fn data(&self, data: &[u8]) -> bool {
+        self.queue.send(Input::Data(data.to_vec())).await.is_ok()
+    }
+
+    /// Queues the engineer's EOF, after all data queued before it.
+    pub async fn eof(&self) {
+        let _ = self.queue.send(Input::Eof).await;
+    }
+}
+
 /// The downstream channels of a session that are open, with whether each has a pty.
 pub type LiveChannels = Arc<Mutex<HashMap<ChannelId, bool>>>;
 
@@ -184,6 +233,15 @@ pub async fn cut(handle: &Handle, channel: ChannelId, pty: bool, message: &str) 
     let _ = handle.close(channel).await;
 }
 
+/// How many upstream messages (each at most one SSH packet, 32 KiB) may wait for the client.
+///
+/// The pump must keep reading the target while the client side is busy: the client side's
+/// session loop also runs the handler, which waits for the target's window when forwarding the
+/// engineer's input, and the target's window adjustments arrive behind its output. A pump that
+/// stopped reading until the client side was free closed that cycle: a large `scp` upload hung
+/// for good (found by bench/ssh.sh). Bounded, so a stalled client still stops the target.
+const DELIVERY_QUEUE: usize = 256;
+
 /// Carries one upstream channel to its downstream channel until either side closes it.
 #[allow(clippy::too_many_arguments)]
 pub async fn pump(
@@ -198,9 +256,10 @@ pub async fn pump(
     forward: Option<Arc<Forward>>,
     transfer: SharedTransfer,
 ) {
+    let (to_client, queued) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
+    let delivery = tokio::spawn(deliver(queued, handle.clone(), down));
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut failed = None;
-    let mut eof_held = false;
     loop {
         let message = tokio::select! {
             message = upstream.wait() => message,
@@ -215,7 +274,7 @@ pub async fn pump(
         let Some(message) = message else {
             break;
         };
-        let delivered = match message {
+        match &message {
             ChannelMsg::Data { data } => {
                 session.count_out(data.len());
                 if let Some(forward) = &forward {
@@ -223,19 +282,84 @@ pub async fn pump(
                         .bytes_down
                         .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                if let Err(true) = record(&session, &recorder, |active| active.output(&data)) {
+                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
-                observe_transfer(&session, &transfer, &data, false).await;
-                handle.data(down, data).await.is_ok()
+                observe_transfer(&session, &transfer, data, false).await;
             }
-            ChannelMsg::ExtendedData { data, ext } => {
+            ChannelMsg::ExtendedData { data, .. } => {
                 session.count_out(data.len());
-                if let Err(true) = record(&session, &recorder, |active| active.output(&data)) {
+                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
+            }
+            _ => {}
+        }
+        let closed = matches!(message, ChannelMsg::Close);
+        if to_client.send(message).await.is_err() || closed {
+            break;
+        }
+    }
+    // What is queued reaches the client before the channel's end.
+    drop(to_client);
+    let _ = delivery.await;
+    // The client is answered first: finalizing syncs the recording to disk, which for a bulk
+    // transfer is the slowest step of all, and the engineer's command is done by then.
+    let was_live = live
+        .lock()
+        .ok()
+        .and_then(|mut channels| channels.remove(&down));
+    if was_live.is_some() {
+        match failed {
+            Some(message) => {
+                cut(
+                    &handle,
+                    down,
+                    pty.load(std::sync::atomic::Ordering::Relaxed),
+                    message,
+                )
+                .await
+            }
+            None => {
+                let _ = handle.close(down).await;
+            }
+        }
+    }
+    finish_recording(&session, index, &recorder).await;
+    let unfinished = transfer
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.as_mut().map(Transfer::finish))
+        .unwrap_or_default();
+    audit_file_ops(&session, unfinished).await;
+    if let Some(forward) = forward {
+        let session = session.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            session.forward_closed(
+                &forward.destination,
+                forward.bytes_up.load(relaxed),
+                forward.bytes_down.load(relaxed),
+            );
+        })
+        .await;
+    }
+}
+
+/// Hands upstream messages to the client in order, until the upstream closes or the client is
+/// gone.
+async fn deliver(
+    mut queued: tokio::sync::mpsc::Receiver<ChannelMsg>,
+    handle: Handle,
+    down: ChannelId,
+) {
+    let mut eof_held = false;
+    while let Some(message) = queued.recv().await {
+        let delivered = match message {
+            ChannelMsg::Data { data } => handle.data(down, data).await.is_ok(),
+            ChannelMsg::ExtendedData { data, ext } => {
                 handle.extended_data(down, ext, data).await.is_ok()
             }
             ChannelMsg::Success => handle.channel_success(down).await.is_ok(),
@@ -264,51 +388,12 @@ pub async fn pump(
             }
             ChannelMsg::Close => {
                 release_eof(&handle, down, &mut eof_held).await;
-                break;
+                return;
             }
             _ => true,
         };
         if !delivered {
-            break;
-        }
-    }
-    finish_recording(&session, index, &recorder).await;
-    let unfinished = transfer
-        .lock()
-        .ok()
-        .and_then(|mut slot| slot.as_mut().map(Transfer::finish))
-        .unwrap_or_default();
-    audit_file_ops(&session, unfinished).await;
-    if let Some(forward) = forward {
-        let session = session.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            session.forward_closed(
-                &forward.destination,
-                forward.bytes_up.load(relaxed),
-                forward.bytes_down.load(relaxed),
-            );
-        })
-        .await;
-    }
-    let was_live = live
-        .lock()
-        .ok()
-        .and_then(|mut channels| channels.remove(&down));
-    if was_live.is_some() {
-        match failed {
-            Some(message) => {
-                cut(
-                    &handle,
-                    down,
-                    pty.load(std::sync::atomic::Ordering::Relaxed),
-                    message,
-                )
-                .await
-            }
-            None => {
-                let _ = handle.close(down).await;
-            }
+            return;
         }
     }
 }
