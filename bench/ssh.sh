@@ -5,6 +5,7 @@
 #
 #   bench/ssh.sh                 # defaults: 256 MiB transfers, 20 setups, 50 and 200 sessions
 #   MIB=64 SETUPS=5 SESSIONS="20" bench/ssh.sh
+#   ONLY=transfers bench/ssh.sh  # throughput alone (also: setup, latency, memory)
 #
 # It builds portcullis in release mode, starts two sshd (the target, and a jump host), starts the
 # bastion with recording on, gets a grant through the SSH command interface (alice requests, bob
@@ -68,6 +69,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 StrictModes no
 AllowTcpForwarding yes
+Subsystem sftp internal-sftp
 MaxStartups 1000
 MaxSessions 1000
 LogLevel QUIET
@@ -150,6 +152,14 @@ JUMP_CMD=(ssh "${SSH_OPTS[@]}" -i "$WORK/me"
   -o "ProxyCommand=ssh ${SSH_OPTS[*]} -i $WORK/me -p $JUMP_PORT -W %h:%p $USER_NAME@127.0.0.1"
   -p "$TARGET_PORT" "$USER_NAME@127.0.0.1")
 BASTION_CMD=(ssh "${SSH_OPTS[@]}" -i "$WORK/alice" -p "$BASTION_PORT" "alice+web-1@127.0.0.1")
+SCP_OPTS=(scp -q "${SSH_OPTS[@]}")
+direct_scp() { "${SCP_OPTS[@]}" -i "$WORK/me" -P "$TARGET_PORT" "$@"; }
+jump_scp() {
+  "${SCP_OPTS[@]}" -i "$WORK/me" -P "$TARGET_PORT" \
+    -o "ProxyCommand=ssh ${SSH_OPTS[*]} -i $WORK/me -p $JUMP_PORT -W %h:%p $USER_NAME@127.0.0.1" "$@"
+}
+bastion_scp() { "${SCP_OPTS[@]}" -i "$WORK/alice" -P "$BASTION_PORT" "$@"; }
+scp_host() { case $1 in bastion_scp) echo "alice+web-1@127.0.0.1" ;; *) echo "$USER_NAME@127.0.0.1" ;; esac; }
 direct() { "${DIRECT_CMD[@]}" "$@"; }
 jump() { "${JUMP_CMD[@]}" "$@"; }
 bastion() { "${BASTION_CMD[@]}" "$@"; }
@@ -186,19 +196,39 @@ PY
 now() { python3 -c 'import time; print(time.monotonic())'; }
 elapsed() { python3 -c "print($2 - $1)"; }
 
-upload() { # path -> MiB/s
+# Each transfer starts with the disk's write-back of the previous one done (`sync`): the bastion
+# writes a recording and the baselines do not, and a run should not bill one path for another's
+# dirty pages. Sustained, a recorded stream is bounded by the disk (see docs/PERFORMANCE.md).
+rate() { python3 -c "print(round($MIB / ($2 - $1), 1))"; }
+upload() { # path [file] -> MiB/s of a stream into `cat` (default: /dev/zero)
   local start end
-  start=$(now)
-  head -c "$((MIB * 1024 * 1024))" /dev/zero | "$1" "cat > /dev/null"
+  sync; start=$(now)
+  if [ -n "${2:-}" ]; then "$1" "cat > /dev/null" < "$2"
+  else head -c "$((MIB * 1024 * 1024))" /dev/zero | "$1" "cat > /dev/null"; fi
   end=$(now)
-  python3 -c "print(round($MIB / ($end - $start), 1))"
+  rate "$start" "$end"
 }
-download() {
+download() { # path [file] -> MiB/s of a stream out of `cat` (default: /dev/zero)
   local start end
-  start=$(now)
-  "$1" "head -c $((MIB * 1024 * 1024)) /dev/zero" > /dev/null
+  sync; start=$(now)
+  if [ -n "${2:-}" ]; then "$1" "cat $2" > /dev/null
+  else "$1" "head -c $((MIB * 1024 * 1024)) /dev/zero" > /dev/null; fi
   end=$(now)
-  python3 -c "print(round($MIB / ($end - $start), 1))"
+  rate "$start" "$end"
+}
+scp_up() { # path -> MiB/s of `scp` (SFTP mode) of a random file to the target
+  local start end
+  rm -f "$WORK/scp-up"; sync; start=$(now)
+  "$1" "$WORK/random" "$(scp_host "$1"):$WORK/scp-up" || { echo "$1 upload failed" >&2; exit 1; }
+  end=$(now)
+  rate "$start" "$end"
+}
+scp_down() {
+  local start end
+  rm -f "$WORK/scp-down"; sync; start=$(now)
+  "$1" "$(scp_host "$1"):$WORK/random" "$WORK/scp-down" || { echo "$1 download failed" >&2; exit 1; }
+  end=$(now)
+  rate "$start" "$end"
 }
 setup() { # median seconds of `true`
   local times=()
@@ -256,34 +286,63 @@ memory() { # path relay-pids... ; count -> KiB per session
 TARGET_PID=$(cat "$WORK/target.pid"); JUMP_PID=$(cat "$WORK/jump.pid")
 if [ -n "${PROFILE:-}" ]; then
   # Profile the bastion during one download, then stop.
+  direction=${PROFILE_DIRECTION:-download}
   perf record -F 499 -g -p "$BASTION_PID" -o "${TMPDIR:-/tmp}/portcullis.perf.data" -- sleep 6 2>/dev/null &
-  download bastion
-  wait
+  perf_pid=$!
+  echo "$direction MiB/s: $("$direction" bastion)"
+  wait "$perf_pid"
   exit 0
 fi
 
-declare -A UP DOWN SETUP P50 P99
+# ONLY names the parts to run; SKIP_TRANSFERS=1 (older spelling) runs memory alone.
+ONLY=${ONLY:-"transfers setup latency memory"}
+[ "${SKIP_TRANSFERS:-}" = 1 ] && ONLY=memory
+part() { [[ " $ONLY " == *" $1 "* ]]; }
+
+if part transfers; then
+  # Text (base64, what logs and terminals carry) and random bytes (what files are), MIB each.
+  head -c "$((MIB * 1024 * 768))" /dev/urandom | base64 -w 76 > "$WORK/text"
+  head -c "$((MIB * 1024 * 1024))" /dev/urandom > "$WORK/random"
+fi
+
+declare -A UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99
 for path in direct jump bastion; do
-  if [ "${SKIP_TRANSFERS:-}" = 1 ]; then UP[$path]=1; DOWN[$path]=1; SETUP[$path]=1; P50[$path]=1; P99[$path]=1; continue; fi
-  UP[$path]=$(upload "$path")
-  DOWN[$path]=$(download "$path")
-  SETUP[$path]=$(setup "$path")
+  for measure in UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99; do
+    declare -n cell=$measure; cell[$path]=-; unset -n cell
+  done
+  if part transfers; then
+    UP[$path]=$(upload "$path")
+    DOWN[$path]=$(download "$path")
+    TEXT_UP[$path]=$(upload "$path" "$WORK/text")
+    TEXT_DOWN[$path]=$(download "$path" "$WORK/text")
+    SCP_UP[$path]=$(scp_up "${path}_scp")
+    SCP_DOWN[$path]=$(scp_down "${path}_scp")
+  fi
+  part setup && SETUP[$path]=$(setup "$path")
   upper=$(echo "$path" | tr a-z A-Z)
-  read -r "P50[$path]" "P99[$path]" < <(latency "${upper}_CMD")
+  part latency && read -r "P50[$path]" "P99[$path]" < <(latency "${upper}_CMD")
 done
 
-ratio() { python3 -c "print(round($1 / $2, 2))"; }
+ratio() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print(round($1 / $2, 2))"; fi; }
 echo
 echo "## SSH ($(date -u +%Y-%m-%d), $(nproc) cores, ${MIB} MiB transfers, median of ${SETUPS} setups)"
 echo
 echo "| measure | direct | OpenSSH jump host | portcullis | portcullis / jump host |"
 echo "| --- | --- | --- | --- | --- |"
-echo "| upload MiB/s | ${UP[direct]} | ${UP[jump]} | ${UP[bastion]} | $(ratio "${UP[bastion]}" "${UP[jump]}") |"
-echo "| download MiB/s | ${DOWN[direct]} | ${DOWN[jump]} | ${DOWN[bastion]} | $(ratio "${DOWN[bastion]}" "${DOWN[jump]}") |"
+row() { # label, name of the measure's array
+  local -n cells=$2
+  echo "| $1 | ${cells[direct]} | ${cells[jump]} | ${cells[bastion]} | $(ratio "${cells[bastion]}" "${cells[jump]}") |"
+}
+row "upload MiB/s, /dev/zero through cat" UP
+row "download MiB/s, /dev/zero through cat" DOWN
+row "upload MiB/s, base64 text through cat" TEXT_UP
+row "download MiB/s, base64 text through cat" TEXT_DOWN
+row "upload MiB/s, scp (SFTP) of a random file" SCP_UP
+row "download MiB/s, scp (SFTP) of a random file" SCP_DOWN
 echo "| setup ms (ssh ... true) | ${SETUP[direct]} | ${SETUP[jump]} | ${SETUP[bastion]} | $(ratio "${SETUP[bastion]}" "${SETUP[jump]}") |"
 echo "| echo latency p50 ms (pty, 300 keystrokes) | ${P50[direct]} | ${P50[jump]} | ${P50[bastion]} | $(ratio "${P50[bastion]}" "${P50[jump]}") |"
 echo "| echo latency p99 ms | ${P99[direct]} | ${P99[jump]} | ${P99[bastion]} | $(ratio "${P99[bastion]}" "${P99[jump]}") |"
-for count in $SESSIONS; do
+part memory && for count in $SESSIONS; do
   read -r jump_kib jump_alive < <(memory jump "$count" "$JUMP_PID")
   read -r bastion_kib bastion_alive < <(memory bastion "$count" "$BASTION_PID")
   echo "| memory per session at $count streaming sessions, KiB (alive) | - | $jump_kib ($jump_alive) | $bastion_kib ($bastion_alive) | $(ratio "$bastion_kib" "$jump_kib") |"
