@@ -206,6 +206,12 @@ pub enum AuditEvent {
         version: String,
     },
     ServerStopped,
+    /// A request to an approval endpoint of the HTTP listener that failed verification
+    /// (issue #5): nothing else happened.
+    WebhookRejected {
+        path: String,
+        why: String,
+    },
 }
 
 /// An event flattened to the columns every record has.
@@ -498,6 +504,10 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.detail = json!({ "destination": destination, "why": why });
             }
+            AuditEvent::WebhookRejected { path, why } => {
+                entry.actor = Some("webhook".to_string());
+                entry.detail = json!({ "path": path, "why": why });
+            }
             AuditEvent::ServerStarted { version } => {
                 entry.actor = Some(Actor::System.label());
                 entry.detail = json!({ "version": version });
@@ -536,6 +546,7 @@ impl AuditEvent {
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
+            AuditEvent::WebhookRejected { .. } => "webhook.rejected",
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The HTTP listener: the only module that knows HTTP.
 //!
-//! For now it serves `GET /healthz`; Slack interactions and the review pages come in later issues
-//! and are routed here.
+//! It serves `GET /healthz` and, when `[slack]` is configured, `POST /slack/interactions`
+//! (`slack.rs`); the review pages come in a later issue and are routed here.
+
+pub mod slack;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::access::Access;
@@ -25,9 +28,19 @@ pub async fn serve(
 
 /// The router for the HTTP listener.
 pub fn router(access: Access) -> Router {
-    Router::new()
+    let health = Router::new()
         .route("/healthz", get(healthz))
-        .with_state(access)
+        .with_state(access.clone());
+    match slack::Slack::new(access) {
+        Some(state) => health.merge(
+            Router::new()
+                .route("/slack/interactions", post(slack::interactions))
+                // Past this, 413 before any verification work.
+                .layer(DefaultBodyLimit::max(slack::MAX_BODY))
+                .with_state(state),
+        ),
+        None => health,
+    }
 }
 
 /// 200 when the state database answers, 503 otherwise, so a load balancer stops sending engineers

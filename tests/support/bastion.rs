@@ -47,9 +47,9 @@ pub struct Bastion {
 }
 
 const USERS: [(&str, &str, &str); 4] = [
-    ("alice", r#"["engineer"]"#, ""),
-    ("bob", r#"["leader"]"#, ""),
-    ("carol", r#"["leader"]"#, ""),
+    ("alice", r#"["engineer"]"#, "slack_user_id = \"UALICE\"\n"),
+    ("bob", r#"["leader"]"#, "slack_user_id = \"UBOB\"\n"),
+    ("carol", r#"["leader"]"#, "slack_user_id = \"UCAROL\"\n"),
     ("erin", r#"["engineer"]"#, "ip_allow = [\"10.0.0.0/8\"]\n"),
 ];
 
@@ -135,6 +135,11 @@ impl Bastion {
 
     pub fn postgres_port(&self) -> u16 {
         self.server.as_ref().expect("running").postgres_addr.port()
+    }
+
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().expect("running").http_addr
     }
 
     pub fn port(&self) -> u16 {
