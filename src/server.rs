@@ -34,7 +34,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let state_dir = &config.server.state_dir;
     create_private_dir(state_dir)?;
-    Store::open(&state_dir.join(DATABASE_FILE)).context("cannot open the state database")
+    Ok(Store::open(&state_dir.join(DATABASE_FILE))
+        .context("cannot open the state database")?
+        .with_notifications(config.slack.is_some()))
 }
 
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
@@ -136,6 +138,10 @@ impl Server {
                 tracing::error!(%error, "postgres listener failed");
             }
         }));
+        tasks.push(tokio::spawn(web::slack_notify::run(
+            access.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,

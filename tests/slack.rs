@@ -14,11 +14,18 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use support::bastion::{Bastion, UNREACHED_TARGETS};
+use support::slack::{FakeSlack, Mode};
+use support::wait_for;
 
 const SECRET: &str = "test-signing-secret-0123456789abcdef";
 
-/// A bastion with `[slack]` on, its secrets in files.
+/// A bastion with `[slack]` on, its secrets in files, talking to nothing.
 fn bastion() -> (Bastion, tempfile::TempDir) {
+    bastion_with_api("http://127.0.0.1:9/api")
+}
+
+/// A bastion with `[slack]` on, its Web API at `api_url`.
+fn bastion_with_api(api_url: &str) -> (Bastion, tempfile::TempDir) {
     let secrets = tempfile::tempdir().expect("tempdir");
     let signing = secrets.path().join("signing_secret");
     let token = secrets.path().join("bot_token");
@@ -26,7 +33,7 @@ fn bastion() -> (Bastion, tempfile::TempDir) {
     std::fs::write(&token, "xoxb-test").expect("write token");
     let bastion = Bastion::start_with(|_| {
         format!(
-            "{UNREACHED_TARGETS}\n[slack]\nbot_token_file = \"{}\"\nsigning_secret_file = \"{}\"\nchannel = \"CAPPROVALS\"\napi_url = \"http://127.0.0.1:9/api\"\n",
+            "{UNREACHED_TARGETS}\n[slack]\nbot_token_file = \"{}\"\nsigning_secret_file = \"{}\"\nchannel = \"CAPPROVALS\"\napi_url = \"{api_url}\"\n",
             token.display(),
             signing.display()
         )
@@ -268,4 +275,129 @@ fn unverified_requests_are_401_audited_and_change_nothing() {
     let (status, answer) = post(addr, "/slack/interactions", &signed(&body), &body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(state_of(&bastion, &request), "approved");
+}
+
+fn message_text(call: &Value) -> String {
+    call["blocks"].to_string()
+}
+
+#[test]
+fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
+    let slack = FakeSlack::start();
+    let (bastion, _secrets) = bastion_with_api(&slack.api_url());
+    let request = request_web_1(&bastion);
+
+    let posted = wait_for("the request message", Duration::from_secs(15), || {
+        slack.calls("chat.postMessage").into_iter().next()
+    });
+    assert_eq!(posted["channel"], "CAPPROVALS");
+    let blocks = message_text(&posted);
+    for expected in [
+        "<@UALICE>",
+        "web-1",
+        "INC-9",
+        request.as_str(),
+        "0 of 1 approvals",
+        "<@UBOB>",
+        "\"Approve\"",
+        "\"Deny\"",
+        "primary",
+        "danger",
+    ] {
+        assert!(blocks.contains(expected), "{expected} in {blocks}");
+    }
+
+    let body = click("UBOB", "approve", &request);
+    let (status, _) = post(
+        bastion.http_addr(),
+        "/slack/interactions",
+        &signed(&body),
+        &body,
+    );
+    assert_eq!(status, 200);
+    let updated = wait_for("the approved message", Duration::from_secs(15), || {
+        slack
+            .calls("chat.update")
+            .into_iter()
+            .find(|call| message_text(call).contains("access until"))
+    });
+    assert_eq!(updated["ts"], FakeSlack::TS);
+    assert_eq!(updated["channel"], "CAPPROVALS");
+    assert!(message_text(&updated).contains("\"Revoke\""), "{updated}");
+    assert!(
+        message_text(&updated).contains("approved by <@UBOB>"),
+        "{updated}"
+    );
+
+    let (code, _, stderr) = bastion.ssh("bob", &["revoke", &request]);
+    assert_eq!(code, 0, "{stderr}");
+    let revoked = wait_for("the revoked message", Duration::from_secs(15), || {
+        slack
+            .calls("chat.update")
+            .into_iter()
+            .find(|call| message_text(call).contains("revoked by <@UBOB>"))
+    });
+    assert!(!message_text(&revoked).contains("\"Revoke\""), "{revoked}");
+    // One message for the request, updated in place.
+    assert_eq!(slack.calls("chat.postMessage").len(), 1);
+    assert!(slack.authorized_with("xoxb-test"));
+}
+
+#[test]
+fn messages_wait_out_a_slack_outage_and_a_rate_limit_and_none_is_lost_or_doubled() {
+    let slack = FakeSlack::start();
+    slack.set_mode(Mode::Down);
+    let (bastion, _secrets) = bastion_with_api(&slack.api_url());
+
+    // Slack is down: requests and approvals over SSH work all the same.
+    let first = request_web_1(&bastion);
+    let (code, _, stderr) = bastion.ssh("bob", &["approve", &first]);
+    assert_eq!(code, 0, "{stderr}");
+    wait_for(
+        "attempts against the outage",
+        Duration::from_secs(15),
+        || (slack.attempts() >= 2).then_some(()),
+    );
+    assert!(slack.calls("chat.postMessage").is_empty());
+
+    // Then rate-limited once (429 with Retry-After), then up.
+    slack.set_mode(Mode::RateLimitedOnce);
+    let posted = wait_for(
+        "the message after the outage",
+        Duration::from_secs(45),
+        || slack.calls("chat.postMessage").into_iter().next(),
+    );
+    // What is posted is the request's state now: approved, not the pending it was when filed.
+    assert!(message_text(&posted).contains("access until"), "{posted}");
+    assert!(message_text(&posted).contains(first.as_str()));
+    wait_for("the outbox to drain", Duration::from_secs(15), || {
+        let pending = bastion
+            .access()
+            .store()
+            .read(|tx| tx.pending_notifications(10))
+            .expect("outbox");
+        pending.is_empty().then_some(())
+    });
+    assert_eq!(slack.calls("chat.postMessage").len(), 1, "posted once");
+}
+
+#[test]
+fn messages_queued_while_slack_was_down_go_out_after_a_restart() {
+    let slack = FakeSlack::start();
+    slack.set_mode(Mode::Down);
+    let (mut bastion, _secrets) = bastion_with_api(&slack.api_url());
+    let request = request_web_1(&bastion);
+    wait_for(
+        "an attempt against the outage",
+        Duration::from_secs(15),
+        || (slack.attempts() >= 1).then_some(()),
+    );
+    bastion.restart();
+    slack.set_mode(Mode::Up);
+    let posted = wait_for(
+        "the message after the restart",
+        Duration::from_secs(45),
+        || slack.calls("chat.postMessage").into_iter().next(),
+    );
+    assert!(message_text(&posted).contains(request.as_str()), "{posted}");
 }

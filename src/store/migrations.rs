@@ -111,6 +111,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session_id, channel)
     ) STRICT;
     ",
+    // 3: the notification outbox and the Slack message of each request (issue #5). A row is
+    // written in the transaction of the request's change and deleted once Slack shows it.
+    "
+    CREATE TABLE notifications (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE slack_messages (
+        request_id TEXT PRIMARY KEY,
+        channel    TEXT NOT NULL,
+        ts         TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

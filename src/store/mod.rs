@@ -41,6 +41,8 @@ pub enum StoreError {
 pub struct Store {
     connection: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Whether request changes are queued for a notifier (Slack is configured).
+    notify: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -88,7 +90,15 @@ impl Store {
         Ok(Store {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_path_buf(),
+            notify: false,
         })
+    }
+
+    /// Queues a notification with every request change from now on (when Slack is configured),
+    /// in the change's own transaction.
+    pub fn with_notifications(mut self, on: bool) -> Store {
+        self.notify = on;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -112,6 +122,7 @@ impl Store {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = work(&Tx {
             transaction: &transaction,
+            notify: self.notify,
         })?;
         transaction.commit()?;
         Ok(value)
@@ -126,6 +137,7 @@ impl Store {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = work(&Tx {
             transaction: &transaction,
+            notify: self.notify,
         })?;
         transaction.finish()?;
         Ok(value)
@@ -155,7 +167,19 @@ pub struct GrantFilter {
 /// The operations of one transaction. Everything takes `&self`: the transaction is the unit.
 pub struct Tx<'a> {
     transaction: &'a rusqlite::Transaction<'a>,
+    notify: bool,
 }
+
+/// The audit events that change what a request's notification shows.
+const NOTIFYING_EVENTS: [&str; 7] = [
+    "requested",
+    "approved",
+    "denied",
+    "expired",
+    "cancelled",
+    "revoked",
+    "grant_expired",
+];
 
 const REQUEST_COLUMNS: &str = "id, requester, target, duration_seconds, reason, state, created_at, \
      decided_at, decided_by, decision_reason, grant_id";
@@ -498,10 +522,87 @@ impl Tx<'_> {
                 record.prev_hash,
                 record.hash,
             ])?;
+            if self.notify && NOTIFYING_EVENTS.contains(&record.event_type.as_str()) {
+                self.enqueue_notification(
+                    record.request_id.as_deref(),
+                    record.grant_id.as_deref(),
+                    at,
+                )?;
+            }
             prev = Some((record.seq, record.hash.clone()));
             last = Some(record);
         }
         Ok(last)
+    }
+
+    /// Queues a notification for the request (or the request behind the grant).
+    fn enqueue_notification(
+        &self,
+        request_id: Option<&str>,
+        grant_id: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let request_id = match (request_id, grant_id) {
+            (Some(request), _) => Some(request.to_string()),
+            (None, Some(grant)) => self
+                .transaction
+                .prepare_cached("SELECT request_id FROM grants WHERE id = ?1")?
+                .query_row([grant], |row| row.get(0))
+                .optional()?,
+            (None, None) => None,
+        };
+        if let Some(request_id) = request_id {
+            self.transaction
+                .prepare_cached(
+                    "INSERT INTO notifications (request_id, created_at) VALUES (?1, ?2)",
+                )?
+                .execute(params![request_id, at.unix_timestamp()])?;
+        }
+        Ok(())
+    }
+
+    /// Requests with queued notifications, oldest first, each with its newest notification id.
+    pub fn pending_notifications(&self, limit: u32) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut statement = self.transaction.prepare_cached(
+            "SELECT MAX(id), request_id FROM notifications
+             GROUP BY request_id ORDER BY MIN(id) LIMIT ?1",
+        )?;
+        let rows = statement
+            .query_map([limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Drops a request's notifications up to `up_to` (what a delivery showed).
+    pub fn clear_notifications(&self, request_id: &str, up_to: i64) -> Result<(), StoreError> {
+        self.transaction
+            .prepare_cached("DELETE FROM notifications WHERE request_id = ?1 AND id <= ?2")?
+            .execute(params![request_id, up_to])?;
+        Ok(())
+    }
+
+    /// The (channel, ts) of the request's Slack message, once posted.
+    pub fn slack_message(&self, request_id: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self
+            .transaction
+            .prepare_cached("SELECT channel, ts FROM slack_messages WHERE request_id = ?1")?
+            .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    }
+
+    pub fn set_slack_message(
+        &self,
+        request_id: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        self.transaction
+            .prepare_cached(
+                "INSERT INTO slack_messages (request_id, channel, ts) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (request_id) DO UPDATE SET channel = ?2, ts = ?3",
+            )?
+            .execute(params![request_id, channel, ts])?;
+        Ok(())
     }
 
     /// The last `count` audit records, oldest first.

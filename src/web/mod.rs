@@ -4,6 +4,7 @@
 //! (`slack.rs`); the review pages come in a later issue and are routed here.
 
 pub mod slack;
+pub mod slack_notify;
 
 use axum::Json;
 use axum::Router;

@@ -137,6 +137,20 @@ impl Bastion {
         self.server.as_ref().expect("running").postgres_addr.port()
     }
 
+    /// Stops the bastion and starts it again on the same config and state (new ports).
+    pub fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime
+                .block_on(server.shutdown())
+                .expect("stop the bastion");
+        }
+        let server = self
+            .runtime
+            .block_on(Server::start(self.config.load(), self.clock.clone()))
+            .expect("restart the bastion");
+        self.server = Some(server);
+    }
+
     /// The HTTP listener's address.
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.server.as_ref().expect("running").http_addr

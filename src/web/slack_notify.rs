@@ -1,0 +1,336 @@
+//! Request messages in Slack (issue #5): the worker that drains the notification outbox.
+//!
+//! Every request change writes a row to the store's `notifications` table in the change's own
+//! transaction (`Store::with_notifications`), so nothing is lost across a Slack outage or a
+//! restart. This worker renders each request's *current* state as one Block Kit message, posts
+//! it to the target's channel (`chat.postMessage`) the first time and updates it in place
+//! (`chat.update`) after that, keeping the message's (channel, ts) in the store; only then are
+//! the request's rows deleted. A failure leaves the rows and retries the request with backoff
+//! (1 s doubling to 30 s, or Slack's `Retry-After` on a 429), so notifications go out within
+//! 30 s of Slack answering again. Nothing here decides anything: a Slack outage never blocks a
+//! request, an approval over SSH or a session.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use slack_morphism::api::{SlackApiChatPostMessageRequest, SlackApiChatUpdateRequest};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::hyper_tokio::SlackClientHyperConnector;
+use slack_morphism::{SlackApiToken, SlackApiTokenValue, SlackClient, SlackMessageContent};
+use tokio::sync::watch;
+
+use crate::access::Access;
+use crate::access::model::{AccessRequest, Grant, GrantState, RequestState};
+use crate::web::slack::{APPROVE, REVOKE};
+
+/// How often the outbox is looked at.
+const POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Runs until `stop` turns true. Does nothing without `[slack]`.
+pub async fn run(access: Access, mut stop: watch::Receiver<bool>) {
+    let Some(slack) = access.config().slack.clone() else {
+        return;
+    };
+    let token = match slack.bot_token.read() {
+        Ok(token) => SlackApiToken::new(SlackApiTokenValue::new(token.expose().clone())),
+        Err(error) => {
+            tracing::error!(%error, "slack bot token unavailable: request messages are queued, not sent");
+            return;
+        }
+    };
+    // Plain HTTP only where the config names an http:// API (the tests' loopback Slack).
+    if slack.api_url.starts_with("http://") {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        let connector =
+            SlackClientHyperConnector::with_connector(http).with_slack_api_url(&slack.api_url);
+        drain(access, SlackClient::new(connector), token, &mut stop).await;
+    } else {
+        match SlackClientHyperConnector::new() {
+            Ok(connector) => {
+                let connector = connector.with_slack_api_url(&slack.api_url);
+                drain(access, SlackClient::new(connector), token, &mut stop).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot set up https to slack: request messages are queued, not sent")
+            }
+        }
+    }
+}
+
+/// Per request: when it may be tried again, and the last wait.
+struct Backoff {
+    next: Instant,
+    wait: Duration,
+}
+
+async fn drain<H>(
+    access: Access,
+    client: SlackClient<SlackClientHyperConnector<H>>,
+    token: SlackApiToken,
+    stop: &mut watch::Receiver<bool>,
+) where
+    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
+{
+    let session = client.open_session(&token);
+    let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let store = access.store().clone();
+        let pending =
+            tokio::task::spawn_blocking(move || store.read(|tx| tx.pending_notifications(100)))
+                .await;
+        let Ok(Ok(pending)) = pending else {
+            tracing::error!("cannot read the notification outbox");
+            continue;
+        };
+        for (up_to, request_id) in pending {
+            if backoff
+                .get(&request_id)
+                .is_some_and(|wait| Instant::now() < wait.next)
+            {
+                continue;
+            }
+            match deliver(&access, &session, &request_id).await {
+                Ok(()) => {
+                    backoff.remove(&request_id);
+                    let store = access.store().clone();
+                    let id = request_id.clone();
+                    let cleared = tokio::task::spawn_blocking(move || {
+                        store.write(|tx| tx.clear_notifications(&id, up_to))
+                    })
+                    .await;
+                    if !matches!(cleared, Ok(Ok(()))) {
+                        tracing::error!(request = %request_id, "cannot clear delivered notifications");
+                    }
+                }
+                Err(retry_after) => {
+                    let previous = backoff
+                        .get(&request_id)
+                        .map_or(Duration::ZERO, |wait| wait.wait);
+                    let wait = retry_after.unwrap_or_else(|| {
+                        (previous * 2).clamp(Duration::from_secs(1), MAX_BACKOFF)
+                    });
+                    backoff.insert(
+                        request_id,
+                        Backoff {
+                            next: Instant::now() + wait,
+                            wait,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Posts or updates the request's message. `Err` carries Slack's `Retry-After`, if it sent one.
+async fn deliver<H>(
+    access: &Access,
+    session: &slack_morphism::SlackClientSession<'_, SlackClientHyperConnector<H>>,
+    request_id: &str,
+) -> Result<(), Option<Duration>>
+where
+    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
+{
+    let lookup = {
+        let access = access.clone();
+        let id = request_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let request = access.request_by_id(&id).ok().flatten()?;
+            let grant = request
+                .grant_id
+                .as_deref()
+                .and_then(|grant| access.grant_by_id(grant).ok().flatten());
+            let posted = access
+                .store()
+                .read(|tx| tx.slack_message(&id))
+                .ok()
+                .flatten();
+            Some((request, grant, posted))
+        })
+        .await
+    };
+    let Ok(Some((request, grant, posted))) = lookup else {
+        // A request that is gone has nothing to show.
+        return Ok(());
+    };
+    let rendered = message(access, &request, grant.as_ref());
+    let Ok(content) = serde_json::from_value::<SlackMessageContent>(rendered) else {
+        tracing::error!(request = %request_id, "cannot build the slack message");
+        return Ok(());
+    };
+    let channel = channel_of(access, &request.target);
+    let result = match &posted {
+        Some((channel, ts)) => session
+            .chat_update(&SlackApiChatUpdateRequest::new(
+                channel.clone().into(),
+                content,
+                ts.clone().into(),
+            ))
+            .await
+            .map(|_| None),
+        None => session
+            .chat_post_message(&SlackApiChatPostMessageRequest::new(
+                channel.into(),
+                content,
+            ))
+            .await
+            .map(|response| Some((response.channel.to_string(), response.ts.to_string()))),
+    };
+    match result {
+        Ok(Some((channel, ts))) => {
+            let store = access.store().clone();
+            let id = request_id.to_string();
+            let saved = tokio::task::spawn_blocking(move || {
+                store.write(|tx| tx.set_slack_message(&id, &channel, &ts))
+            })
+            .await;
+            // Not stored: the next delivery would post a second message, so retry instead.
+            if matches!(saved, Ok(Ok(()))) {
+                Ok(())
+            } else {
+                Err(None)
+            }
+        }
+        Ok(None) => Ok(()),
+        Err(SlackClientError::RateLimitError(limited)) => {
+            tracing::warn!(request = %request_id, "slack rate limit");
+            Err(Some(limited.retry_after.unwrap_or(Duration::from_secs(1))))
+        }
+        Err(error) => {
+            tracing::warn!(request = %request_id, %error, "slack delivery failed; will retry");
+            Err(None)
+        }
+    }
+}
+
+/// The target's own channel, or the default one.
+fn channel_of(access: &Access, target: &str) -> String {
+    let config = access.config();
+    config
+        .targets
+        .iter()
+        .find(|candidate| candidate.name == target)
+        .and_then(|target| target.slack_channel.clone())
+        .or_else(|| config.slack.as_ref().map(|slack| slack.channel.clone()))
+        .unwrap_or_default()
+}
+
+/// `<@U…>` for a user with a Slack id, the bastion name otherwise.
+fn mention(access: &Access, user: &str) -> String {
+    access
+        .config()
+        .user(user)
+        .and_then(|user| user.slack_user_id.as_ref())
+        .map_or_else(|| user.to_string(), |id| format!("<@{id}>"))
+}
+
+/// The request's message as Block Kit JSON: who, what, why, progress, and the buttons its
+/// state allows (Approve/Deny while pending, Revoke while the grant is live).
+pub fn message(access: &Access, request: &AccessRequest, grant: Option<&Grant>) -> Value {
+    let config = access.config();
+    let target = config
+        .targets
+        .iter()
+        .find(|target| target.name == request.target);
+    let required = target.map_or(1, |target| target.approvals_required);
+    let approvers: Vec<String> = target
+        .map(|target| {
+            crate::access::policy::eligible_approvers(config, target, &request.requester)
+                .iter()
+                .map(|user| mention(access, &user.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let progress = format!("{} of {required} approvals", request.approvals.len());
+    let approved_by: Vec<String> = request
+        .approvals
+        .iter()
+        .map(|approval| {
+            format!(
+                "{} at {}",
+                mention(access, &approval.approver),
+                crate::clock::rfc3339(approval.at)
+            )
+        })
+        .collect();
+    let outcome = match (request.state, grant) {
+        (RequestState::Pending, _) => format!("pending: {progress}"),
+        (RequestState::Approved, Some(grant)) => match grant.state {
+            GrantState::Active => format!(
+                "approved: access until {}",
+                crate::clock::rfc3339(grant.ends_at)
+            ),
+            GrantState::Expired => "approved; access expired".to_string(),
+            GrantState::Revoked => format!(
+                "approved; revoked by {}",
+                grant
+                    .revoked_by
+                    .as_deref()
+                    .map_or_else(|| "?".to_string(), |by| mention(access, by))
+            ),
+        },
+        (RequestState::Approved, None) => "approved".to_string(),
+        (RequestState::Denied, _) => format!(
+            "denied by {}: {}",
+            request
+                .decided_by
+                .as_deref()
+                .map_or_else(|| "?".to_string(), |by| mention(access, by)),
+            request.decision_reason.as_deref().unwrap_or("")
+        ),
+        (state, _) => state.as_str().to_string(),
+    };
+    let text = format!(
+        "{} requests {} ({}) for {}: {}",
+        mention(access, &request.requester),
+        request.target,
+        target.map_or("", |target| target.kind.name()),
+        crate::config::format_duration(request.duration),
+        request.reason
+    );
+    let mut blocks = vec![
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!(
+            "*{}* · {progress} · approvers: {}\n{}{}",
+            request.id,
+            approvers.join(" "),
+            outcome,
+            if approved_by.is_empty() { String::new() } else { format!("\napproved by {}", approved_by.join(", ")) }
+        ) } }),
+    ];
+    let button = |label: &str, action: &str, style: Option<&str>| {
+        let mut button = json!({
+            "type": "button",
+            "action_id": action,
+            "text": { "type": "plain_text", "text": label },
+            "value": request.id,
+        });
+        if let Some(style) = style {
+            button["style"] = json!(style);
+        }
+        button
+    };
+    let live = grant.is_some_and(|grant| grant.state == GrantState::Active);
+    if request.state == RequestState::Pending {
+        blocks.push(
+            json!({ "type": "actions", "block_id": "decide", "elements": [
+            button("Approve", APPROVE, Some("primary")),
+            button("Deny", "deny", Some("danger")),
+        ] }),
+        );
+    } else if live {
+        blocks.push(
+            json!({ "type": "actions", "block_id": "grant", "elements": [
+            button("Revoke", REVOKE, Some("danger")),
+        ] }),
+        );
+    }
+    json!({ "text": format!("{text} ({outcome})"), "blocks": blocks })
+}
