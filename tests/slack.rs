@@ -288,7 +288,10 @@ fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
     let request = request_web_1(&bastion);
 
     let posted = wait_for("the request message", Duration::from_secs(15), || {
-        slack.calls("chat.postMessage").into_iter().next()
+        slack
+            .calls("chat.postMessage")
+            .into_iter()
+            .find(|call| call["channel"] == "CAPPROVALS")
     });
     assert_eq!(posted["channel"], "CAPPROVALS");
     let blocks = message_text(&posted);
@@ -338,8 +341,22 @@ fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
             .find(|call| message_text(call).contains("revoked by <@UBOB>"))
     });
     assert!(!message_text(&revoked).contains("\"Revoke\""), "{revoked}");
-    // One message for the request, updated in place.
-    assert_eq!(slack.calls("chat.postMessage").len(), 1);
+    // One message for the request, updated in place, and one direct message to the requester
+    // with the line to connect with.
+    let posts = slack.calls("chat.postMessage");
+    let in_channel = posts
+        .iter()
+        .filter(|call| call["channel"] == "CAPPROVALS")
+        .count();
+    assert_eq!(in_channel, 1, "{posts:?}");
+    let direct: Vec<&Value> = posts
+        .iter()
+        .filter(|call| call["channel"] == "UALICE")
+        .collect();
+    assert_eq!(direct.len(), 1, "{posts:?}");
+    let text = direct[0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("approved by bob"), "{text}");
+    assert!(text.contains("alice+web-1@"), "{text}");
     assert!(slack.authorized_with("xoxb-test"));
 }
 
@@ -378,7 +395,20 @@ fn messages_wait_out_a_slack_outage_and_a_rate_limit_and_none_is_lost_or_doubled
             .expect("outbox");
         pending.is_empty().then_some(())
     });
-    assert_eq!(slack.calls("chat.postMessage").len(), 1, "posted once");
+    let posts = slack.calls("chat.postMessage");
+    let in_channel = posts
+        .iter()
+        .filter(|call| call["channel"] == "CAPPROVALS")
+        .count();
+    let direct = posts
+        .iter()
+        .filter(|call| call["channel"] == "UALICE")
+        .count();
+    assert_eq!(
+        (in_channel, direct),
+        (1, 1),
+        "posted once, told once: {posts:?}"
+    );
 }
 
 #[test]

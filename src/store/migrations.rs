@@ -121,9 +121,11 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
 
     CREATE TABLE slack_messages (
-        request_id TEXT PRIMARY KEY,
-        channel    TEXT NOT NULL,
-        ts         TEXT NOT NULL
+        request_id     TEXT PRIMARY KEY,
+        channel        TEXT NOT NULL,
+        ts             TEXT NOT NULL,
+        -- The decided state the requester was told of by direct message, once told.
+        requester_told TEXT
     ) STRICT;
     ",
 ];

@@ -165,6 +165,14 @@ pub struct GrantFilter {
 }
 
 /// The operations of one transaction. Everything takes `&self`: the transaction is the unit.
+/// Where a request's Slack message is, and what its requester was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlackMessageRow {
+    pub channel: String,
+    pub ts: String,
+    pub requester_told: Option<String>,
+}
+
 pub struct Tx<'a> {
     transaction: &'a rusqlite::Transaction<'a>,
     notify: bool,
@@ -581,13 +589,29 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// The (channel, ts) of the request's Slack message, once posted.
-    pub fn slack_message(&self, request_id: &str) -> Result<Option<(String, String)>, StoreError> {
+    /// The request's Slack message, once posted.
+    pub fn slack_message(&self, request_id: &str) -> Result<Option<SlackMessageRow>, StoreError> {
         Ok(self
             .transaction
-            .prepare_cached("SELECT channel, ts FROM slack_messages WHERE request_id = ?1")?
-            .query_row([request_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .prepare_cached(
+                "SELECT channel, ts, requester_told FROM slack_messages WHERE request_id = ?1",
+            )?
+            .query_row([request_id], |row| {
+                Ok(SlackMessageRow {
+                    channel: row.get(0)?,
+                    ts: row.get(1)?,
+                    requester_told: row.get(2)?,
+                })
+            })
             .optional()?)
+    }
+
+    /// Notes that the requester was told of `state` by direct message.
+    pub fn set_requester_told(&self, request_id: &str, state: &str) -> Result<(), StoreError> {
+        self.transaction
+            .prepare_cached("UPDATE slack_messages SET requester_told = ?2 WHERE request_id = ?1")?
+            .execute(params![request_id, state])?;
+        Ok(())
     }
 
     pub fn set_slack_message(

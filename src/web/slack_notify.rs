@@ -167,11 +167,11 @@ where
     };
     let channel = channel_of(access, &request.target);
     let result = match &posted {
-        Some((channel, ts)) => session
+        Some(row) => session
             .chat_update(&SlackApiChatUpdateRequest::new(
-                channel.clone().into(),
+                row.channel.clone().into(),
                 content,
-                ts.clone().into(),
+                row.ts.clone().into(),
             ))
             .await
             .map(|_| None),
@@ -185,29 +185,136 @@ where
     };
     match result {
         Ok(Some((channel, ts))) => {
-            let store = access.store().clone();
-            let id = request_id.to_string();
-            let saved = tokio::task::spawn_blocking(move || {
-                store.write(|tx| tx.set_slack_message(&id, &channel, &ts))
+            let saved = write(access, move |tx| {
+                tx.set_slack_message(&request.id, &channel, &ts)
             })
             .await;
             // Not stored: the next delivery would post a second message, so retry instead.
-            if matches!(saved, Ok(Ok(()))) {
-                Ok(())
-            } else {
-                Err(None)
+            if !saved {
+                return Err(None);
             }
         }
-        Ok(None) => Ok(()),
-        Err(SlackClientError::RateLimitError(limited)) => {
-            tracing::warn!(request = %request_id, "slack rate limit");
-            Err(Some(limited.retry_after.unwrap_or(Duration::from_secs(1))))
+        Ok(None) => {}
+        Err(error) => return Err(failed(request_id, error)),
+    }
+    tell_requester(
+        access,
+        session,
+        request_id,
+        posted.and_then(|row| row.requester_told),
+    )
+    .await
+}
+
+/// Sends the requester a direct message once their request is decided: the decision and, when
+/// approved, the exact line to connect with.
+async fn tell_requester<H>(
+    access: &Access,
+    session: &slack_morphism::SlackClientSession<'_, SlackClientHyperConnector<H>>,
+    request_id: &str,
+    told: Option<String>,
+) -> Result<(), Option<Duration>>
+where
+    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
+{
+    let Ok(Some(request)) = access.request_by_id(request_id) else {
+        return Ok(());
+    };
+    let state = request.state;
+    if !matches!(state, RequestState::Approved | RequestState::Denied)
+        || told.as_deref() == Some(state.as_str())
+    {
+        return Ok(());
+    }
+    let Some(slack_id) = access
+        .config()
+        .user(&request.requester)
+        .and_then(|user| user.slack_user_id.clone())
+    else {
+        return Ok(());
+    };
+    let text = decision_text(access, &request);
+    let Ok(content) = serde_json::from_value::<SlackMessageContent>(json!({ "text": text })) else {
+        return Ok(());
+    };
+    // Slack takes a user id as the channel of a direct message.
+    let sent = session
+        .chat_post_message(&SlackApiChatPostMessageRequest::new(
+            slack_id.into(),
+            content,
+        ))
+        .await;
+    match sent {
+        Ok(_) => {
+            let id = request_id.to_string();
+            write(access, move |tx| tx.set_requester_told(&id, state.as_str())).await;
+            Ok(())
         }
-        Err(error) => {
+        Err(error) => Err(failed(request_id, error)),
+    }
+}
+
+/// What the requester is told: the decision, and how to connect once approved.
+fn decision_text(access: &Access, request: &AccessRequest) -> String {
+    let server = &access.config().server;
+    let host = server.public_host();
+    let by = request.decided_by.as_deref().unwrap_or("an approver");
+    let target = &request.target;
+    let user = &request.requester;
+    match request.state {
+        RequestState::Approved => {
+            let ssh_port = server.ssh_listen.port();
+            let database =
+                access.config().targets.iter().any(|candidate| {
+                    &candidate.name == target && candidate.kind.name() == "postgres"
+                });
+            let connect = if database {
+                format!(
+                    "ssh -p {ssh_port} {user}@{host} token {target} --pgpass >> ~/.pgpass\npsql \"host={host} port={} user={user} dbname={target} sslmode=verify-full sslrootcert=bastion-ca.pem\"",
+                    server.postgres_listen.port()
+                )
+            } else {
+                format!("ssh -p {ssh_port} {user}+{target}@{host}")
+            };
+            format!(
+                "{} approved by {by}: connect with\n```{connect}```",
+                request.id
+            )
+        }
+        _ => format!(
+            "{} denied by {by}: {}",
+            request.id,
+            request.decision_reason.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// A failed call's retry delay: Slack's `Retry-After` on a 429, the backoff otherwise.
+fn failed(request_id: &str, error: SlackClientError) -> Option<Duration> {
+    match error {
+        SlackClientError::RateLimitError(limited) => {
+            tracing::warn!(request = %request_id, "slack rate limit");
+            Some(limited.retry_after.unwrap_or(Duration::from_secs(1)))
+        }
+        error => {
             tracing::warn!(request = %request_id, %error, "slack delivery failed; will retry");
-            Err(None)
+            None
         }
     }
+}
+
+/// Runs a store write on a blocking thread; whether it committed.
+async fn write(
+    access: &Access,
+    work: impl FnOnce(&crate::store::Tx<'_>) -> Result<(), crate::store::StoreError> + Send + 'static,
+) -> bool {
+    let store = access.store().clone();
+    let written = tokio::task::spawn_blocking(move || store.write(work)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!("cannot store slack delivery state");
+        return false;
+    }
+    true
 }
 
 /// The target's own channel, or the default one.
