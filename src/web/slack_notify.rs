@@ -14,10 +14,17 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use slack_morphism::api::{SlackApiChatPostMessageRequest, SlackApiChatUpdateRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
+use slack_morphism::api::{
+    SlackApiChatPostEphemeralRequest, SlackApiChatPostMessageRequest, SlackApiChatUpdateRequest,
+    SlackApiViewsOpenRequest,
+};
 use slack_morphism::errors::SlackClientError;
-use slack_morphism::hyper_tokio::SlackClientHyperConnector;
-use slack_morphism::{SlackApiToken, SlackApiTokenValue, SlackClient, SlackMessageContent};
+use slack_morphism::hyper_tokio::{SlackClientHyperConnector, SlackClientHyperHttpsConnector};
+use slack_morphism::{
+    SlackApiToken, SlackApiTokenValue, SlackClient, SlackMessageContent,
+};
+use slack_morphism::blocks::SlackView;
 use tokio::sync::watch;
 
 use crate::access::Access;
@@ -30,33 +37,111 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs until `stop` turns true. Does nothing without `[slack]`.
 pub async fn run(access: Access, mut stop: watch::Receiver<bool>) {
-    let Some(slack) = access.config().slack.clone() else {
+    if access.config().slack.is_none() {
         return;
-    };
-    let token = match slack.bot_token.read() {
-        Ok(token) => SlackApiToken::new(SlackApiTokenValue::new(token.expose().clone())),
-        Err(error) => {
-            tracing::error!(%error, "slack bot token unavailable: request messages are queued, not sent");
-            return;
+    }
+    match Api::connect(&access) {
+        Ok(api) => drain(access, api, &mut stop).await,
+        Err(why) => tracing::error!(why, "request messages are queued, not sent"),
+    }
+}
+
+/// The Slack Web API as the bot: plain HTTP only where the config names an http:// API (the
+/// tests' loopback Slack), HTTPS with the system's roots otherwise.
+pub struct Api {
+    client: Client,
+    token: SlackApiToken,
+}
+
+enum Client {
+    Http(SlackClient<SlackClientHyperConnector<HttpConnector>>),
+    Https(SlackClient<SlackClientHyperHttpsConnector>),
+}
+
+/// Runs `$body` with `$session` opened on whichever client `$api` has.
+macro_rules! with_session {
+    ($api:expr, $session:ident => $body:expr) => {
+        match &$api.client {
+            Client::Http(client) => {
+                let $session = client.open_session(&$api.token);
+                $body
+            }
+            Client::Https(client) => {
+                let $session = client.open_session(&$api.token);
+                $body
+            }
         }
     };
-    // Plain HTTP only where the config names an http:// API (the tests' loopback Slack).
-    if slack.api_url.starts_with("http://") {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_nodelay(true);
-        let connector =
-            SlackClientHyperConnector::with_connector(http).with_slack_api_url(&slack.api_url);
-        drain(access, SlackClient::new(connector), token, &mut stop).await;
-    } else {
-        match SlackClientHyperConnector::new() {
-            Ok(connector) => {
-                let connector = connector.with_slack_api_url(&slack.api_url);
-                drain(access, SlackClient::new(connector), token, &mut stop).await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot set up https to slack: request messages are queued, not sent")
-            }
-        }
+}
+
+impl Api {
+    pub fn connect(access: &Access) -> Result<Api, &'static str> {
+        let slack = access.config().slack.as_ref().ok_or("slack is not configured")?;
+        let token = slack
+            .bot_token
+            .read()
+            .map_err(|_| "the slack bot token is unavailable")?;
+        let token = SlackApiToken::new(SlackApiTokenValue::new(token.expose().clone()));
+        let client = if slack.api_url.starts_with("http://") {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            Client::Http(SlackClient::new(
+                SlackClientHyperConnector::with_connector(http).with_slack_api_url(&slack.api_url),
+            ))
+        } else {
+            let connector = SlackClientHyperConnector::new()
+                .map_err(|_| "cannot set up https to slack (no system roots?)")?;
+            Client::Https(SlackClient::new(connector.with_slack_api_url(&slack.api_url)))
+        };
+        Ok(Api { client, token })
+    }
+
+    /// `chat.postMessage`; the (channel, ts) of the new message.
+    pub async fn post_message(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+    ) -> Result<(String, String), SlackClientError> {
+        let request = SlackApiChatPostMessageRequest::new(channel.to_string().into(), content);
+        let response = with_session!(self, session => session.chat_post_message(&request).await)?;
+        Ok((response.channel.to_string(), response.ts.to_string()))
+    }
+
+    /// `chat.update` of the message at (channel, ts).
+    pub async fn update(
+        &self,
+        channel: &str,
+        ts: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), SlackClientError> {
+        let request = SlackApiChatUpdateRequest::new(
+            channel.to_string().into(),
+            content,
+            ts.to_string().into(),
+        );
+        with_session!(self, session => session.chat_update(&request).await).map(|_| ())
+    }
+
+    /// `views.open` of a modal for the click that carried `trigger_id`.
+    pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), SlackClientError> {
+        let request = SlackApiViewsOpenRequest::new(trigger_id.to_string().into(), view);
+        with_session!(self, session => session.views_open(&request).await).map(|_| ())
+    }
+
+    /// `chat.postEphemeral`: `text` to `user` alone, in `channel`.
+    pub async fn post_ephemeral(
+        &self,
+        channel: &str,
+        user: &str,
+        text: &str,
+    ) -> Result<(), SlackClientError> {
+        let content = SlackMessageContent::new().with_text(text.to_string());
+        let request = SlackApiChatPostEphemeralRequest::new(
+            channel.to_string().into(),
+            user.to_string().into(),
+            content,
+        );
+        with_session!(self, session => session.chat_post_ephemeral(&request).await).map(|_| ())
     }
 }
 
@@ -66,15 +151,7 @@ struct Backoff {
     wait: Duration,
 }
 
-async fn drain<H>(
-    access: Access,
-    client: SlackClient<SlackClientHyperConnector<H>>,
-    token: SlackApiToken,
-    stop: &mut watch::Receiver<bool>,
-) where
-    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
-{
-    let session = client.open_session(&token);
+async fn drain(access: Access, api: Api, stop: &mut watch::Receiver<bool>) {
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     loop {
         tokio::select! {
@@ -96,7 +173,7 @@ async fn drain<H>(
             {
                 continue;
             }
-            match deliver(&access, &session, &request_id).await {
+            match deliver(&access, &api, &request_id).await {
                 Ok(()) => {
                     backoff.remove(&request_id);
                     let store = access.store().clone();
@@ -130,14 +207,7 @@ async fn drain<H>(
 }
 
 /// Posts or updates the request's message. `Err` carries Slack's `Retry-After`, if it sent one.
-async fn deliver<H>(
-    access: &Access,
-    session: &slack_morphism::SlackClientSession<'_, SlackClientHyperConnector<H>>,
-    request_id: &str,
-) -> Result<(), Option<Duration>>
-where
-    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
-{
+async fn deliver(access: &Access, api: &Api, request_id: &str) -> Result<(), Option<Duration>> {
     let lookup = {
         let access = access.clone();
         let id = request_id.to_string();
@@ -167,21 +237,8 @@ where
     };
     let channel = channel_of(access, &request.target);
     let result = match &posted {
-        Some(row) => session
-            .chat_update(&SlackApiChatUpdateRequest::new(
-                row.channel.clone().into(),
-                content,
-                row.ts.clone().into(),
-            ))
-            .await
-            .map(|_| None),
-        None => session
-            .chat_post_message(&SlackApiChatPostMessageRequest::new(
-                channel.into(),
-                content,
-            ))
-            .await
-            .map(|response| Some((response.channel.to_string(), response.ts.to_string()))),
+        Some(row) => api.update(&row.channel, &row.ts, content).await.map(|()| None),
+        None => api.post_message(&channel, content).await.map(Some),
     };
     match result {
         Ok(Some((channel, ts))) => {
@@ -199,7 +256,7 @@ where
     }
     tell_requester(
         access,
-        session,
+        api,
         request_id,
         posted.and_then(|row| row.requester_told),
     )
@@ -208,15 +265,12 @@ where
 
 /// Sends the requester a direct message once their request is decided: the decision and, when
 /// approved, the exact line to connect with.
-async fn tell_requester<H>(
+async fn tell_requester(
     access: &Access,
-    session: &slack_morphism::SlackClientSession<'_, SlackClientHyperConnector<H>>,
+    api: &Api,
     request_id: &str,
     told: Option<String>,
-) -> Result<(), Option<Duration>>
-where
-    H: 'static + Send + Sync + Clone + hyper_util::client::legacy::connect::Connect,
-{
+) -> Result<(), Option<Duration>> {
     let Ok(Some(request)) = access.request_by_id(request_id) else {
         return Ok(());
     };
@@ -238,12 +292,7 @@ where
         return Ok(());
     };
     // Slack takes a user id as the channel of a direct message.
-    let sent = session
-        .chat_post_message(&SlackApiChatPostMessageRequest::new(
-            slack_id.into(),
-            content,
-        ))
-        .await;
+    let sent = api.post_message(&slack_id, content).await;
     match sent {
         Ok(_) => {
             let id = request_id.to_string();
