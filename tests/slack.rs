@@ -431,3 +431,104 @@ fn messages_queued_while_slack_was_down_go_out_after_a_restart() {
     );
     assert!(message_text(&posted).contains(request.as_str()), "{posted}");
 }
+
+/// The form body of a submitted deny modal for `request` with `reason`.
+fn deny_submission(user: &str, request: &str, reason: &str) -> String {
+    let payload = json!({
+        "type": "view_submission",
+        "team": { "id": "T1", "domain": "example" },
+        "user": { "id": user, "team_id": "T1" },
+        "api_app_id": "A1",
+        "trigger_id": "4.5.6",
+        "view": {
+            "id": "V1", "team_id": "T1", "hash": "h1", "type": "modal",
+            "callback_id": "deny", "private_metadata": request,
+            "title": { "type": "plain_text", "text": "Deny access" },
+            "blocks": [],
+            "state": { "values": { "reason": { "reason": { "type": "plain_text_input", "value": reason } } } }
+        }
+    });
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+}
+
+#[test]
+fn deny_asks_a_reason_in_a_modal_and_refusals_are_told_to_the_clicker_alone() {
+    let slack = FakeSlack::start();
+    let (bastion, _secrets) = bastion_with_api(&slack.api_url());
+    let addr = bastion.http_addr();
+    let request = request_web_1(&bastion);
+
+    // Self-approval: refused, and the clicker alone is told why.
+    let body = click("UALICE", "approve", &request);
+    let (status, _) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert_eq!(status, 200);
+    let told = wait_for("the private answer", Duration::from_secs(15), || {
+        slack.calls("chat.postEphemeral").into_iter().next()
+    });
+    assert_eq!(told["user"], "UALICE");
+    assert_eq!(told["channel"], "CAPPROVALS");
+    assert!(
+        told["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot approve your own request"),
+        "{told}"
+    );
+
+    // Deny opens a modal for the reason; nothing is decided yet.
+    let body = click("UBOB", "deny", &request);
+    let (status, _) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert_eq!(status, 200);
+    let opened = slack.calls("views.open");
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["trigger_id"], "1.2.3");
+    assert_eq!(opened[0]["view"]["callback_id"], "deny");
+    assert_eq!(opened[0]["view"]["private_metadata"], request.as_str());
+    assert_eq!(state_of(&bastion, &request), "pending");
+
+    // The requester's own submission is refused inside the modal.
+    let own = deny_submission("UALICE", &request, "no");
+    let (status, answer) = post(addr, "/slack/interactions", &signed(&own), &own);
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("\"response_action\":\"errors\""),
+        "{answer}"
+    );
+    assert_eq!(state_of(&bastion, &request), "pending");
+
+    let submitted = deny_submission("UBOB", &request, "use the staging replica");
+    let (status, answer) = post(addr, "/slack/interactions", &signed(&submitted), &submitted);
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("errors"), "{answer}");
+    assert_eq!(state_of(&bastion, &request), "denied");
+    // The message shows the request as it is now: posted denied if it had not gone out yet,
+    // updated to denied otherwise.
+    let updated = wait_for("the denied message", Duration::from_secs(15), || {
+        let mut shown = slack.calls("chat.update");
+        shown.extend(
+            slack
+                .calls("chat.postMessage")
+                .into_iter()
+                .filter(|call| call["channel"] == "CAPPROVALS"),
+        );
+        shown
+            .into_iter()
+            .find(|call| message_text(call).contains("denied by <@UBOB>: use the staging replica"))
+    });
+    assert!(!message_text(&updated).contains("\"Approve\""), "{updated}");
+    wait_for(
+        "the requester's direct message",
+        Duration::from_secs(15),
+        || {
+            slack.calls("chat.postMessage").into_iter().find(|call| {
+                call["channel"] == "UALICE"
+                    && call["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("denied by bob")
+            })
+        },
+    );
+}

@@ -12,8 +12,9 @@
 //! self-approval, approver role required) and refusals are audited by the core. A refused click
 //! is answered 200 with the reason: Slack shows nothing for a non-200 answer to a click.
 //!
-//! Not here yet (issue #5 lists them): posting and updating the messages, the deny modal, the
-//! slash command and the outbox; this module is the inbound half.
+//! Deny opens a modal (`views.open`) that asks for the reason; its submission denies. A refused
+//! click is also told to the clicker alone (`chat.postEphemeral`). Messages themselves are
+//! posted and updated by `slack_notify.rs` from the outbox.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,12 +25,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use slack_morphism::events::{SlackInteractionActionInfo, SlackInteractionEvent};
+use slack_morphism::blocks::SlackView;
+use slack_morphism::events::{
+    SlackInteractionActionInfo, SlackInteractionEvent, SlackInteractionViewSubmissionEvent,
+};
 use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 use crate::access::{Access, Approved};
 use crate::audit::{Actor, AuditEvent};
 use crate::ids::IdKind;
+use crate::web::slack_notify::Api;
 
 /// Slack's requests are small; anything larger is refused before any verification work.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -54,6 +59,9 @@ struct Inner {
     /// is then refused (fail closed), and the start said why.
     verifier: Option<SlackEventSignatureVerifier>,
     seen: Mutex<Seen>,
+    /// The Web API, for the deny modal and the answers only the clicker sees; `None` when the bot
+    /// token cannot be read (clicks are still decided, their answers go unsent).
+    api: Option<Arc<Api>>,
 }
 
 impl Slack {
@@ -69,11 +77,22 @@ impl Slack {
                 None
             }
         };
+        let api = match Api::connect(&access) {
+            Ok(api) => Some(Arc::new(api)),
+            Err(why) => {
+                tracing::error!(
+                    why,
+                    "slack web api unavailable: no deny dialog or private answers"
+                );
+                None
+            }
+        };
         Some(Slack {
             inner: Arc::new(Inner {
                 access,
                 verifier,
                 seen: Mutex::new(Seen::default()),
+                api,
             }),
         })
     }
@@ -95,8 +114,12 @@ pub async fn interactions(State(slack): State<Slack>, headers: HeaderMap, body: 
             return (StatusCode::BAD_REQUEST, "unreadable interaction payload").into_response();
         }
     };
-    let SlackInteractionEvent::BlockActions(actions) = event else {
-        return answer("this interaction is not one the bastion offers");
+    let actions = match event {
+        SlackInteractionEvent::BlockActions(actions) => actions,
+        SlackInteractionEvent::ViewSubmission(submission) => {
+            return submitted(&slack, submission).await;
+        }
+        _ => return answer("this interaction is not one the bastion offers"),
     };
     let (Some(user), Some(action)) = (
         actions.user,
@@ -106,42 +129,161 @@ pub async fn interactions(State(slack): State<Slack>, headers: HeaderMap, body: 
     ) else {
         return answer("the click named no user or action");
     };
-    let access = slack.inner.access.clone();
     let slack_id = user.id.to_string();
-    let decided = tokio::task::spawn_blocking(move || click(&access, &slack_id, &action)).await;
+    let channel = actions.channel.map(|channel| channel.id.to_string());
+    // Deny asks for a reason first: a modal whose submission decides (`submitted`).
+    if action.action_id.to_string() == DENY {
+        let request_id = action.value.clone().unwrap_or_default();
+        let opened = match (&slack.inner.api, deny_modal(&request_id)) {
+            (Some(api), Some(modal)) => api
+                .open_view(actions.trigger_id.as_ref(), modal)
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if !opened {
+            tracing::warn!("cannot open the deny dialog");
+            tell(
+                &slack,
+                channel,
+                &slack_id,
+                "the deny dialog could not open; nothing was changed",
+            );
+        }
+        return answer("asking for a reason");
+    }
+    let access = slack.inner.access.clone();
+    let clicker = slack_id.clone();
+    let decided = tokio::task::spawn_blocking(move || click(&access, &clicker, &action)).await;
     match decided {
-        Ok(message) => answer(&message),
+        Ok((refused, message)) => {
+            if refused {
+                tell(&slack, channel, &slack_id, &message);
+            }
+            answer(&message)
+        }
         // Fail closed: a decision whose outcome is unknown is reported as not made.
         Err(_) => answer("the bastion could not decide this click; nothing was changed"),
     }
 }
 
-/// Applies one verified click as the bastion user behind `slack_id`; the answer for the clicker.
-fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -> String {
-    let request_id = action.value.clone().unwrap_or_default();
-    // A Slack user no bastion user claims still goes through the core, under a name no user can
-    // have, so the refusal is audited like any other.
-    let user = access
+/// The action id of the Deny button, and the modal's callback id and input ids.
+pub const DENY: &str = "deny";
+const REASON: &str = "reason";
+
+/// The modal that asks a denier for the reason; its private metadata is the request id.
+fn deny_modal(request_id: &str) -> Option<SlackView> {
+    serde_json::from_value(json!({
+        "type": "modal",
+        "callback_id": DENY,
+        "private_metadata": request_id,
+        "title": { "type": "plain_text", "text": "Deny access" },
+        "submit": { "type": "plain_text", "text": "Deny" },
+        "close": { "type": "plain_text", "text": "Cancel" },
+        "blocks": [{
+            "type": "input",
+            "block_id": REASON,
+            "label": { "type": "plain_text", "text": format!("Why deny {request_id}?") },
+            "element": { "type": "plain_text_input", "action_id": REASON },
+        }],
+    }))
+    .ok()
+}
+
+/// A submitted deny modal: denies with the typed reason, or shows the refusal in the modal.
+async fn submitted(slack: &Slack, submission: SlackInteractionViewSubmissionEvent) -> Response {
+    let SlackView::Modal(modal) = &submission.view.view else {
+        return answer("this view is not one the bastion offers");
+    };
+    if modal
+        .callback_id
+        .as_ref()
+        .map(ToString::to_string)
+        .as_deref()
+        != Some(DENY)
+    {
+        return answer("this view is not one the bastion offers");
+    }
+    let request_id = modal.private_metadata.clone().unwrap_or_default();
+    let reason = submission
+        .view
+        .state_params
+        .state
+        .as_ref()
+        .and_then(|state| state.values.get(&REASON.to_string().into()))
+        .and_then(|block| block.get(&REASON.to_string().into()))
+        .and_then(|input| input.value.clone())
+        .unwrap_or_default();
+    let access = slack.inner.access.clone();
+    let slack_id = submission.user.id.to_string();
+    let denied = tokio::task::spawn_blocking(move || {
+        let user = bastion_user(&access, &slack_id);
+        access.deny(&user, &request_id, &reason).map(|_| ())
+    })
+    .await;
+    let refusal = match denied {
+        Ok(Ok(())) => return StatusCode::OK.into_response(),
+        Ok(Err(refusal)) => refusal.to_string(),
+        Err(_) => "the bastion could not decide; nothing was changed".to_string(),
+    };
+    // Slack shows these errors under the input and keeps the modal open.
+    (
+        StatusCode::OK,
+        Json(json!({ "response_action": "errors", "errors": { REASON: refusal } })),
+    )
+        .into_response()
+}
+
+/// Sends `text` to the clicker alone, without holding up the answer to Slack.
+fn tell(slack: &Slack, channel: Option<String>, user: &str, text: &str) {
+    let (Some(api), Some(channel)) = (slack.inner.api.clone(), channel) else {
+        return;
+    };
+    let (user, text) = (user.to_string(), text.to_string());
+    tokio::spawn(async move {
+        if let Err(error) = api.post_ephemeral(&channel, &user, &text).await {
+            tracing::warn!(%error, "cannot send a slack answer");
+        }
+    });
+}
+
+/// The bastion user whose `slack_user_id` this is, or a name no user can have, so a stranger's
+/// click still goes through the core and its refusal is audited like any other.
+fn bastion_user(access: &Access, slack_id: &str) -> String {
+    access
         .config()
         .users
         .iter()
         .find(|user| user.slack_user_id.as_deref() == Some(slack_id))
         .map(|user| user.name.clone())
-        .unwrap_or_else(|| format!("slack:{slack_id}"));
+        .unwrap_or_else(|| format!("slack:{slack_id}"))
+}
+
+/// Applies one verified click as the bastion user behind `slack_id`: whether it was refused,
+/// and the answer for the clicker.
+fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -> (bool, String) {
+    let request_id = action.value.clone().unwrap_or_default();
+    let user = bastion_user(access, slack_id);
     match action.action_id.to_string().as_str() {
         APPROVE => match access.approve(&user, &request_id) {
-            Ok(Approved::Granted { grant, .. }) => format!(
-                "approved {request_id}: {} has {} until {}",
-                grant.user,
-                grant.target,
-                crate::clock::rfc3339(grant.ends_at)
+            Ok(Approved::Granted { grant, .. }) => (
+                false,
+                format!(
+                    "approved {request_id}: {} has {} until {}",
+                    grant.user,
+                    grant.target,
+                    crate::clock::rfc3339(grant.ends_at)
+                ),
             ),
             Ok(Approved::Waiting {
                 approvals,
                 required,
                 ..
-            }) => format!("approved {request_id}: {approvals} of {required} approvals"),
-            Err(refusal) => format!("not approved: {refusal}"),
+            }) => (
+                false,
+                format!("approved {request_id}: {approvals} of {required} approvals"),
+            ),
+            Err(refusal) => (true, format!("not approved: {refusal}")),
         },
         REVOKE => {
             let grant = if request_id.starts_with(IdKind::Request.prefix()) {
@@ -155,11 +297,14 @@ fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -
                 request_id
             };
             match access.revoke(&Actor::User(user), &grant, "revoked in slack") {
-                Ok(grant) => format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
-                Err(refusal) => format!("not revoked: {refusal}"),
+                Ok(grant) => (
+                    false,
+                    format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
+                ),
+                Err(refusal) => (true, format!("not revoked: {refusal}")),
             }
         }
-        other => format!("unknown action {other}; nothing was changed"),
+        other => (true, format!("unknown action {other}; nothing was changed")),
     }
 }
 

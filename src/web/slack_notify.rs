@@ -13,18 +13,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
 use slack_morphism::api::{
     SlackApiChatPostEphemeralRequest, SlackApiChatPostMessageRequest, SlackApiChatUpdateRequest,
     SlackApiViewsOpenRequest,
 };
+use slack_morphism::blocks::SlackView;
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::hyper_tokio::{SlackClientHyperConnector, SlackClientHyperHttpsConnector};
-use slack_morphism::{
-    SlackApiToken, SlackApiTokenValue, SlackClient, SlackMessageContent,
-};
-use slack_morphism::blocks::SlackView;
+use slack_morphism::{SlackApiToken, SlackApiTokenValue, SlackClient, SlackMessageContent};
 use tokio::sync::watch;
 
 use crate::access::Access;
@@ -76,7 +74,11 @@ macro_rules! with_session {
 
 impl Api {
     pub fn connect(access: &Access) -> Result<Api, &'static str> {
-        let slack = access.config().slack.as_ref().ok_or("slack is not configured")?;
+        let slack = access
+            .config()
+            .slack
+            .as_ref()
+            .ok_or("slack is not configured")?;
         let token = slack
             .bot_token
             .read()
@@ -91,7 +93,9 @@ impl Api {
         } else {
             let connector = SlackClientHyperConnector::new()
                 .map_err(|_| "cannot set up https to slack (no system roots?)")?;
-            Client::Https(SlackClient::new(connector.with_slack_api_url(&slack.api_url)))
+            Client::Https(SlackClient::new(
+                connector.with_slack_api_url(&slack.api_url),
+            ))
         };
         Ok(Api { client, token })
     }
@@ -123,7 +127,11 @@ impl Api {
     }
 
     /// `views.open` of a modal for the click that carried `trigger_id`.
-    pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), SlackClientError> {
+    pub async fn open_view(
+        &self,
+        trigger_id: &str,
+        view: SlackView,
+    ) -> Result<(), SlackClientError> {
         let request = SlackApiViewsOpenRequest::new(trigger_id.to_string().into(), view);
         with_session!(self, session => session.views_open(&request).await).map(|_| ())
     }
@@ -237,7 +245,10 @@ async fn deliver(access: &Access, api: &Api, request_id: &str) -> Result<(), Opt
     };
     let channel = channel_of(access, &request.target);
     let result = match &posted {
-        Some(row) => api.update(&row.channel, &row.ts, content).await.map(|()| None),
+        Some(row) => api
+            .update(&row.channel, &row.ts, content)
+            .await
+            .map(|()| None),
         None => api.post_message(&channel, content).await.map(Some),
     };
     match result {

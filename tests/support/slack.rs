@@ -145,7 +145,16 @@ async fn answer(
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let channel = body["channel"].clone();
+    let view = body["view"].clone();
+    let opened = method == "views.open";
     recorded.calls.push((method, body));
+    if opened {
+        let mut view = view;
+        view["id"] = json!("V1");
+        view["team_id"] = json!("T1");
+        view["hash"] = json!("h1");
+        return axum::Json(json!({ "ok": true, "view": view })).into_response();
+    }
     axum::Json(json!({
         "ok": true,
         "channel": channel,
