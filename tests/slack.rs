@@ -532,3 +532,50 @@ fn deny_asks_a_reason_in_a_modal_and_refusals_are_told_to_the_clicker_alone() {
         },
     );
 }
+
+#[test]
+fn the_slash_command_files_and_lists_requests_as_the_mapped_user() {
+    let (bastion, _secrets) = bastion();
+    let addr = bastion.http_addr();
+    let command = |user: &str, text: &str| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("command", "/access")
+            .append_pair("text", text)
+            .append_pair("user_id", user)
+            .append_pair("channel_id", "CAPPROVALS")
+            .finish();
+        let (status, answer) = post(addr, "/slack/commands", &signed(&body), &body);
+        assert_eq!(status, 200, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).expect("json answer");
+        answer["text"].as_str().unwrap_or_default().to_string()
+    };
+    let filed = command("UALICE", "request web-1 2h INC-123 fix stuck migration");
+    assert!(filed.contains("r-"), "{filed}");
+    let request = bastion
+        .access()
+        .requests(portcullis::store::RequestFilter {
+            pending_only: true,
+            limit: Some(10),
+        })
+        .expect("store")
+        .into_iter()
+        .next()
+        .expect("the request");
+    assert_eq!(request.requester, "alice");
+    assert_eq!(request.reason, "INC-123 fix stuck migration");
+    assert_eq!(request.duration, Duration::from_secs(7_200));
+
+    let pending = command("UBOB", "pending");
+    assert!(pending.contains(&request.id), "{pending}");
+    let status = command("UALICE", &format!("status {}", request.id));
+    assert!(status.contains("pending"), "{status}");
+    // Decisions are buttons, not commands; strangers are told to get mapped.
+    assert!(command("UBOB", &format!("approve {}", request.id)).starts_with("usage"));
+    assert!(command("UNOBODY", "pending").contains("no bastion user"));
+    assert_eq!(state_of(&bastion, &request.id), "pending");
+
+    // Unsigned: 401, as for clicks.
+    let body = "command=%2Faccess&text=pending&user_id=UBOB";
+    let (status, _) = post(addr, "/slack/commands", &[], body);
+    assert_eq!(status, 401);
+}

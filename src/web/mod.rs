@@ -36,6 +36,7 @@ pub fn router(access: Access) -> Router {
         Some(state) => health.merge(
             Router::new()
                 .route("/slack/interactions", post(slack::interactions))
+                .route("/slack/commands", post(slack::commands))
                 // Past this, 413 before any verification work.
                 .layer(DefaultBodyLimit::max(slack::MAX_BODY))
                 .with_state(state),

@@ -167,6 +167,63 @@ pub async fn interactions(State(slack): State<Slack>, headers: HeaderMap, body: 
     }
 }
 
+/// `POST /slack/commands`: `/access request TARGET DURATION REASON...`, `/access status [ID]`,
+/// `/access pending`, run as the mapped bastion user through the same commands as over SSH.
+pub async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Bytes) -> Response {
+    let text = match verify(&slack, "/slack/commands", &headers, &body).await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    let (Some(slack_id), Some(line)) = (form_field(&text, "user_id"), form_field(&text, "text"))
+    else {
+        return (StatusCode::BAD_REQUEST, "not a slash command").into_response();
+    };
+    let access = slack.inner.access.clone();
+    let ran = tokio::task::spawn_blocking(move || {
+        let user = bastion_user(&access, &slack_id);
+        if access.config().user(&user).is_none() {
+            return format!(
+                "no bastion user has the slack id {slack_id}; ask the operator to add it"
+            );
+        }
+        match slash_words(&line) {
+            Ok(words) => {
+                let output = crate::commands::run(&access, &user, &words);
+                format!("{}{}", output.stdout, output.stderr)
+                    .trim_end()
+                    .to_string()
+            }
+            Err(usage) => usage,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "the bastion could not run this command; nothing was changed".to_string());
+    answer(&ran)
+}
+
+/// The command words of a slash command's text: `request TARGET DURATION REASON...` becomes
+/// the SSH command's `request TARGET --for DURATION --reason REASON...`; `status` and `pending`
+/// pass as they are.
+fn slash_words(line: &str) -> Result<Vec<String>, String> {
+    const USAGE: &str = "usage: /access request TARGET DURATION REASON... | /access status [REQUEST] | /access pending";
+    let words = shell_words::split(line).map_err(|_| USAGE.to_string())?;
+    match words.first().map(String::as_str) {
+        Some("request") if words.len() >= 4 => {
+            let mut command = vec![
+                "request".to_string(),
+                words[1].clone(),
+                "--for".to_string(),
+                words[2].clone(),
+                "--reason".to_string(),
+            ];
+            command.extend(words[3..].iter().cloned());
+            Ok(command)
+        }
+        Some("status" | "pending") => Ok(words),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
 /// The action id of the Deny button, and the modal's callback id and input ids.
 pub const DENY: &str = "deny";
 const REASON: &str = "reason";
@@ -446,6 +503,36 @@ mod tests {
         assert!(!seen.first_time("100", "v0=aa", 101));
         assert!(seen.first_time("100", "v0=bb", 101));
         assert!(seen.first_time("100", "v0=aa", 100 + REPLAY_WINDOW_SECONDS + 1));
+    }
+
+    #[test]
+    fn slash_command_text_becomes_command_words() {
+        assert_eq!(
+            slash_words("request prod-db 2h INC-123 fix stuck migration"),
+            Ok([
+                "request",
+                "prod-db",
+                "--for",
+                "2h",
+                "--reason",
+                "INC-123",
+                "fix",
+                "stuck",
+                "migration"
+            ]
+            .map(String::from)
+            .to_vec())
+        );
+        assert_eq!(slash_words("pending"), Ok(vec!["pending".to_string()]));
+        for bad in [
+            "",
+            "request prod-db 2h",
+            "approve r-1",
+            "revoke g-1",
+            "\"unclosed",
+        ] {
+            assert!(slash_words(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
