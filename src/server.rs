@@ -36,7 +36,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     create_private_dir(state_dir)?;
     Ok(Store::open(&state_dir.join(DATABASE_FILE))
         .context("cannot open the state database")?
-        .with_notifications(config.slack.is_some()))
+        .with_notifications(config.slack.is_some())
+        .with_alerts(
+            config
+                .slack
+                .as_ref()
+                .is_some_and(|slack| slack.alerts_channel.is_some()),
+        ))
 }
 
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {

@@ -26,6 +26,11 @@ fn bastion() -> (Bastion, tempfile::TempDir) {
 
 /// A bastion with `[slack]` on, its Web API at `api_url`.
 fn bastion_with_api(api_url: &str) -> (Bastion, tempfile::TempDir) {
+    bastion_with_slack(&format!("api_url = \"{api_url}\"\n"))
+}
+
+/// A bastion with `[slack]` on and these extra `[slack]` lines.
+fn bastion_with_slack(lines: &str) -> (Bastion, tempfile::TempDir) {
     let secrets = tempfile::tempdir().expect("tempdir");
     let signing = secrets.path().join("signing_secret");
     let token = secrets.path().join("bot_token");
@@ -33,7 +38,7 @@ fn bastion_with_api(api_url: &str) -> (Bastion, tempfile::TempDir) {
     std::fs::write(&token, "xoxb-test").expect("write token");
     let bastion = Bastion::start_with(|_| {
         format!(
-            "{UNREACHED_TARGETS}\n[slack]\nbot_token_file = \"{}\"\nsigning_secret_file = \"{}\"\nchannel = \"CAPPROVALS\"\napi_url = \"{api_url}\"\n",
+            "{UNREACHED_TARGETS}\n[slack]\nbot_token_file = \"{}\"\nsigning_secret_file = \"{}\"\nchannel = \"CAPPROVALS\"\n{lines}",
             token.display(),
             signing.display()
         )
@@ -578,4 +583,37 @@ fn the_slash_command_files_and_lists_requests_as_the_mapped_user() {
     let body = "command=%2Faccess&text=pending&user_id=UBOB";
     let (status, _) = post(addr, "/slack/commands", &[], body);
     assert_eq!(status, 401);
+}
+
+#[test]
+fn security_events_go_to_the_alerts_channel() {
+    let slack = FakeSlack::start();
+    let (bastion, _secrets) = bastion_with_slack(&format!(
+        "api_url = \"{}\"\nalerts_channel = \"CALERTS\"\n",
+        slack.api_url()
+    ));
+    let addr = bastion.http_addr();
+    let request = request_web_1(&bastion);
+    let body = click("UALICE", "approve", &request);
+    let (status, _) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert_eq!(status, 200);
+    let (status, _) = post(addr, "/slack/interactions", &[], &body);
+    assert_eq!(status, 401);
+
+    let alerts = wait_for("two alerts", Duration::from_secs(15), || {
+        let alerts: Vec<String> = slack
+            .calls("chat.postMessage")
+            .into_iter()
+            .filter(|call| call["channel"] == "CALERTS")
+            .map(|call| call["text"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (alerts.len() >= 2).then_some(alerts)
+    });
+    assert!(
+        alerts[0].contains("decision_refused by <@UALICE> on web-1")
+            && alerts[0].contains(&request)
+            && alerts[0].contains("cannot approve your own request"),
+        "{alerts:?}"
+    );
+    assert!(alerts[1].contains("webhook.rejected"), "{alerts:?}");
 }

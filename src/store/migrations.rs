@@ -127,6 +127,12 @@ const MIGRATIONS: &[&str] = &[
         -- The decided state the requester was told of by direct message, once told.
         requester_told TEXT
     ) STRICT;
+
+    -- Security alerts waiting for the alerts channel: the audit record each one shows.
+    CREATE TABLE alerts (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        audit_seq INTEGER NOT NULL
+    ) STRICT;
     ",
 ];
 

@@ -43,6 +43,8 @@ pub struct Store {
     path: PathBuf,
     /// Whether request changes are queued for a notifier (Slack is configured).
     notify: bool,
+    /// Whether security events are queued as alerts (an alerts channel is configured).
+    alert: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,6 +93,7 @@ impl Store {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_path_buf(),
             notify: false,
+            alert: false,
         })
     }
 
@@ -98,6 +101,13 @@ impl Store {
     /// in the change's own transaction.
     pub fn with_notifications(mut self, on: bool) -> Store {
         self.notify = on;
+        self
+    }
+
+    /// Queues an alert with every security event from now on (when an alerts channel is
+    /// configured), in the event's own transaction.
+    pub fn with_alerts(mut self, on: bool) -> Store {
+        self.alert = on;
         self
     }
 
@@ -123,6 +133,7 @@ impl Store {
         let value = work(&Tx {
             transaction: &transaction,
             notify: self.notify,
+            alert: self.alert,
         })?;
         transaction.commit()?;
         Ok(value)
@@ -138,6 +149,7 @@ impl Store {
         let value = work(&Tx {
             transaction: &transaction,
             notify: self.notify,
+            alert: self.alert,
         })?;
         transaction.finish()?;
         Ok(value)
@@ -176,7 +188,18 @@ pub struct SlackMessageRow {
 pub struct Tx<'a> {
     transaction: &'a rusqlite::Transaction<'a>,
     notify: bool,
+    alert: bool,
 }
+
+/// The audit events that are security alerts.
+const ALERTING_EVENTS: [&str; 6] = [
+    "auth_failed",
+    "decision_refused",
+    "revoke_refused",
+    "session_refused",
+    "recording.failed",
+    "webhook.rejected",
+];
 
 /// The audit events that change what a request's notification shows.
 const NOTIFYING_EVENTS: [&str; 7] = [
@@ -530,6 +553,11 @@ impl Tx<'_> {
                 record.prev_hash,
                 record.hash,
             ])?;
+            if self.alert && ALERTING_EVENTS.contains(&record.event_type.as_str()) {
+                self.transaction
+                    .prepare_cached("INSERT INTO alerts (audit_seq) VALUES (?1)")?
+                    .execute([record.seq])?;
+            }
             if self.notify && NOTIFYING_EVENTS.contains(&record.event_type.as_str()) {
                 self.enqueue_notification(
                     record.request_id.as_deref(),
@@ -579,6 +607,35 @@ impl Tx<'_> {
             .query_map([limit], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// The oldest queued alerts: (alert id, the audit record it shows).
+    pub fn pending_alerts(&self, limit: u32) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
+        let mut statement = self.transaction.prepare_cached(&format!(
+            "SELECT alerts.id, {} FROM alerts JOIN audit_events ON audit_events.seq = alerts.audit_seq
+             ORDER BY alerts.id LIMIT ?1",
+            AUDIT_COLUMNS
+                .split(", ")
+                .map(|column| format!("audit_events.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let rows = statement
+            .query_map([limit], |row| {
+                let id: i64 = row.get(0)?;
+                Ok((id, read_audit_from(row, 1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, record)| record.map(|record| (id, record)))
+            .collect()
+    }
+
+    pub fn clear_alert(&self, id: i64) -> Result<(), StoreError> {
+        self.transaction
+            .prepare_cached("DELETE FROM alerts WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
     }
 
     /// Drops a request's notifications up to `up_to` (what a delivery showed).
@@ -994,20 +1051,28 @@ impl GrantRow {
 }
 
 fn read_audit(row: &Row<'_>) -> rusqlite::Result<Result<AuditRecord, StoreError>> {
-    let ts: i64 = row.get(2)?;
+    read_audit_from(row, 0)
+}
+
+/// An audit record from the row's columns `first..first + 12`, in `AUDIT_COLUMNS` order.
+fn read_audit_from(
+    row: &Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Result<AuditRecord, StoreError>> {
+    let ts: i64 = row.get(first + 2)?;
     let record = AuditRecord {
-        seq: row.get(0)?,
-        id: row.get(1)?,
+        seq: row.get(first)?,
+        id: row.get(first + 1)?,
         ts: OffsetDateTime::UNIX_EPOCH,
-        event_type: row.get(3)?,
-        actor: row.get(4)?,
-        target: row.get(5)?,
-        request_id: row.get(6)?,
-        grant_id: row.get(7)?,
-        session_id: row.get(8)?,
-        detail: row.get(9)?,
-        prev_hash: row.get(10)?,
-        hash: row.get(11)?,
+        event_type: row.get(first + 3)?,
+        actor: row.get(first + 4)?,
+        target: row.get(first + 5)?,
+        request_id: row.get(first + 6)?,
+        grant_id: row.get(first + 7)?,
+        session_id: row.get(first + 8)?,
+        detail: row.get(first + 9)?,
+        prev_hash: row.get(first + 10)?,
+        hash: row.get(first + 11)?,
     };
     Ok(timestamp(ts).map(|ts| AuditRecord { ts, ..record }))
 }

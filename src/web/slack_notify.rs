@@ -161,10 +161,28 @@ struct Backoff {
 
 async fn drain(access: Access, api: Api, stop: &mut watch::Receiver<bool>) {
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    let mut alerts_wait = Backoff {
+        next: Instant::now(),
+        wait: Duration::ZERO,
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if Instant::now() >= alerts_wait.next {
+            match send_alerts(&access, &api).await {
+                Ok(()) => alerts_wait.wait = Duration::ZERO,
+                Err(retry_after) => {
+                    let wait = retry_after.unwrap_or_else(|| {
+                        (alerts_wait.wait * 2).clamp(Duration::from_secs(1), MAX_BACKOFF)
+                    });
+                    alerts_wait = Backoff {
+                        next: Instant::now() + wait,
+                        wait,
+                    };
+                }
+            }
         }
         let store = access.store().clone();
         let pending =
@@ -212,6 +230,69 @@ async fn drain(access: Access, api: Api, stop: &mut watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Posts queued security alerts to the alerts channel, oldest first, each removed once sent.
+async fn send_alerts(access: &Access, api: &Api) -> Result<(), Option<Duration>> {
+    let Some(channel) = access
+        .config()
+        .slack
+        .as_ref()
+        .and_then(|slack| slack.alerts_channel.clone())
+    else {
+        return Ok(());
+    };
+    let store = access.store().clone();
+    let pending = tokio::task::spawn_blocking(move || store.read(|tx| tx.pending_alerts(50))).await;
+    let Ok(Ok(pending)) = pending else {
+        tracing::error!("cannot read the alert queue");
+        return Err(None);
+    };
+    for (id, record) in pending {
+        let text = alert_text(access, &record);
+        let Ok(content) = serde_json::from_value::<SlackMessageContent>(json!({ "text": text }))
+        else {
+            continue;
+        };
+        if let Err(error) = api.post_message(&channel, content).await {
+            return Err(failed("alerts", error));
+        }
+        write(access, move |tx| tx.clear_alert(id)).await;
+    }
+    Ok(())
+}
+
+/// One line for reviewers: what happened, who, where, why. Never a secret: audit details carry
+/// none (tokens, passwords and session content are never audited).
+fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
+    let who = record
+        .actor
+        .as_deref()
+        .map_or_else(|| "-".to_string(), |actor| mention(access, actor));
+    let detail: Value = serde_json::from_str(&record.detail).unwrap_or(Value::Null);
+    let why = detail["why"]
+        .as_str()
+        .or_else(|| detail["error"].as_str())
+        .or_else(|| detail["reason"].as_str())
+        .unwrap_or("");
+    format!(
+        ":warning: {} by {who}{}{}{} (audit #{})",
+        record.event_type,
+        record
+            .target
+            .as_deref()
+            .map_or_else(String::new, |target| format!(" on {target}")),
+        record
+            .request_id
+            .as_deref()
+            .map_or_else(String::new, |request| format!(" for {request}")),
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        },
+        record.seq
+    )
 }
 
 /// Posts or updates the request's message. `Err` carries Slack's `Retry-After`, if it sent one.
