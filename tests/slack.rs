@@ -617,3 +617,25 @@ fn security_events_go_to_the_alerts_channel() {
     );
     assert!(alerts[1].contains("webhook.rejected"), "{alerts:?}");
 }
+
+#[test]
+fn an_expiring_grant_updates_its_message() {
+    let slack = FakeSlack::start();
+    let (bastion, _secrets) = bastion_with_api(&slack.api_url());
+    let request = request_web_1(&bastion);
+    let (code, _, stderr) = bastion.ssh("bob", &["approve", &request]);
+    assert_eq!(code, 0, "{stderr}");
+    wait_for("the approved message", Duration::from_secs(15), || {
+        slack.calls("chat.postMessage").into_iter().find(|call| {
+            call["channel"] == "CAPPROVALS" && message_text(call).contains("access until")
+        })
+    });
+    bastion.advance(Duration::from_secs(2 * 3_600));
+    let expired = wait_for("the expired message", Duration::from_secs(15), || {
+        slack
+            .calls("chat.update")
+            .into_iter()
+            .find(|call| message_text(call).contains("access expired"))
+    });
+    assert!(!message_text(&expired).contains("\"Revoke\""), "{expired}");
+}
