@@ -639,3 +639,79 @@ fn an_expiring_grant_updates_its_message() {
     });
     assert!(!message_text(&expired).contains("\"Revoke\""), "{expired}");
 }
+
+/// Two approvers in Slack, then the engineer's real ssh session, then a Revoke click that cuts
+/// it: the whole path against a real sshd.
+#[test]
+fn two_slack_approvals_open_a_real_session_and_a_revoke_click_cuts_it() {
+    let slack = FakeSlack::start();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::write(secrets.path().join("signing"), SECRET).expect("write secret");
+    std::fs::write(secrets.path().join("token"), "xoxb-test").expect("write token");
+    let mut sshd = None;
+    let bastion = Bastion::start_with(|client_key| {
+        let server = support::Sshd::start_with_config(&[client_key.to_string()], "");
+        let text = format!(
+            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
+             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
+             approvers = [\"leader\"]\napprovals_required = 2\n\n\
+             [slack]\nbot_token_file = \"{}\"\nsigning_secret_file = \"{}\"\n\
+             channel = \"CAPPROVALS\"\napi_url = \"{}\"\n",
+            server.port,
+            server.user,
+            server.host_key,
+            secrets.path().join("token").display(),
+            secrets.path().join("signing").display(),
+            slack.api_url()
+        );
+        sshd = Some(server);
+        text
+    });
+    let _sshd = sshd.expect("sshd started");
+    let addr = bastion.http_addr();
+    let request = request_web_1(&bastion);
+
+    let body = click("UBOB", "approve", &request);
+    let (_, answer) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert!(answer.contains("1 of 2 approvals"), "{answer}");
+    assert_eq!(state_of(&bastion, &request), "pending");
+    wait_for("the message at 1 of 2", Duration::from_secs(15), || {
+        let mut shown = slack.calls("chat.update");
+        shown.extend(slack.calls("chat.postMessage"));
+        shown
+            .into_iter()
+            .find(|call| message_text(call).contains("1 of 2 approvals"))
+    });
+    let body = click("UCAROL", "approve", &request);
+    let (_, answer) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert!(answer.contains("alice has web-1 until"), "{answer}");
+
+    let (code, stdout, stderr) = bastion.ssh_with(
+        &bastion.key("alice"),
+        "alice+web-1",
+        &["echo reached-$((40+2))"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "reached-42\n");
+
+    let mut live = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("echo running; sleep 60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ssh");
+    // Revoke only once the command runs on the target.
+    let mut stdout = std::io::BufReader::new(live.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("read");
+    assert_eq!(first, "running\n");
+    let body = click("UBOB", "revoke", &request);
+    let (_, answer) = post(addr, "/slack/interactions", &signed(&body), &body);
+    assert!(answer.contains("revoked"), "{answer}");
+    let output = live.wait_with_output().expect("ssh ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(stderr.contains("grant revoked by bob"), "{stderr}");
+}
