@@ -363,7 +363,12 @@ async fn tell_requester(
     request_id: &str,
     told: Option<String>,
 ) -> Result<(), Option<Duration>> {
-    let Ok(Some(request)) = access.request_by_id(request_id) else {
+    let lookup = {
+        let access = access.clone();
+        let id = request_id.to_string();
+        tokio::task::spawn_blocking(move || access.request_by_id(&id)).await
+    };
+    let Ok(Ok(Some(request))) = lookup else {
         return Ok(());
     };
     let state = request.state;
