@@ -117,6 +117,19 @@ enum Command {
     },
 }
 
+/// The grant an id names: a grant id as it is, a request id for the grant it produced (issue #3:
+/// `revoke` takes either, over SSH and in Slack).
+pub fn grant_of(access: &Access, id: &str) -> Result<String, AccessError> {
+    if id.starts_with(IdKind::Request.prefix()) {
+        Ok(access
+            .request_by_id(id)?
+            .and_then(|request| request.grant_id)
+            .unwrap_or_else(|| id.to_string()))
+    } else {
+        Ok(id.to_string())
+    }
+}
+
 /// `ssh -p 2222 alice@bastion request web-1 --for 1h --reason "..."`, with this bastion's address.
 pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> String {
     let host = access.config().server.public_host();
@@ -328,15 +341,7 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
         }
         Command::Token { target, pgpass } => token(access, user, &target, pgpass),
         Command::Revoke { grant, reason } => {
-            // A request id stands for the grant it produced.
-            let grant = if grant.starts_with(IdKind::Request.prefix()) {
-                access
-                    .request_by_id(&grant)?
-                    .and_then(|request| request.grant_id)
-                    .unwrap_or(grant)
-            } else {
-                grant
-            };
+            let grant = grant_of(access, &grant)?;
             let reason = if reason.is_empty() {
                 "revoked over ssh".to_string()
             } else {

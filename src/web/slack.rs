@@ -33,7 +33,6 @@ use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 use crate::access::{Access, Approved};
 use crate::audit::{Actor, AuditEvent};
-use crate::ids::IdKind;
 use crate::web::slack_notify::Api;
 
 /// Slack's requests are small; anything larger is refused before any verification work.
@@ -343,15 +342,9 @@ fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -
             Err(refusal) => (true, format!("not approved: {refusal}")),
         },
         REVOKE => {
-            let grant = if request_id.starts_with(IdKind::Request.prefix()) {
-                access
-                    .request_by_id(&request_id)
-                    .ok()
-                    .flatten()
-                    .and_then(|request| request.grant_id)
-                    .unwrap_or(request_id)
-            } else {
-                request_id
+            let grant = match crate::commands::grant_of(access, &request_id) {
+                Ok(grant) => grant,
+                Err(refusal) => return (true, format!("not revoked: {refusal}")),
             };
             match access.revoke(&Actor::User(user), &grant, "revoked in slack") {
                 Ok(grant) => (
