@@ -202,15 +202,8 @@ async fn drain(access: Access, api: Api, stop: &mut watch::Receiver<bool>) {
             match deliver(&access, &api, &request_id).await {
                 Ok(()) => {
                     backoff.remove(&request_id);
-                    let store = access.store().clone();
                     let id = request_id.clone();
-                    let cleared = tokio::task::spawn_blocking(move || {
-                        store.write(|tx| tx.clear_notifications(&id, up_to))
-                    })
-                    .await;
-                    if !matches!(cleared, Ok(Ok(()))) {
-                        tracing::error!(request = %request_id, "cannot clear delivered notifications");
-                    }
+                    write(&access, move |tx| tx.clear_notifications(&id, up_to)).await;
                 }
                 Err(retry_after) => {
                     let previous = backoff
