@@ -375,21 +375,24 @@ fn token(
     let token = key
         .issue(&grant, access.now())
         .map_err(|_| AccessError::NoTokenKey)?;
-    let host = access.config().server.public_host();
-    let port = access.config().server.postgres_listen.port();
-    let text = if pgpass {
-        format!("{host}:{port}:{target}:{user}:{token}")
-    } else {
-        token.clone()
-    };
+    let (host, port) = &access.config().server.postgres_public_address;
+    let line = [host.as_str(), &port.to_string(), target, user, &token]
+        .map(pgpass_field)
+        .join(":");
+    let text = if pgpass { line.clone() } else { token.clone() };
     let value = json!({
         "token": token,
         "target": target,
         "grant_id": grant.id,
         "expires_at": crate::clock::rfc3339(grant.ends_at),
-        "pgpass": format!("{host}:{port}:{target}:{user}:{token}"),
+        "pgpass": line,
     });
     Ok((value, text))
+}
+
+/// A ~/.pgpass field: libpq reads `:` and `\` escaped with a backslash (an IPv6 host has colons).
+fn pgpass_field(field: &str) -> String {
+    field.replace('\\', "\\\\").replace(':', "\\:")
 }
 
 fn targets(access: &Access, user: &str) -> Result<(Value, String), AccessError> {

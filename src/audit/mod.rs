@@ -182,8 +182,10 @@ pub enum AuditEvent {
         /// `simple` or `extended`.
         protocol: &'static str,
         sql: String,
-        /// The CommandComplete tag: the command and its row count.
-        tag: Option<String>,
+        /// The CommandComplete tags, in order: each command and its row count.
+        tags: Vec<String>,
+        /// The sum of the tags' row counts, if any carries one.
+        rows: Option<u64>,
         sqlstate: Option<String>,
         duration_ms: f64,
     },
@@ -470,15 +472,16 @@ impl AuditEvent {
                 target,
                 protocol,
                 sql,
-                tag,
+                tags,
+                rows,
                 sqlstate,
                 duration_ms,
             } => {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "protocol": protocol, "sql": sql, "tag": tag,
-                    "sqlstate": sqlstate, "duration_ms": duration_ms });
+                entry.detail = json!({ "protocol": protocol, "sql": sql, "tags": tags,
+                    "rows": rows, "sqlstate": sqlstate, "duration_ms": duration_ms });
             }
             AuditEvent::PortForward {
                 session_id,

@@ -65,8 +65,12 @@ pub struct ServerConfig {
     pub public_url: String,
     /// The PostgreSQL front end's certificate: from files, or generated in the state dir.
     pub postgres_tls: PostgresServerTls,
-    /// Names the generated certificate is valid for.
-    pub postgres_tls_names: Vec<String>,
+    /// Names the generated certificate is valid for: localhost, 127.0.0.1, ::1, the host of
+    /// `public_url`, then `[server] tls_names`.
+    pub tls_names: Vec<String>,
+    /// The host and port clients reach the PostgreSQL front end at (`[server]
+    /// postgres_public_address`, default the listen address).
+    pub postgres_public_address: (String, u16),
     /// Accept a startup without TLS (off by default: tokens are passwords).
     pub postgres_allow_plaintext: bool,
 }
@@ -553,17 +557,34 @@ impl Validator {
             http_listen,
             public_url,
             postgres_tls,
-            postgres_tls_names: Vec::new(),
+            tls_names: Vec::new(),
+            postgres_public_address: (postgres_listen.ip().to_string(), postgres_listen.port()),
             postgres_allow_plaintext: raw.postgres_allow_plaintext.unwrap_or(false),
         };
-        server.postgres_tls_names = raw.postgres_tls_names.unwrap_or_else(|| {
-            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let host = server.public_host().to_string();
-            if !names.contains(&host) {
-                names.push(host);
+        let mut names: Vec<String> = Vec::new();
+        let always = ["localhost", "127.0.0.1", "::1", server.public_host()].map(str::to_string);
+        for name in always.into_iter().chain(raw.tls_names.unwrap_or_default()) {
+            if name.trim().is_empty() {
+                self.problem("server.tls_names", "names must not be empty");
+            } else if !names.contains(&name) {
+                names.push(name);
             }
-            names
-        });
+        }
+        server.tls_names = names;
+        server.postgres_public_address = match raw.postgres_public_address {
+            Some(address) => host_and_port(&address).unwrap_or_else(|| {
+                self.problem(
+                    "server.postgres_public_address",
+                    format!("{address:?} is not host:port"),
+                );
+                server.postgres_public_address.clone()
+            }),
+            // A wildcard listen address is not one clients can use: name the public host.
+            None if postgres_listen.ip().is_unspecified() => {
+                (server.public_host().to_string(), postgres_listen.port())
+            }
+            None => server.postgres_public_address.clone(),
+        };
         server
     }
 
@@ -1207,6 +1228,18 @@ fn shorten(text: &str) -> String {
     } else {
         text.to_string()
     }
+}
+
+/// `db.example.com:6432`, `10.0.0.5:6432` or `[::1]:6432` as a host and a port.
+fn host_and_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|port| *port != 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    let valid = !host.is_empty() && !host.contains(['/', ' ', '@']);
+    valid.then(|| (host.to_string(), port))
 }
 
 #[cfg(test)]

@@ -44,7 +44,11 @@ pub struct RawServer {
     pub public_url: Option<String>,
     pub postgres_tls_cert_file: Option<String>,
     pub postgres_tls_key_file: Option<String>,
-    pub postgres_tls_names: Option<Vec<String>>,
+    /// Extra names for the generated certificate (`postgres_tls_names` was its first name).
+    #[serde(alias = "postgres_tls_names")]
+    pub tls_names: Option<Vec<String>>,
+    /// `host:port` clients use to reach the PostgreSQL front end (printed by `token --pgpass`).
+    pub postgres_public_address: Option<String>,
     pub postgres_allow_plaintext: Option<bool>,
 }
 

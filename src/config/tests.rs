@@ -104,8 +104,67 @@ fn the_base_config_is_valid_and_typed() {
 }
 
 #[test]
+fn the_postgres_address_and_certificate_names_default_and_parse() {
+    let config = parse(BASE).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.server.tls_names, ["localhost", "127.0.0.1", "::1"]);
+    assert_eq!(
+        config.server.postgres_public_address,
+        ("127.0.0.1".to_string(), 6432)
+    );
+    let server = |lines: &str| {
+        let text = edited(
+            r#"ssh_listen = "127.0.0.1:2222""#,
+            &format!("ssh_listen = \"127.0.0.1:2222\"\n{lines}"),
+        );
+        parse(&text)
+            .unwrap_or_else(|error| panic!("{error}"))
+            .server
+    };
+    let named = server(
+        "public_url = \"https://bastion.example.com\"\ntls_names = [\"db-gw.internal\", \"localhost\"]\npostgres_listen = \"0.0.0.0:6432\"",
+    );
+    assert_eq!(
+        named.tls_names,
+        [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "bastion.example.com",
+            "db-gw.internal"
+        ]
+    );
+    // A wildcard listen address is no address for clients: the public host stands in.
+    assert_eq!(
+        named.postgres_public_address,
+        ("bastion.example.com".to_string(), 6432)
+    );
+    // The name it had first still works.
+    let old = server("postgres_tls_names = [\"old.internal\"]");
+    assert!(old.tls_names.contains(&"old.internal".to_string()));
+    for (address, expected) in [
+        ("db.example.com:5433", ("db.example.com", 5433)),
+        ("10.0.0.5:6432", ("10.0.0.5", 6432)),
+        ("[::1]:6432", ("::1", 6432)),
+    ] {
+        let parsed = server(&format!("postgres_public_address = \"{address}\""));
+        assert_eq!(
+            parsed.postgres_public_address,
+            (expected.0.to_string(), expected.1),
+            "{address}"
+        );
+    }
+}
+
+#[test]
 fn every_problem_names_its_key_path_and_value() {
     let cases: Vec<(String, &str)> = vec![
+        (
+            edited(
+                r#"ssh_listen = "127.0.0.1:2222""#,
+                "ssh_listen = \"127.0.0.1:2222\"\npostgres_public_address = \"db.example.com\"",
+            ),
+            r#"server.postgres_public_address: "db.example.com" is not host:port"#,
+        ),
         (
             edited(r#"max_duration = "2h""#, r#"max_duration = "9x""#),
             r#"targets[0].max_duration: "9x" is not a duration"#,

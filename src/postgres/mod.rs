@@ -474,9 +474,9 @@ impl Client {
                     Err(reason) => reason,
                 },
                 notice = watch.next() => match notice {
-                    Notice::Warning(message) => {
+                    Notice::Warning(warning) => {
                         // Never wait here: the directions are not polled meanwhile.
-                        let _ = control.try_send(Control::Warn(message));
+                        let _ = control.try_send(Control::Warn(warning.seconds_text()));
                     }
                     Notice::Ended { message, reason } => {
                         // Tell the client why first (so the FATAL is what it sees, not the
@@ -701,8 +701,8 @@ async fn upstream_to_client(
             },
             control = controls.recv() => match control {
                 Some(Control::Warn(message)) => {
-                    let text = message.trim_start_matches("portcullis: ");
-                    let _ = client.write_all(&backend::notice("01000", &format!("expiry_warning: {text}"))).await;
+                    // Issue #4 fixes the wording: severity WARNING, the message alone.
+                    let _ = client.write_all(&backend::notice("01000", &message)).await;
                 }
                 Some(Control::End(message)) => {
                     let _ = client.write_all(&backend::error("FATAL", "57P01", &message)).await;

@@ -148,10 +148,7 @@ impl Tracker {
                     return done;
                 };
                 if let Some(tag) = tag {
-                    front.tag = Some(match front.tag.take() {
-                        Some(earlier) => format!("{earlier}; {tag}"),
-                        None => tag,
-                    });
+                    front.tags.push(tag);
                 }
                 if let Some((code, text)) = error {
                     front.sqlstate = Some(code);
@@ -230,7 +227,7 @@ mod tests {
         );
         let done = tracker.server_sent(&message(b'Z', b"I"));
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].tag.as_deref(), Some("SELECT 1; SELECT 1"));
+        assert_eq!(done[0].tags, ["SELECT 1", "SELECT 1"]);
 
         // Pipeline: two executes, the first fails, the second is skipped until Sync.
         tracker.client_sent(&message(b'P', b"s1\0select $1\0\0\0"));
@@ -252,7 +249,7 @@ mod tests {
         assert_eq!(failed[0].sqlstate.as_deref(), Some("22012"));
         let skipped = tracker.server_sent(&message(b'Z', b"I"));
         assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].tag.is_none());
+        assert!(skipped[0].tags.is_empty());
         assert!(tracker.unfinished().is_empty());
     }
 
@@ -273,6 +270,6 @@ mod tests {
         tracker.client_sent(&message(b'Q', b"select 1\0"));
         tracker.server_sent(&message(b'C', b"SELECT 1\0"));
         let done = tracker.server_sent(&message(b'Z', b"I"));
-        assert_eq!(done[0].tag.as_deref(), Some("SELECT 1"));
+        assert_eq!(done[0].tags, ["SELECT 1"]);
     }
 }

@@ -2,7 +2,7 @@
 //! exchange only (forward secrecy), the ring provider.
 //!
 //! The certificate comes from config, or is generated on first start: a private CA and a server
-//! certificate for `server.postgres_tls_names`, kept in `state_dir/tls/`. The CA's private key is
+//! certificate for `server.tls_names`, kept in `state_dir/tls/`. The CA's private key is
 //! thrown away once the server certificate is signed, so nothing on the bastion can mint more
 //! certificates under it; delete `state_dir/tls/` to issue a new pair. `portcullis tls-ca`
 //! prints the CA for clients' `sslrootcert`.
@@ -49,7 +49,7 @@ pub fn server_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, TlsEr
             key_file,
         } => (cert_file.clone(), key_file.clone()),
         PostgresServerTls::Generated => {
-            ensure_generated(&config.server.state_dir, &config.server.postgres_tls_names)?;
+            ensure_generated(&config.server.state_dir, &config.server.tls_names)?;
             (
                 config.server.state_dir.join(CERT_FILE),
                 config.server.state_dir.join(KEY_FILE),
@@ -112,7 +112,7 @@ fn ensure_generated(state_dir: &Path, names: &[String]) -> Result<(), TlsError> 
 pub fn ca_pem(config: &Config) -> Result<String, TlsError> {
     let path = match &config.server.postgres_tls {
         PostgresServerTls::Generated => {
-            ensure_generated(&config.server.state_dir, &config.server.postgres_tls_names)?;
+            ensure_generated(&config.server.state_dir, &config.server.tls_names)?;
             config.server.state_dir.join(CA_FILE)
         }
         PostgresServerTls::Files { cert_file, .. } => cert_file.clone(),

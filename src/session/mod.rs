@@ -255,7 +255,8 @@ impl Session {
                 target: self.inner.target.name.clone(),
                 protocol: statement.protocol,
                 sql: statement.sql.clone(),
-                tag: statement.tag.clone(),
+                tags: statement.tags.clone(),
+                rows: statement.rows(),
                 sqlstate: statement.sqlstate.clone(),
                 duration_ms: statement.duration().as_secs_f64() * 1000.0,
             })
@@ -436,13 +437,55 @@ impl Session {
 /// What the watch tells the front end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// `portcullis: access to web-1 ends at 14:05 UTC (in 5 minutes)`
-    Warning(String),
+    /// The grant ends soon; each front end words it (`ExpiryWarning::minutes_text` for SSH,
+    /// `seconds_text` for PostgreSQL, as issues #3 and #4 fix them).
+    Warning(ExpiryWarning),
     /// The grant ended; the text names why (`access to web-1 ended: grant revoked by bob`).
     Ended {
         message: String,
         reason: &'static str,
     },
+}
+
+/// When a grant ends, told before it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryWarning {
+    pub target: String,
+    pub ends_at: OffsetDateTime,
+    /// Whole minutes left, rounded up.
+    pub minutes: i64,
+}
+
+impl ExpiryWarning {
+    /// `access to web-1 ends at 14:05 UTC (in 5 minutes)`
+    pub fn minutes_text(&self) -> String {
+        let end = self.ends_at;
+        format!(
+            "access to {} ends at {:02}:{:02} UTC ({})",
+            self.target,
+            end.hour(),
+            end.minute(),
+            self.left()
+        )
+    }
+
+    /// `access to prod-db ends at 14:05:30 UTC (in 5 minutes)`
+    pub fn seconds_text(&self) -> String {
+        let end = self.ends_at;
+        format!(
+            "access to {} ends at {:02}:{:02}:{:02} UTC ({})",
+            self.target,
+            end.hour(),
+            end.minute(),
+            end.second(),
+            self.left()
+        )
+    }
+
+    fn left(&self) -> String {
+        let minutes = self.minutes;
+        format!("in {minutes} minute{}", if minutes == 1 { "" } else { "s" })
+    }
 }
 
 pub struct GrantWatch {
@@ -504,14 +547,12 @@ impl GrantWatch {
                     let warning = inner.access.config().access.expiry_warning;
                     if !self.warned && now + warning >= inner.grant.ends_at {
                         self.warned = true;
-                        let end = inner.grant.ends_at;
-                        let minutes = ((end - now).whole_seconds() + 59) / 60;
-                        return Notice::Warning(format!(
-                            "access to {target} ends at {:02}:{:02} UTC (in {minutes} minute{})",
-                            end.hour(),
-                            end.minute(),
-                            if minutes == 1 { "" } else { "s" }
-                        ));
+                        let ends_at = inner.grant.ends_at;
+                        return Notice::Warning(ExpiryWarning {
+                            target,
+                            ends_at,
+                            minutes: ((ends_at - now).whole_seconds() + 59) / 60,
+                        });
                     }
                 }
             }

@@ -427,10 +427,11 @@ pub async fn supervise(
             .map(|channels| channels.iter().map(|(id, pty)| (*id, *pty)).collect())
             .unwrap_or_default();
         match notice {
-            Notice::Warning(message) => {
+            Notice::Warning(warning) => {
                 if channels.is_empty() {
                     watch.rearm_warning();
                 }
+                let message = warning.minutes_text();
                 for (channel, pty) in channels {
                     notify(&handle, channel, pty, &message).await;
                 }
