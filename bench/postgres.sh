@@ -5,6 +5,7 @@
 #
 #   bench/postgres.sh                  # defaults: 10 s per run, 8 clients
 #   SECONDS_PER_RUN=5 CLIENTS=4 bench/postgres.sh
+#   ONLY=select-prepared PROFILE=1 bench/postgres.sh   # perf of the bastion, plaintext run
 #
 # It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
 # mode, and the bastion (query log and pg.query audit on, as always), gets a grant through the
@@ -160,8 +161,14 @@ for workload in "${WORKLOADS[@]}"; do
   name=${workload%%:*}; args=${workload#*:}
   [[ $name =~ $ONLY ]] || continue
   for path in "${ORDER[@]}"; do
+    # PROFILE=1: perf samples the bastion during its plaintext runs (/tmp/portcullis-pg.perf.data).
+    if [ -n "${PROFILE:-}" ] && [ "$path" = portcullis ]; then
+      perf record -g -o /tmp/portcullis-pg.perf.data -p "$BASTION_PID" -- sleep "$RUN" 2>/dev/null &
+      PERF_PID=$!
+    fi
     # shellcheck disable=SC2086
     RESULT[$name,$path]=$(run "$path" $args)
+    [ -n "${PERF_PID:-}" ] && { wait "$PERF_PID" || true; unset PERF_PID; }
   done
 done
 RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BASTION_PID/status")
