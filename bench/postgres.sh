@@ -74,6 +74,7 @@ echo "\"bench\" \"$PASSWORD\"" > "$WORK/bouncer/users.txt"
 as_postgres pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_port "$BOUNCER_PORT"
+BOUNCER_PID=$(pgrep -f "pgbouncer $WORK/bouncer/pgbouncer.ini" | head -1)
 
 for key in alice bob; do ssh-keygen -q -t ed25519 -N "" -C "$key" -f "$WORK/$key"; done
 cat > "$WORK/portcullis.toml" <<EOF
@@ -140,18 +141,37 @@ declare -A PATHS=(
 )
 ORDER=(direct pgbouncer portcullis portcullis_tls)
 
-# run path args... -> "tps latency_ms"
+declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
+# The proxy's CPU time (user + system, clock ticks) and context switches (all its threads).
+proxy_counters() {
+  [ -n "$1" ] || { echo "0 0"; return; }
+  local ticks switches
+  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  switches=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {sum += $2} END {print sum}')
+  echo "$ticks $switches"
+}
+
+# run path args... -> "tps latency_ms proxy_cpu_us_per_transaction proxy_switches_per_transaction"
 run() {
   read -r port user password database sslmode <<<"${PATHS[$1]}"
+  local before after
+  before=$(proxy_counters "${PROXY[$1]}")
   PGPASSWORD=$password PGSSLMODE=$sslmode "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" \
-    -n -T "$RUN" "${@:2}" "$database" 2>/dev/null |
-    python3 -c '
-import re, sys
-text = sys.stdin.read()
+    -n -T "$RUN" "${@:2}" "$database" 2>/dev/null >"$WORK/pgbench.out" || true
+  after=$(proxy_counters "${PROXY[$1]}")
+  BEFORE=$before AFTER=$after TICK=$(getconf CLK_TCK) python3 -c '
+import os, re
+text = open(os.environ["WORK"] + "/pgbench.out").read()
 tps = re.search(r"tps = ([0-9.]+)", text)
 latency = re.search(r"latency average = ([0-9.]+) ms", text)
-print(tps.group(1) if tps else "0", latency.group(1) if latency else "0")'
+count = re.search(r"actually processed: ([0-9]+)", text)
+n = int(count.group(1)) if count else 0
+(t0, s0), (t1, s1) = [map(int, os.environ[k].split()) for k in ("BEFORE", "AFTER")]
+cpu = (t1 - t0) / int(os.environ["TICK"]) * 1e6 / n if n else 0
+switches = (s1 - s0) / n if n else 0
+print(tps.group(1) if tps else "0", latency.group(1) if latency else "0", f"{cpu:.1f}", f"{switches:.2f}")'
 }
+export WORK
 
 declare -A RESULT
 WORKLOADS=("select-simple:-S -M simple -c $CLIENTS -j 2" "select-extended:-S -M extended -c $CLIENTS -j 2"
@@ -161,9 +181,13 @@ for workload in "${WORKLOADS[@]}"; do
   name=${workload%%:*}; args=${workload#*:}
   [[ $name =~ $ONLY ]] || continue
   for path in "${ORDER[@]}"; do
-    # PROFILE=1: perf samples the bastion during its plaintext runs (/tmp/portcullis-pg.perf.data).
+    # PROFILE=1: perf samples the bastion during its plaintext runs (/tmp/portcullis-pg.perf.data);
+    # SYSCALLS=1: counts the proxy's system calls per run (printed to stderr).
     if [ -n "${PROFILE:-}" ] && [ "$path" = portcullis ]; then
       perf record -g -o /tmp/portcullis-pg.perf.data -p "$BASTION_PID" -- sleep "$RUN" 2>/dev/null &
+      PERF_PID=$!
+    elif [ -n "${SYSCALLS:-}" ] && [ -n "${PROXY[$path]}" ]; then
+      perf stat -e raw_syscalls:sys_enter -p "${PROXY[$path]}" -o "/tmp/syscalls-$name-$path.txt" -- sleep "$RUN" 2>/dev/null &
       PERF_PID=$!
     fi
     # shellcheck disable=SC2086
@@ -178,8 +202,13 @@ echo "| measure | direct | pgbouncer | portcullis | portcullis TLS | portcullis 
 echo "|---|---|---|---|---|---|---|"
 for name in select-simple select-extended select-prepared tpcb connect; do
   [[ $name =~ $ONLY ]] || continue
-  for column in 1 2; do
-    label=$([ "$column" = 1 ] && echo "$name tps" || echo "$name latency ms")
+  for column in 1 2 3 4; do
+    case $column in
+      1) label="$name tps" ;;
+      2) label="$name latency ms" ;;
+      3) label="$name proxy CPU µs per transaction" ;;
+      4) label="$name proxy context switches per transaction" ;;
+    esac
     row="| $label"
     values=()
     for path in "${ORDER[@]}"; do

@@ -285,11 +285,17 @@ memory() { # path relay-pids... ; count -> KiB per session
 
 TARGET_PID=$(cat "$WORK/target.pid"); JUMP_PID=$(cat "$WORK/jump.pid")
 if [ -n "${PROFILE:-}" ]; then
-  # Profile the bastion during one download, then stop.
+  # Profile the bastion during one download (or upload), then stop. PROFILE_TEXT=1 streams
+  # base64 text instead of /dev/zero.
   direction=${PROFILE_DIRECTION:-download}
+  source_file=()
+  if [ -n "${PROFILE_TEXT:-}" ]; then
+    head -c "$((MIB * 1024 * 768))" /dev/urandom | base64 -w 76 > "$WORK/text"
+    source_file=("$WORK/text")
+  fi
   perf record -F 499 -g -p "$BASTION_PID" -o "${TMPDIR:-/tmp}/portcullis.perf.data" -- sleep 6 2>/dev/null &
   perf_pid=$!
-  echo "$direction MiB/s: $("$direction" bastion)"
+  echo "$direction MiB/s: $("$direction" bastion "${source_file[@]}")"
   wait "$perf_pid"
   exit 0
 fi
