@@ -136,7 +136,21 @@ pub fn escape_json_into(text: &str, out: &mut Vec<u8>) {
     let mut run_start = 0;
     let mut index = 0;
     while index < bytes.len() {
-        let byte = bytes[index];
+        // Eight bytes at a time past those that need no escape: text has a control byte (a
+        // newline) every line, so most words are clean (perf on a base64 text download: this
+        // function went from 11% of the bastion's samples to 5.7%).
+        while let Some(word) = bytes.get(index..index + 8) {
+            let word = u64::from_le_bytes([
+                word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+            ]);
+            if needs_escape(word) {
+                break;
+            }
+            index += 8;
+        }
+        let Some(&byte) = bytes.get(index) else {
+            break;
+        };
         let escape = ESCAPE[byte as usize];
         if escape == 0 {
             index += 1;
@@ -173,6 +187,21 @@ pub fn escape_json_into(text: &str, out: &mut Vec<u8>) {
         run_start = index;
     }
     out.extend_from_slice(&bytes[run_start..]);
+}
+
+/// True if any byte of `word` is a control character, `"` or `\\` (the bytes `ESCAPE` marks).
+/// Exact, not a hint: the classic "has a byte less than n" and "has a zero byte" tests on each
+/// 8-bit lane, with no carries between lanes because bytes of 0x80 and above are masked out.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let ascii = !word & HIGH;
+    let low = word & !HIGH;
+    // A lane below 0x20: adding 0x60 to its low seven bits leaves bit 7 clear.
+    let control = !(low + ONES * 0x60) & ascii;
+    // A lane equal to c: its low seven bits XOR c are zero, and adding 0x7f leaves bit 7 clear.
+    let equal = |c: u64| !((low ^ (ONES * c)) + ONES * 0x7f) & ascii;
+    (control | equal(b'"' as u64) | equal(b'\\' as u64)) != 0
 }
 
 /// Decodes a UTF-8 byte stream that arrives in arbitrary chunks.
@@ -317,6 +346,43 @@ mod tests {
         let parsed: Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(parsed[0].as_f64(), Some(1.234567));
         assert_eq!(parsed[2].as_str(), Some(text.as_str()));
+    }
+
+    /// The word test agrees with the byte table for every byte in every lane, and for random
+    /// words; and escaping text with escapes at every offset of a word matches serde_json.
+    #[test]
+    fn the_word_test_agrees_with_the_byte_table() {
+        let table = |word: u64| {
+            word.to_le_bytes()
+                .iter()
+                .any(|&byte| ESCAPE[byte as usize] != 0)
+        };
+        for byte in 0u64..=255 {
+            for lane in 0..8 {
+                for filler in [b'a' as u64, 0xe9, 0x7f, 0x80, 0xff] {
+                    let mut word = filler * 0x0101_0101_0101_0101;
+                    word &= !(0xff << (lane * 8));
+                    word |= byte << (lane * 8);
+                    assert_eq!(needs_escape(word), table(word), "{word:#018x}");
+                }
+            }
+        }
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..100_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            assert_eq!(needs_escape(seed), table(seed), "{seed:#018x}");
+        }
+        for offset in 0..24 {
+            for special in ["\n", "\"", "\\", "\u{1}", "\u{1f}", "é"] {
+                let text = format!("{}{special}{}", "x".repeat(offset), "y".repeat(offset));
+                let mut out = Vec::new();
+                escape_json_into(&text, &mut out);
+                let expected = serde_json::to_string(&text).unwrap_or_default();
+                assert_eq!(format!("\"{}\"", String::from_utf8_lossy(&out)), expected);
+            }
+        }
     }
 
     #[test]
