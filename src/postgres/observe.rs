@@ -148,6 +148,9 @@ impl Tracker {
                     return done;
                 };
                 if let Some(tag) = tag {
+                    if let Some(rows) = row_count(&tag) {
+                        front.rows = Some(front.rows.unwrap_or(0) + rows);
+                    }
                     front.tags.push(tag);
                 }
                 if let Some((code, text)) = error {
@@ -196,6 +199,21 @@ impl Tracker {
             })
             .collect()
     }
+}
+
+/// The row count of a CommandComplete tag: `SELECT 5`, `INSERT 0 5`, `UPDATE 3`, `COPY 10`;
+/// `None` for commands that count nothing (`BEGIN`, `CREATE TABLE`).
+fn row_count(tag: &str) -> Option<u64> {
+    let mut words = tag.split(' ');
+    let command = words.next()?;
+    let counted = matches!(
+        command,
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE"
+    );
+    if !counted {
+        return None;
+    }
+    words.next_back()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -251,6 +269,27 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].tags.is_empty());
         assert!(tracker.unfinished().is_empty());
+    }
+
+    #[test]
+    fn rows_sum_the_tags_that_count_rows() {
+        for (tags, rows) in [
+            (&[][..], None),
+            (&["BEGIN"][..], None),
+            (&["SELECT 5"][..], Some(5)),
+            (&["INSERT 0 3", "UPDATE 2", "COMMIT"][..], Some(5)),
+            (&["CREATE TABLE", "COPY 10"][..], Some(10)),
+            (&["DELETE x"][..], None),
+        ] {
+            let mut tracker = Tracker::default();
+            tracker.client_sent(&message(b'Q', b"-- several statements\0"));
+            for tag in tags {
+                tracker.server_sent(&message(b'C', format!("{tag}\0").as_bytes()));
+            }
+            let done = tracker.server_sent(&message(b'Z', b"I"));
+            assert_eq!(done[0].rows, rows, "{tags:?}");
+            assert_eq!(done[0].tags, tags, "{tags:?}");
+        }
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Session {
                 protocol: statement.protocol,
                 sql: statement.sql.clone(),
                 tags: statement.tags.clone(),
-                rows: statement.rows(),
+                rows: statement.rows,
                 sqlstate: statement.sqlstate.clone(),
                 duration_ms: statement.duration().as_secs_f64() * 1000.0,
             })
