@@ -26,8 +26,9 @@ if ! command -v pgbouncer >/dev/null; then
 fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
-cargo build --release --quiet
+cargo build --release --quiet --bin portcullis --example tcp_relay
 BIN=$PWD/target/release/portcullis
+RELAY_BIN=$PWD/target/release/examples/tcp_relay
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -45,6 +46,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 
 PASSWORD=bench-$RANDOM$RANDOM
 PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); BASTION_SSH=$(free_port); BASTION_PG=$(free_port)
+RELAY_PORT=$(free_port)
 mkdir -p "$WORK/pg"; echo "$PASSWORD" > "$WORK/pg/pw"
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/pg"
 as_postgres "$PGBIN/initdb" -D "$WORK/pg/data" -U bench --pwfile="$WORK/pg/pw" --auth=scram-sha-256 >/dev/null
@@ -75,6 +77,11 @@ as_postgres pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_port "$BOUNCER_PORT"
 BOUNCER_PID=$(pgrep -f "pgbouncer $WORK/bouncer/pgbouncer.ini" | head -1)
+# The floor of any tokio proxy: copy_bidirectional, nothing else (examples/tcp_relay.rs).
+"$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+wait_port "$RELAY_PORT"
 
 for key in alice bob; do ssh-keygen -q -t ed25519 -N "" -C "$key" -f "$WORK/$key"; done
 cat > "$WORK/portcullis.toml" <<EOF
@@ -136,22 +143,23 @@ PGPASSWORD=$PASSWORD "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 
 declare -A PATHS=(
   [direct]="$PG_PORT bench $PASSWORD postgres disable"
   [pgbouncer]="$BOUNCER_PORT bench $PASSWORD bench disable"
+  [relay]="$RELAY_PORT bench $PASSWORD postgres disable"
   [portcullis]="$BASTION_PG alice $TOKEN prod-db disable"
   [portcullis_tls]="$BASTION_PG alice $TOKEN prod-db require"
 )
-ORDER=(direct pgbouncer portcullis portcullis_tls)
+ORDER=(direct pgbouncer relay portcullis portcullis_tls)
 
-declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
+declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [relay]=$RELAY_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
 # The proxy's CPU time (user + system, clock ticks) and context switches (all its threads).
 proxy_counters() {
-  [ -n "$1" ] || { echo "0 0"; return; }
+  [ -n "$1" ] || { echo "0 0 0"; return; }
   local ticks switches
-  ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  ticks=$(awk '{print $14, $15}' "/proc/$1/stat")
   switches=$(cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {sum += $2} END {print sum}')
   echo "$ticks $switches"
 }
 
-# run path args... -> "tps latency_ms proxy_cpu_us_per_transaction proxy_switches_per_transaction"
+# run path args... -> "tps latency_ms proxy_cpu_us proxy_switches proxy_system_cpu_us" (per transaction)
 run() {
   read -r port user password database sslmode <<<"${PATHS[$1]}"
   local before after
@@ -166,10 +174,11 @@ tps = re.search(r"tps = ([0-9.]+)", text)
 latency = re.search(r"latency average = ([0-9.]+) ms", text)
 count = re.search(r"actually processed: ([0-9]+)", text)
 n = int(count.group(1)) if count else 0
-(t0, s0), (t1, s1) = [map(int, os.environ[k].split()) for k in ("BEFORE", "AFTER")]
-cpu = (t1 - t0) / int(os.environ["TICK"]) * 1e6 / n if n else 0
+(u0, k0, s0), (u1, k1, s1) = [map(int, os.environ[k].split()) for k in ("BEFORE", "AFTER")]
+per = lambda ticks: ticks / int(os.environ["TICK"]) * 1e6 / n if n else 0
 switches = (s1 - s0) / n if n else 0
-print(tps.group(1) if tps else "0", latency.group(1) if latency else "0", f"{cpu:.1f}", f"{switches:.2f}")'
+print(tps.group(1) if tps else "0", latency.group(1) if latency else "0",
+      f"{per(u1 - u0 + k1 - k0):.1f}", f"{switches:.2f}", f"{per(k1 - k0):.1f}")'
 }
 export WORK
 
@@ -198,16 +207,17 @@ done
 RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BASTION_PID/status")
 
 ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}' if b else '-')"; }
-echo "| measure | direct | pgbouncer | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer |"
-echo "|---|---|---|---|---|---|---|"
+echo "| measure | direct | pgbouncer | tokio relay | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer |"
+echo "|---|---|---|---|---|---|---|---|"
 for name in select-simple select-extended select-prepared tpcb connect; do
   [[ $name =~ $ONLY ]] || continue
-  for column in 1 2 3 4; do
+  for column in 1 2 3 5 4; do
     case $column in
       1) label="$name tps" ;;
       2) label="$name latency ms" ;;
       3) label="$name proxy CPU µs per transaction" ;;
       4) label="$name proxy context switches per transaction" ;;
+      5) label="$name proxy CPU µs per transaction in the kernel" ;;
     esac
     row="| $label"
     values=()
@@ -215,7 +225,7 @@ for name in select-simple select-extended select-prepared tpcb connect; do
       value=$(echo "${RESULT[$name,$path]}" | cut -d' ' -f"$column")
       values+=("$value"); row="$row | $value"
     done
-    echo "$row | $(ratio "${values[2]}" "${values[1]}") | $(ratio "${values[3]}" "${values[1]}") |"
+    echo "$row | $(ratio "${values[3]}" "${values[1]}") | $(ratio "${values[4]}" "${values[1]}") |"
   done
 done
 echo

@@ -9,6 +9,7 @@
 //! not run. COPY data is counted against the statement that started the COPY.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::codec::{self, Message};
@@ -23,14 +24,14 @@ enum Pending {
     Sync,
 }
 
-/// A bound portal: its SQL and parameter values.
-type Portal = (String, Vec<Option<Vec<u8>>>);
+/// A bound portal: its SQL and parameter values, shared with the statements it runs.
+type Portal = (Arc<str>, Arc<[Option<Vec<u8>>]>);
 
 #[derive(Default)]
 pub struct Tracker {
     pending: VecDeque<Pending>,
     /// Prepared statements by name ("" is the unnamed one).
-    prepared: HashMap<String, String>,
+    prepared: HashMap<String, Arc<str>>,
     /// Portals by name.
     portals: HashMap<String, Portal>,
 }
@@ -43,7 +44,7 @@ impl Tracker {
                 let sql = codec::query_text(&message.body).unwrap_or_default();
                 self.pending.push_back(Pending::Statement(Statement {
                     protocol: "simple",
-                    sql,
+                    sql: sql.into(),
                     started: Some(Instant::now()),
                     ..Statement::default()
                 }));
@@ -52,7 +53,7 @@ impl Tracker {
                 if let Ok((name, sql)) = codec::parse_message(&message.body)
                     && (self.prepared.len() < MAX_REMEMBERED || name.is_empty())
                 {
-                    self.prepared.insert(name, sql);
+                    self.prepared.insert(name, sql.into());
                 }
             }
             b'B' => {
@@ -64,7 +65,7 @@ impl Tracker {
                         .get(&bind.statement)
                         .cloned()
                         .unwrap_or_else(|| {
-                            format!("<unknown prepared statement {:?}>", bind.statement)
+                            format!("<unknown prepared statement {:?}>", bind.statement).into()
                         });
                     // Binary values are logged as hex, like bytea: `\x0000002a`.
                     let parameters = bind
@@ -83,11 +84,12 @@ impl Tracker {
             }
             b'E' => {
                 let portal = codec::execute_portal(&message.body).unwrap_or_default();
-                let (sql, parameters) = self
-                    .portals
-                    .get(&portal)
-                    .cloned()
-                    .unwrap_or_else(|| (format!("<unknown portal {portal:?}>"), Vec::new()));
+                let (sql, parameters) = self.portals.get(&portal).cloned().unwrap_or_else(|| {
+                    (
+                        format!("<unknown portal {portal:?}>").into(),
+                        Arc::default(),
+                    )
+                });
                 self.pending.push_back(Pending::Statement(Statement {
                     protocol: "extended",
                     sql,
@@ -262,8 +264,8 @@ mod tests {
         tracker.client_sent(&message(b'S', b""));
         let failed = tracker.server_sent(&message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"));
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].sql, "select $1");
-        assert_eq!(failed[0].parameters, vec![Some(b"7".to_vec())]);
+        assert_eq!(&*failed[0].sql, "select $1");
+        assert_eq!(&failed[0].parameters[..], [Some(b"7".to_vec())]);
         assert_eq!(failed[0].sqlstate.as_deref(), Some("22012"));
         let skipped = tracker.server_sent(&message(b'Z', b"I"));
         assert_eq!(skipped.len(), 1);

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -28,9 +29,11 @@ pub const MAX_PARAMETER: usize = 256;
 pub struct Statement {
     /// `simple` or `extended`.
     pub protocol: &'static str,
-    pub sql: String,
-    /// Text forms of the bind parameters (`None` for SQL NULL), as sent.
-    pub parameters: Vec<Option<Vec<u8>>>,
+    /// Shared with the prepared statement and portal it came from: a prepared statement runs
+    /// thousands of times a second, and its text is not copied for each run.
+    pub sql: Arc<str>,
+    /// Text forms of the bind parameters (`None` for SQL NULL), as sent; shared with the portal.
+    pub parameters: Arc<[Option<Vec<u8>>]>,
     pub started: Option<Instant>,
     /// When its outcome arrived (`None` while it runs, or if it never finished).
     pub finished: Option<Instant>,
@@ -181,7 +184,7 @@ mod tests {
             log.write(&Statement {
                 protocol: "extended",
                 sql: "select $1, $2, $3".into(),
-                parameters: vec![Some(b"42".to_vec()), None, Some(vec![b'x'; 1000])],
+                parameters: vec![Some(b"42".to_vec()), None, Some(vec![b'x'; 1000])].into(),
                 tags: vec!["SELECT 1".into()],
                 rows: Some(1),
                 ..Statement::default()
