@@ -482,18 +482,56 @@ fn pgbench_initializes_with_copy_and_runs_through_the_bastion() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     pgbench(&["-i", "-s", "1", "-q"]);
-    let run = pgbench(&["-c", "2", "-t", "20", "-M", "extended"]);
-    assert!(
-        run.contains("number of transactions actually processed: 40/40"),
-        "{run}"
-    );
-    wait_for("the query logs", Duration::from_secs(10), || {
+    // The TPC-B-like default in each of pgbench's protocols: 2 clients x 10 transactions.
+    for mode in ["simple", "extended", "prepared"] {
+        let run = pgbench(&["-c", "2", "-t", "10", "-M", mode]);
+        assert!(
+            run.contains("number of transactions actually processed: 20/20"),
+            "{mode}: {run}"
+        );
+    }
+    // Each transaction updates one account: 20 a mode, each logged with its SQL (a prepared
+    // statement's text, not a placeholder) and its one row.
+    let updates = wait_for("the query logs", Duration::from_secs(10), || {
         let logged = query_logs(&bastion);
-        logged
-            .iter()
-            .any(|line| line["copy_bytes"].as_u64().unwrap_or(0) > 0)
-            .then_some(())
+        let updates: Vec<Value> = logged
+            .into_iter()
+            .filter(|line| {
+                line["sql"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("UPDATE pgbench_accounts")
+            })
+            .collect();
+        (updates.len() >= 60).then_some(updates)
     });
+    assert_eq!(updates.len(), 60);
+    let simple = updates
+        .iter()
+        .filter(|line| line["protocol"] == "simple")
+        .count();
+    assert_eq!(simple, 20, "one mode of three is the simple protocol");
+    for line in &updates {
+        assert_eq!(line["rows"], 1, "{line}");
+        assert_eq!(line["tags"], serde_json::json!(["UPDATE 1"]), "{line}");
+        if line["protocol"] == "extended" {
+            assert!(line["sql"].as_str().unwrap_or_default().contains("$1"), "{line}");
+            assert_eq!(line["params"].as_array().map(Vec::len), Some(2), "{line}");
+        }
+    }
+    assert!(
+        query_logs(&bastion).iter().all(|line| !line["sql"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("<unknown")),
+        "every prepared statement and portal was tracked"
+    );
+    assert!(
+        query_logs(&bastion)
+            .iter()
+            .any(|line| line["copy_bytes"].as_u64().unwrap_or(0) > 0),
+        "pgbench -i loads with COPY"
+    );
 }
 
 /// Sends `bytes` on a fresh connection and returns everything the bastion answers before it
