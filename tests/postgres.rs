@@ -515,7 +515,10 @@ fn pgbench_initializes_with_copy_and_runs_through_the_bastion() {
         assert_eq!(line["rows"], 1, "{line}");
         assert_eq!(line["tags"], serde_json::json!(["UPDATE 1"]), "{line}");
         if line["protocol"] == "extended" {
-            assert!(line["sql"].as_str().unwrap_or_default().contains("$1"), "{line}");
+            assert!(
+                line["sql"].as_str().unwrap_or_default().contains("$1"),
+                "{line}"
+            );
             assert_eq!(line["params"].as_array().map(Vec::len), Some(2), "{line}");
         }
     }

@@ -137,7 +137,7 @@ pub struct TargetInput {
 }
 
 enum Input {
-    Data(Vec<u8>),
+    Data(bytes::Bytes),
     Eof,
 }
 
@@ -148,7 +148,9 @@ impl TargetInput {
         tokio::spawn(async move {
             while let Some(input) = queued.recv().await {
                 let written = match input {
-                    Input::Data(data) => write.data(&data[..]).await,
+                    // `data_bytes`, not `data`: `data` copies through `tokio::io::copy`'s 8 KiB
+                    // buffer, so each 32 KiB packet from the engineer went upstream as four.
+                    Input::Data(data) => write.data_bytes(data).await,
                     Input::Eof => write.eof().await,
                 };
                 if written.is_err() {
@@ -162,7 +164,8 @@ impl TargetInput {
 
     /// Queues `data` for the target; false once the channel is gone.
     pub async fn data(&self, data: &[u8]) -> bool {
-        self.queue.send(Input::Data(data.to_vec())).await.is_ok()
+        let data = bytes::Bytes::copy_from_slice(data);
+        self.queue.send(Input::Data(data)).await.is_ok()
     }
 
     /// Queues the engineer's EOF, after all data queued before it.

@@ -248,7 +248,7 @@ impl Dialog {
                         .await;
                         break;
                     }
-                    let _ = write.data(&bytes[..]).await;
+                    let _ = write.data_bytes(bytes).await;
                 }
                 ClientEvent::Resize {
                     width,
