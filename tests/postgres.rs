@@ -537,6 +537,51 @@ fn pgbench_initializes_with_copy_and_runs_through_the_bastion() {
     );
 }
 
+/// Ctrl-C in psql (SIGINT) cancels the running statement through the bastion: libpq sends the
+/// CancelRequest in plaintext on a new connection even when the session uses TLS.
+#[test]
+fn psql_ctrl_c_cancels_a_running_statement_through_the_bastion() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
+        .args(["-c", "select pg_sleep(30)"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running on the target (seen there directly, not through the bastion).
+    wait_for("pg_sleep running upstream", Duration::from_secs(10), || {
+        let active = postgres.psql(
+            "select count(*) from pg_stat_activity \
+             where state = 'active' and query = 'select pg_sleep(30)'",
+        );
+        (active.trim() == "1").then_some(())
+    });
+    let started = std::time::Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let output = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(2), "cancelled in {took:?}");
+    // The cancelled statement is logged with its SQLSTATE.
+    let logged = wait_for("the query log", Duration::from_secs(10), || {
+        query_logs(&bastion)
+            .into_iter()
+            .find(|line| line["sql"] == "select pg_sleep(30)")
+    });
+    assert_eq!(logged["error"]["sqlstate"], "57014", "{logged}");
+}
+
 /// Sends `bytes` on a fresh connection and returns everything the bastion answers before it
 /// closes (waiting at most 10 s).
 fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
