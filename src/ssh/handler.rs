@@ -325,7 +325,8 @@ impl russh::server::Handler for Connection {
                         let index = live.session.next_channel();
                         state.index = index;
                         let write = Arc::new(write);
-                        state.to_target = Some(relay::TargetInput::start(write.clone()));
+                        let (to_target, input_stop) = relay::TargetInput::start(write.clone());
+                        state.to_target = Some(to_target);
                         state.upstream = Some(write);
                         state.record_input = record_input(live.session.target());
                         if let Ok(mut open) = live.live.lock() {
@@ -342,6 +343,7 @@ impl russh::server::Handler for Connection {
                             state.pty_flag.clone(),
                             None,
                             state.transfer.clone(),
+                            Some(input_stop),
                         ));
                     }
                     Err(error) => {
@@ -386,8 +388,9 @@ impl russh::server::Handler for Connection {
                     bytes_down: Default::default(),
                 });
                 let write = Arc::new(write);
+                let (to_target, input_stop) = relay::TargetInput::start(write.clone());
                 let mut state = ChannelState {
-                    to_target: Some(relay::TargetInput::start(write.clone())),
+                    to_target: Some(to_target),
                     upstream: Some(write),
                     forward: Some(forward.clone()),
                     ..ChannelState::default()
@@ -405,6 +408,7 @@ impl russh::server::Handler for Connection {
                         state.pty_flag.clone(),
                         Some(forward),
                         state.transfer.clone(),
+                        Some(input_stop),
                     ));
                 }
                 self.channels.insert(channel.id(), state);

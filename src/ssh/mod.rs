@@ -25,6 +25,11 @@ use russh::server::Server as _;
 use crate::access::Access;
 pub use login::Login;
 
+/// Input writer tasks alive in this process (for the resource test of issue #3).
+pub fn input_writers() -> usize {
+    relay::input_writers()
+}
+
 /// Serves SSH on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

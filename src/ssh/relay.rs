@@ -141,17 +141,68 @@ enum Input {
     Eof,
 }
 
+/// Input writer tasks alive, counted so a test can see that none is left behind.
+static INPUT_WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn input_writers() -> usize {
+    INPUT_WRITERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts one writer task for as long as it lives (dropped with the task, however it ends).
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        INPUT_WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        INPUT_WRITERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Held by the channel's pump: when the pump ends (the target closed the channel, or the
+/// session was cut), dropping it stops the input writer. Without it a writer waiting for a
+/// window the target never opens (a refused subsystem) stayed parked for the bastion's lifetime,
+/// with its queue (test: tests/ssh_resources.rs).
+pub struct InputStop {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
 impl TargetInput {
-    /// Starts the writer; it ends when the channel fails or this value is dropped.
-    pub fn start(write: Arc<ChannelWriteHalf<client::Msg>>) -> TargetInput {
+    /// Starts the writer; it ends when the channel fails, this value is dropped and the queue is
+    /// drained, or the returned `InputStop` is dropped.
+    pub fn start(write: Arc<ChannelWriteHalf<client::Msg>>) -> (TargetInput, InputStop) {
         let (queue, mut queued) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let counted = Counted::new();
         tokio::spawn(async move {
-            while let Some(input) = queued.recv().await {
-                let written = match input {
-                    // `data_bytes`, not `data`: `data` copies through `tokio::io::copy`'s 8 KiB
-                    // buffer, so each 32 KiB packet from the engineer went upstream as four.
-                    Input::Data(data) => write.data_bytes(data).await,
-                    Input::Eof => write.eof().await,
+            let _counted = counted;
+            loop {
+                // The stop is checked around the write too: that is where a writer waits for
+                // the target's window. Once it resolves the loop ends, so it is never polled
+                // again.
+                let input = tokio::select! {
+                    input = queued.recv() => input,
+                    _ = &mut stopped => break,
+                };
+                let Some(input) = input else {
+                    break;
+                };
+                let written = tokio::select! {
+                    written = async {
+                        match input {
+                            // `data_bytes`, not `data`: `data` copies through `tokio::io::copy`'s
+                            // 8 KiB buffer, so each 32 KiB packet from the engineer went
+                            // upstream as four.
+                            Input::Data(data) => write.data_bytes(data).await,
+                            Input::Eof => write.eof().await,
+                        }
+                    } => written,
+                    _ = &mut stopped => break,
                 };
                 if written.is_err() {
                     tracing::debug!("upstream channel closed while writing");
@@ -159,7 +210,7 @@ impl TargetInput {
                 }
             }
         });
-        TargetInput { queue }
+        (TargetInput { queue }, InputStop { _stop: stop })
     }
 
     /// Queues `data` for the target; false once the channel is gone.
@@ -258,6 +309,7 @@ pub async fn pump(
     pty: Arc<std::sync::atomic::AtomicBool>,
     forward: Option<Arc<Forward>>,
     transfer: SharedTransfer,
+    input_stop: Option<InputStop>,
 ) {
     let (to_client, queued) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
     let delivery = tokio::spawn(deliver(queued, handle.clone(), down));
@@ -305,6 +357,8 @@ pub async fn pump(
             break;
         }
     }
+    // The target's side of the channel is gone: nothing more can be written to it.
+    drop(input_stop);
     // What is queued reaches the client before the channel's end.
     drop(to_client);
     let _ = delivery.await;

@@ -213,6 +213,9 @@ impl Dialog {
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             None,
             SharedTransfer::default(),
+            // This path writes the engineer's input itself, in `relay` below, once the shell
+            // has started (so the target's window is open).
+            None,
         ));
         Ok(Connected {
             live,
