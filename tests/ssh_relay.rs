@@ -34,20 +34,7 @@ fn bastion_and_configured_sshd(
     extra: &str,
     sshd_config: &str,
 ) -> (Bastion, Sshd) {
-    let mut sshd = None;
-    let bastion = Bastion::start_with(|client_key| {
-        let server = Sshd::start_with_config(&[client_key.to_string()], sshd_config);
-        let pinned = host_key.map_or_else(|| server.host_key.clone(), str::to_string);
-        let text = format!(
-            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
-             login = \"{}\"\nhost_key = \"{pinned}\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\nmax_duration = \"2h\"\n{extra}",
-            server.port, server.user
-        );
-        sshd = Some(server);
-        text
-    });
-    (bastion, sshd.expect("sshd started"))
+    Bastion::with_sshd(host_key, extra, sshd_config)
 }
 
 fn hour() -> Duration {

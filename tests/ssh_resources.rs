@@ -11,26 +11,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::bastion::Bastion;
-use support::{Sshd, wait_for};
+use support::wait_for;
 
 /// A channel whose subsystem the target refuses never gets a window from it, so input queued
 /// for it can never be written. Its writer task must still end with the channel, not park
 /// until the bastion stops (it holds up to 64 queued packets).
 #[test]
 fn a_refused_channel_leaves_no_input_writer_behind() {
-    let mut sshd = None;
-    let bastion = Bastion::start_with(|client_key| {
-        let server = Sshd::start_with_config(&[client_key.to_string()], "");
-        let text = format!(
-            "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
-             login = \"{}\"\nhost_key = \"{}\"\nrequestable_by = [\"engineer\"]\n\
-             approvers = [\"leader\"]\n",
-            server.port, server.user, server.host_key
-        );
-        sshd = Some(server);
-        text
-    });
-    let _sshd = sshd.expect("sshd started");
+    let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
     bastion.grant("alice", "web-1", Duration::from_secs(3_600));
     for _ in 0..3 {
         let mut child = bastion

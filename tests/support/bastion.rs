@@ -65,6 +65,30 @@ impl Bastion {
         Bastion::start_configured("", targets)
     }
 
+    /// A bastion with one SSH target, `web-1`, on a real `sshd` that trusts the bastion's client
+    /// key. `host_key` pins another key than the sshd's (for mismatch tests), `extra` adds TOML
+    /// lines after the target, `sshd_config` adds lines to the sshd's config.
+    pub fn with_sshd(
+        host_key: Option<&str>,
+        extra: &str,
+        sshd_config: &str,
+    ) -> (Bastion, super::Sshd) {
+        let mut sshd = None;
+        let bastion = Bastion::start_with(|client_key| {
+            let server = super::Sshd::start_with_config(&[client_key.to_string()], sshd_config);
+            let pinned = host_key.map_or_else(|| server.host_key.clone(), str::to_string);
+            let text = format!(
+                "[[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:{}\"\n\
+                 login = \"{}\"\nhost_key = \"{pinned}\"\nrequestable_by = [\"engineer\"]\n\
+                 approvers = [\"leader\"]\nmax_duration = \"2h\"\n{extra}",
+                server.port, server.user
+            );
+            sshd = Some(server);
+            text
+        });
+        (bastion, sshd.expect("sshd started"))
+    }
+
     /// Like `start_with`, with extra `[server]` lines.
     pub fn start_configured(server: &str, targets: impl FnOnce(&str) -> String) -> Bastion {
         if std::env::var_os("PORTCULLIS_TEST_LOG").is_some() {
