@@ -286,6 +286,16 @@ fn message_text(call: &Value) -> String {
     call["blocks"].to_string()
 }
 
+/// Waits for a `chat.update` whose message contains `text`.
+fn updated_with(slack: &FakeSlack, text: &str, what: &str) -> Value {
+    wait_for(what, Duration::from_secs(15), || {
+        slack
+            .calls("chat.update")
+            .into_iter()
+            .find(|call| message_text(call).contains(text))
+    })
+}
+
 #[test]
 fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
     let slack = FakeSlack::start();
@@ -323,12 +333,7 @@ fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
         &body,
     );
     assert_eq!(status, 200);
-    let updated = wait_for("the approved message", Duration::from_secs(15), || {
-        slack
-            .calls("chat.update")
-            .into_iter()
-            .find(|call| message_text(call).contains("access until"))
-    });
+    let updated = updated_with(&slack, "access until", "the approved message");
     assert_eq!(updated["ts"], FakeSlack::TS);
     assert_eq!(updated["channel"], "CAPPROVALS");
     assert!(message_text(&updated).contains("\"Revoke\""), "{updated}");
@@ -339,12 +344,7 @@ fn a_request_is_posted_with_buttons_and_updated_in_place_as_it_is_decided() {
 
     let (code, _, stderr) = bastion.ssh("bob", &["revoke", &request]);
     assert_eq!(code, 0, "{stderr}");
-    let revoked = wait_for("the revoked message", Duration::from_secs(15), || {
-        slack
-            .calls("chat.update")
-            .into_iter()
-            .find(|call| message_text(call).contains("revoked by <@UBOB>"))
-    });
+    let revoked = updated_with(&slack, "revoked by <@UBOB>", "the revoked message");
     assert!(!message_text(&revoked).contains("\"Revoke\""), "{revoked}");
     // One message for the request, updated in place, and one direct message to the requester
     // with the line to connect with.
@@ -631,12 +631,7 @@ fn an_expiring_grant_updates_its_message() {
         })
     });
     bastion.advance(Duration::from_secs(2 * 3_600));
-    let expired = wait_for("the expired message", Duration::from_secs(15), || {
-        slack
-            .calls("chat.update")
-            .into_iter()
-            .find(|call| message_text(call).contains("access expired"))
-    });
+    let expired = updated_with(&slack, "access expired", "the expired message");
     assert!(!message_text(&expired).contains("\"Revoke\""), "{expired}");
 }
 

@@ -910,26 +910,7 @@ fn ctrl_c_while_asking_leaves_without_a_request() {
 fn a_subsystem_the_target_refuses_is_refused_promptly() {
     let (bastion, _sshd) = bastion_and_sshd(None);
     bastion.grant("alice", "web-1", hour());
-    let mut child = bastion
-        .ssh_command(&bastion.key("alice"), "alice+web-1")
-        .args(["-s", "no-such-subsystem"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ssh");
-    // Bytes right behind the request, as sftp sends its INIT: the target never opens its window
-    // for a channel whose subsystem it refused.
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"first bytes\n").expect("write to ssh");
-    let status = wait_for("ssh to give up", Duration::from_secs(20), || {
-        child.try_wait().expect("poll ssh")
-    });
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
+    let (status, stderr) = bastion.refused_subsystem();
     assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("subsystem request failed"), "{stderr}");
-    drop(stdin);
 }

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::bastion::Bastion;
@@ -21,23 +19,8 @@ fn a_refused_channel_leaves_no_input_writer_behind() {
     let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
     bastion.grant("alice", "web-1", Duration::from_secs(3_600));
     for _ in 0..3 {
-        let mut child = bastion
-            .ssh_command(&bastion.key("alice"), "alice+web-1")
-            .args(["-s", "no-such-subsystem"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ssh");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(b"bytes the target never takes\n")
-            .expect("write");
-        let status = wait_for("ssh to give up", Duration::from_secs(20), || {
-            child.try_wait().expect("poll ssh")
-        });
-        assert_ne!(status.code(), Some(0));
-        drop(stdin);
+        let (status, stderr) = bastion.refused_subsystem();
+        assert_ne!(status.code(), Some(0), "{stderr}");
     }
     wait_for("the input writers to end", Duration::from_secs(10), || {
         (portcullis::ssh::input_writers() == 0).then_some(())

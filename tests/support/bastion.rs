@@ -89,6 +89,35 @@ impl Bastion {
         (bastion, sshd.expect("sshd started"))
     }
 
+    /// Asks `alice+web-1` for a subsystem the target refuses, with bytes right behind the request
+    /// (as sftp sends its INIT): the target never opens its window for that channel. Returns
+    /// ssh's exit status and stderr once it gives up.
+    pub fn refused_subsystem(&self) -> (std::process::ExitStatus, String) {
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+        let mut child = self
+            .ssh_command(&self.key("alice"), "alice+web-1")
+            .args(["-s", "no-such-subsystem"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ssh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"bytes the target never takes\n")
+            .expect("write to ssh");
+        let status = super::wait_for("ssh to give up", Duration::from_secs(20), || {
+            child.try_wait().expect("poll ssh")
+        });
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        drop(stdin);
+        (status, stderr)
+    }
+
     /// Like `start_with`, with extra `[server]` lines.
     pub fn start_configured(server: &str, targets: impl FnOnce(&str) -> String) -> Bastion {
         if std::env::var_os("PORTCULLIS_TEST_LOG").is_some() {
