@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -225,7 +225,8 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     pub grant_id: Option<String>,
     pub session_id: Option<String>,
-    pub detail: Value,
+    /// The event's own fields as a JSON object, serialized once here (keys in sorted order).
+    pub detail: String,
 }
 
 impl AuditEvent {
@@ -237,8 +238,9 @@ impl AuditEvent {
             request_id: None,
             grant_id: None,
             session_id: None,
-            detail: json!({}),
+            detail: String::new(),
         };
+        let mut detail = json!({});
         match self {
             AuditEvent::Requested {
                 request_id,
@@ -250,7 +252,7 @@ impl AuditEvent {
                 entry.actor = Some(requester.clone());
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
-                entry.detail = json!({ "duration_seconds": duration.as_secs(), "reason": reason });
+                detail = json!({ "duration_seconds": duration.as_secs(), "reason": reason });
             }
             AuditEvent::RequestRefused {
                 requester,
@@ -259,7 +261,7 @@ impl AuditEvent {
             } => {
                 entry.actor = Some(requester.clone());
                 entry.target = Some(target.clone());
-                entry.detail = json!({ "why": why });
+                detail = json!({ "why": why });
             }
             AuditEvent::Approved {
                 request_id,
@@ -271,7 +273,7 @@ impl AuditEvent {
                 entry.actor = Some(approver.clone());
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
-                entry.detail = json!({ "approvals": approvals, "required": required });
+                detail = json!({ "approvals": approvals, "required": required });
             }
             AuditEvent::DecisionRefused {
                 actor,
@@ -282,7 +284,7 @@ impl AuditEvent {
                 entry.actor = Some(actor.label());
                 entry.target = target.clone();
                 entry.request_id = Some(request_id.clone());
-                entry.detail = json!({ "why": why });
+                detail = json!({ "why": why });
             }
             AuditEvent::Denied {
                 request_id,
@@ -293,7 +295,7 @@ impl AuditEvent {
                 entry.actor = Some(approver.clone());
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
-                entry.detail = json!({ "reason": reason });
+                detail = json!({ "reason": reason });
             }
             AuditEvent::Expired {
                 request_id,
@@ -303,7 +305,7 @@ impl AuditEvent {
                 entry.actor = Some(Actor::System.label());
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
-                entry.detail = json!({ "requester": requester });
+                detail = json!({ "requester": requester });
             }
             AuditEvent::Cancelled {
                 request_id,
@@ -325,7 +327,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
                 entry.grant_id = Some(grant_id.clone());
-                entry.detail = json!({ "user": user, "ends_at": rfc3339(*ends_at) });
+                detail = json!({ "user": user, "ends_at": rfc3339(*ends_at) });
             }
             AuditEvent::Revoked {
                 grant_id,
@@ -339,7 +341,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
                 entry.grant_id = Some(grant_id.clone());
-                entry.detail = json!({ "user": user, "reason": reason });
+                detail = json!({ "user": user, "reason": reason });
             }
             AuditEvent::RevokeRefused {
                 actor,
@@ -348,7 +350,7 @@ impl AuditEvent {
             } => {
                 entry.actor = Some(actor.label());
                 entry.grant_id = Some(grant_id.clone());
-                entry.detail = json!({ "why": why });
+                detail = json!({ "why": why });
             }
             AuditEvent::GrantExpired {
                 grant_id,
@@ -360,7 +362,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.request_id = Some(request_id.clone());
                 entry.grant_id = Some(grant_id.clone());
-                entry.detail = json!({ "user": user });
+                detail = json!({ "user": user });
             }
             AuditEvent::AuthFailed {
                 user,
@@ -370,7 +372,7 @@ impl AuditEvent {
                 failures,
             } => {
                 entry.actor = Some(user.clone());
-                entry.detail = json!({ "source": source, "protocol": protocol, "why": why,
+                detail = json!({ "source": source, "protocol": protocol, "why": why,
                     "failures": failures });
             }
             AuditEvent::LoggedIn {
@@ -381,7 +383,7 @@ impl AuditEvent {
             } => {
                 entry.actor = Some(user.clone());
                 entry.target = target.clone();
-                entry.detail = json!({ "source": source, "protocol": protocol });
+                detail = json!({ "source": source, "protocol": protocol });
             }
             AuditEvent::SessionRefused {
                 user,
@@ -391,7 +393,7 @@ impl AuditEvent {
             } => {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
-                entry.detail = json!({ "source": source, "why": why });
+                detail = json!({ "source": source, "why": why });
             }
             AuditEvent::SessionStarted {
                 session_id,
@@ -405,7 +407,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.grant_id = Some(grant_id.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "protocol": protocol, "source": source });
+                detail = json!({ "protocol": protocol, "source": source });
             }
             AuditEvent::SessionEnded {
                 session_id,
@@ -420,8 +422,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.grant_id = Some(grant_id.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail =
-                    json!({ "reason": reason, "bytes_in": bytes_in, "bytes_out": bytes_out });
+                detail = json!({ "reason": reason, "bytes_in": bytes_in, "bytes_out": bytes_out });
             }
             AuditEvent::RecordingFinalized {
                 session_id,
@@ -435,7 +436,7 @@ impl AuditEvent {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail =
+                detail =
                     json!({ "channel": channel, "path": path, "sha256": sha256, "size": size });
             }
             AuditEvent::RecordingFailed {
@@ -448,7 +449,7 @@ impl AuditEvent {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "why": why, "outcome": outcome });
+                detail = json!({ "why": why, "outcome": outcome });
             }
             AuditEvent::FileOperation {
                 session_id,
@@ -463,7 +464,7 @@ impl AuditEvent {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "operation": operation, "path": path, "to": to,
+                detail = json!({ "operation": operation, "path": path, "to": to,
                     "bytes_read": bytes_read, "bytes_written": bytes_written });
             }
             AuditEvent::PgQuery {
@@ -480,8 +481,18 @@ impl AuditEvent {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "protocol": protocol, "sql": &**sql, "tags": tags,
-                    "rows": rows, "sqlstate": sqlstate, "duration_ms": duration_ms });
+                // One of these per statement (20,000 a second under `pgbench -S`): serialized
+                // from borrowed fields, not through a `serde_json::Value`.
+                entry.detail = serde_json::to_string(&PgQueryDetail {
+                    duration_ms: *duration_ms,
+                    protocol,
+                    rows: *rows,
+                    sql,
+                    sqlstate: sqlstate.as_deref(),
+                    tags,
+                })
+                .unwrap_or_default();
+                return entry;
             }
             AuditEvent::PortForward {
                 session_id,
@@ -494,7 +505,7 @@ impl AuditEvent {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.session_id = Some(session_id.clone());
-                entry.detail = json!({ "destination": destination, "bytes_up": bytes_up,
+                detail = json!({ "destination": destination, "bytes_up": bytes_up,
                     "bytes_down": bytes_down });
             }
             AuditEvent::PortForwardRefused {
@@ -505,20 +516,21 @@ impl AuditEvent {
             } => {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
-                entry.detail = json!({ "destination": destination, "why": why });
+                detail = json!({ "destination": destination, "why": why });
             }
             AuditEvent::WebhookRejected { path, why } => {
                 entry.actor = Some("webhook".to_string());
-                entry.detail = json!({ "path": path, "why": why });
+                detail = json!({ "path": path, "why": why });
             }
             AuditEvent::ServerStarted { version } => {
                 entry.actor = Some(Actor::System.label());
-                entry.detail = json!({ "version": version });
+                detail = json!({ "version": version });
             }
             AuditEvent::ServerStopped => {
                 entry.actor = Some(Actor::System.label());
             }
         }
+        entry.detail = detail.to_string();
         entry
     }
 
@@ -594,7 +606,7 @@ impl AuditRecord {
             request_id: entry.request_id,
             grant_id: entry.grant_id,
             session_id: entry.session_id,
-            detail: entry.detail.to_string(),
+            detail: entry.detail,
             prev_hash,
             hash: String::new(),
         };
@@ -622,9 +634,38 @@ impl AuditRecord {
             &self.detail,
             &self.prev_hash,
         );
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+        // Streamed into the hash, not buffered first. Serializing strings and integers to an
+        // in-memory writer cannot fail.
+        let mut hasher = HashWriter(Sha256::new());
+        let _ = serde_json::to_writer(&mut hasher, &canonical);
+        hex::encode(hasher.0.finalize())
     }
+}
+
+/// Feeds what serde_json writes straight into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The detail of a `pg.query` event, borrowed from it. Fields in sorted order, the order the
+/// other events' `json!` objects come out in, so every detail reads the same way.
+#[derive(serde::Serialize)]
+struct PgQueryDetail<'a> {
+    duration_ms: f64,
+    protocol: &'a str,
+    rows: Option<u64>,
+    sql: &'a str,
+    sqlstate: Option<&'a str>,
+    tags: &'a [String],
 }
 
 /// Why the chain does not verify, at the first record that breaks it.
@@ -692,6 +733,24 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pg_query_detail_reads_like_the_json_object_it_replaced() {
+        let event = AuditEvent::PgQuery {
+            session_id: "s-1".to_string(),
+            user: "alice".to_string(),
+            target: "prod-db".to_string(),
+            protocol: "extended",
+            sql: "select $1 \"→\"\n".into(),
+            tags: vec!["SELECT 1".to_string()],
+            rows: Some(1),
+            sqlstate: None,
+            duration_ms: 0.081,
+        };
+        let old = json!({ "protocol": "extended", "sql": "select $1 \"→\"\n",
+            "tags": ["SELECT 1"], "rows": 1, "sqlstate": null, "duration_ms": 0.081 });
+        assert_eq!(event.entry().detail, old.to_string());
+    }
 
     fn chain_of(count: usize) -> Vec<AuditRecord> {
         let mut records: Vec<AuditRecord> = Vec::new();
