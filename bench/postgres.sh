@@ -6,6 +6,7 @@
 #   bench/postgres.sh                  # defaults: 10 s per run, 8 clients
 #   SECONDS_PER_RUN=5 CLIENTS=4 bench/postgres.sh
 #   ONLY=select-prepared PROFILE=1 bench/postgres.sh   # perf of the bastion, plaintext run
+#   SPLIT=1 bench/postgres.sh          # PostgreSQL and pgbench on CPU 0, each proxy on CPU 1
 #
 # It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
 # mode, and the bastion (query log and pg.query audit on, as always), gets a grant through the
@@ -20,6 +21,16 @@ cd "$(dirname "$0")/.."
 
 RUN=${SECONDS_PER_RUN:-10}
 CLIENTS=${CLIENTS:-8}
+
+# SPLIT=1 is the deployment layout: the bastion is its own host in production, so here the
+# database server and the clients share CPU 0 and every proxy (pgbouncer, the tokio relay, the
+# bastion) gets CPU 1 to itself. Without it all of them share both CPUs, and TPS then measures
+# how much CPU each proxy takes from PostgreSQL and pgbench.
+if [ -n "${SPLIT:-}" ]; then
+  ON_SERVER=(taskset -c 0); ON_PROXY=(taskset -c 1)
+else
+  ON_SERVER=(); ON_PROXY=()
+fi
 
 if ! command -v pgbouncer >/dev/null; then
   apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer >/dev/null; }
@@ -50,7 +61,7 @@ RELAY_PORT=$(free_port)
 mkdir -p "$WORK/pg"; echo "$PASSWORD" > "$WORK/pg/pw"
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/pg"
 as_postgres "$PGBIN/initdb" -D "$WORK/pg/data" -U bench --pwfile="$WORK/pg/pw" --auth=scram-sha-256 >/dev/null
-as_postgres "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" -c listen_addresses=127.0.0.1 \
+as_postgres "${ON_SERVER[@]}" "$PGBIN/postgres" -D "$WORK/pg/data" -p "$PG_PORT" -k "$WORK/pg" -c listen_addresses=127.0.0.1 \
   -c max_connections=200 -c fsync=off >"$WORK/pg/log" 2>&1 &
 PIDS+=($!)
 wait_port "$PG_PORT"
@@ -73,12 +84,12 @@ logfile = $WORK/bouncer/log
 EOF
 echo "\"bench\" \"$PASSWORD\"" > "$WORK/bouncer/users.txt"
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/bouncer"
-as_postgres pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+as_postgres "${ON_PROXY[@]}" pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_port "$BOUNCER_PORT"
 BOUNCER_PID=$(pgrep -f "pgbouncer $WORK/bouncer/pgbouncer.ini" | head -1)
 # The floor of any tokio proxy: copy_bidirectional, nothing else (examples/tcp_relay.rs).
-"$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
+"${ON_PROXY[@]}" "$RELAY_BIN" "127.0.0.1:$RELAY_PORT" "127.0.0.1:$PG_PORT" &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 wait_port "$RELAY_PORT"
@@ -124,7 +135,7 @@ tls = "disable"
 requestable_by = ["engineer"]
 approvers = ["leader"]
 EOF
-BENCH_DB_PASSWORD=$PASSWORD "$BIN" --config "$WORK/portcullis.toml" serve --log-format json 2>"$WORK/bastion.log" &
+BENCH_DB_PASSWORD=$PASSWORD "${ON_PROXY[@]}" "$BIN" --config "$WORK/portcullis.toml" serve --log-format json 2>"$WORK/bastion.log" &
 BASTION_PID=$!
 PIDS+=("$BASTION_PID")
 wait_port "$BASTION_SSH"; wait_port "$BASTION_PG"
@@ -164,7 +175,7 @@ run() {
   read -r port user password database sslmode <<<"${PATHS[$1]}"
   local before after
   before=$(proxy_counters "${PROXY[$1]}")
-  PGPASSWORD=$password PGSSLMODE=$sslmode "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" \
+  PGPASSWORD=$password PGSSLMODE=$sslmode "${ON_SERVER[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" \
     -n -T "$RUN" "${@:2}" "$database" 2>/dev/null >"$WORK/pgbench.out" || true
   after=$(proxy_counters "${PROXY[$1]}")
   BEFORE=$before AFTER=$after TICK=$(getconf CLK_TCK) python3 -c '
@@ -229,4 +240,6 @@ for name in select-simple select-extended select-prepared tpcb connect; do
   done
 done
 echo
-echo "bastion RSS after the runs: ${RSS_KIB} KiB; clients: $CLIENTS; seconds per run: $RUN"
+LAYOUT="shared (everything on both CPUs)"
+[ -n "${SPLIT:-}" ] && LAYOUT="split (PostgreSQL and pgbench on CPU 0, each proxy on CPU 1)"
+echo "bastion RSS after the runs: ${RSS_KIB} KiB; clients: $CLIENTS; seconds per run: $RUN; layout: $LAYOUT"
