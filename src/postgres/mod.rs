@@ -30,6 +30,7 @@ use crate::audit::AuditEvent;
 use crate::config::TargetKind;
 use crate::recording::FLUSH_INTERVAL;
 use crate::recording::querylog::{QueryLog, Statement};
+use crate::session::queries::{QueryRecording, QueryWriter};
 use crate::session::{Notice, Session, SessionRefusal};
 use codec::{CodecError, MAX_MESSAGE, MAX_STARTUP, Startup, backend};
 use observe::Tracker;
@@ -54,6 +55,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     let cancels = Cancels::default();
+    let writer = QueryWriter::start()?;
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -69,7 +71,12 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (access, acceptor, cancels) = (access.clone(), acceptor.clone(), cancels.clone());
+        let (access, acceptor, cancels, writer) = (
+            access.clone(),
+            acceptor.clone(),
+            cancels.clone(),
+            writer.clone(),
+        );
         tokio::spawn(async move {
             let deadline = access.config().limits.handshake_timeout;
             let client = Client {
@@ -77,6 +84,7 @@ pub async fn serve(
                 source: peer.ip().to_string(),
                 peer,
                 cancels,
+                writer,
             };
             let ready =
                 tokio::time::timeout(deadline, client.establish(Box::new(tcp), &acceptor)).await;
@@ -95,6 +103,7 @@ struct Client {
     source: String,
     peer: SocketAddr,
     cancels: Cancels,
+    writer: QueryWriter,
 }
 
 /// A client stream and what was read past the last message.
@@ -437,8 +446,8 @@ impl Client {
             cancel,
         } = ready;
         let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let log = Arc::new(Mutex::new(Some(log)));
-        let unaudited: Arc<Mutex<Vec<Statement>>> = Arc::default();
+        let recording = Arc::new(self.writer.recording(session.clone(), log));
+        let unrecorded: Arc<Mutex<Vec<Statement>>> = Arc::default();
         let (client_read, client_write) = tokio::io::split(wire.stream);
         let (upstream_read, upstream_write) = tokio::io::split(upstream.stream);
         let (control, controls) = mpsc::channel(4);
@@ -460,8 +469,8 @@ impl Client {
             Recording {
                 session: session.clone(),
                 tracker: tracker.clone(),
-                log: log.clone(),
-                unaudited: unaudited.clone(),
+                recording: recording.clone(),
+                unrecorded: unrecorded.clone(),
             },
         );
         tokio::pin!(up, down);
@@ -494,23 +503,20 @@ impl Client {
             .lock()
             .map(|mut tracker| tracker.unfinished())
             .unwrap_or_default();
-        let mut to_audit = unaudited
+        let mut rest = unrecorded
             .lock()
             .map(|mut batch| std::mem::take(&mut *batch))
             .unwrap_or_default();
-        let log = log.lock().ok().and_then(|mut slot| slot.take());
+        rest.extend(unfinished);
+        recording.hand_over(rest).await;
+        let log = recording.finish().await;
         let finishing = session.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Some(mut log) = log {
-                for statement in &unfinished {
-                    let _ = log.write(statement);
-                }
-                if let Err(error) = finishing.finish_query_log(log) {
-                    finishing.recording_failed(&error);
-                }
+            if let Some(log) = log
+                && let Err(error) = finishing.finish_query_log(log)
+            {
+                finishing.recording_failed(&error);
             }
-            to_audit.extend(unfinished);
-            finishing.queries_done(&to_audit);
             finishing.end(reason);
         })
         .await;
@@ -603,10 +609,14 @@ fn forwarded_parameters(
 struct Recording {
     session: Session,
     tracker: Arc<Mutex<Tracker>>,
-    log: Arc<Mutex<Option<QueryLog>>>,
-    /// Finished statements not yet audited as `pg.query` (written in batches, every second).
-    unaudited: Arc<Mutex<Vec<Statement>>>,
+    recording: Arc<QueryRecording>,
+    /// Finished statements not yet handed to the query writer (handed over each second, or
+    /// sooner once `HAND_OVER` are waiting).
+    unrecorded: Arc<Mutex<Vec<Statement>>>,
 }
+
+/// Finished statements handed to the query writer without waiting for the next second.
+const HAND_OVER: usize = 4096;
 
 /// What the session supervisor tells the client-facing task.
 enum Control {
@@ -653,46 +663,33 @@ async fn upstream_to_client(
     let Recording {
         session,
         tracker,
-        log,
-        unaudited,
+        recording,
+        unrecorded,
     } = recording;
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
         let Ok((raw, messages)) = codec::take_messages(&mut buffer, MAX_MESSAGE) else {
             return Err("target_protocol_error");
         };
-        let done: Vec<Statement> = tracker
-            .lock()
-            .map(|mut tracker| {
-                messages
-                    .iter()
-                    .flat_map(|message| tracker.server_sent(message))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !done.is_empty() {
-            let written = log.lock().ok().and_then(|mut slot| {
-                slot.as_mut()
-                    .map(|log| done.iter().try_for_each(|statement| log.write(statement)))
-            });
-            if let Some(Err(error)) = written
-                && session.recording_failed(&error)
-            {
-                let message = "recording failed; the session was ended";
-                let _ = client
-                    .write_all(&backend::error("FATAL", "58030", message))
-                    .await;
-                return Err("recording_failed");
+        // Only tracking here, before the answer goes on: the query writer serializes, hashes,
+        // writes and audits off this path (`session::queries`).
+        let full = match (tracker.lock(), unrecorded.lock()) {
+            (Ok(mut tracker), Ok(mut batch)) => {
+                for message in &messages {
+                    batch.extend(tracker.server_sent(message));
+                }
+                (batch.len() >= HAND_OVER).then(|| std::mem::take(&mut *batch))
             }
-            if let Ok(mut batch) = unaudited.lock() {
-                batch.extend(done);
-            }
-        }
+            _ => return Err("recording_failed"),
+        };
         if !raw.is_empty() {
             session.count_out(raw.len());
             if client.write_all(&raw).await.is_err() {
                 return Ok(());
             }
+        }
+        if let Some(batch) = full {
+            recording.hand_over(batch).await;
         }
         tokio::select! {
             read = upstream.read_buf(&mut buffer) => match read {
@@ -712,22 +709,16 @@ async fn upstream_to_client(
                 None => {}
             },
             _ = tick.tick() => {
-                let flushed = log.lock().ok().and_then(|mut slot| slot.as_mut().map(QueryLog::flush));
-                if let Some(Err(error)) = flushed
-                    && session.recording_failed(&error)
-                {
+                if recording.must_end() {
                     let message = "recording failed; the session was ended";
                     let _ = client.write_all(&backend::error("FATAL", "58030", message)).await;
                     return Err("recording_failed");
                 }
-                let batch = unaudited
+                let batch = unrecorded
                     .lock()
                     .map(|mut batch| std::mem::take(&mut *batch))
                     .unwrap_or_default();
-                if !batch.is_empty() {
-                    let auditing = session.clone();
-                    tokio::task::spawn_blocking(move || auditing.queries_done(&batch));
-                }
+                recording.hand_over(batch).await;
             }
         }
     }

@@ -8,6 +8,8 @@
 //! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, HTTP or SQL; a session exists
 //! only while its grant is active, and the watch ends it when the grant ends however it ends.
 
+pub mod queries;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -241,13 +243,13 @@ impl Session {
         self.store_finalized(0, finalized)
     }
 
-    /// Counts finished statements and audits them as `pg.query` events, in one transaction.
-    pub fn queries_done(&self, statements: &[Statement]) {
+    /// Counts finished statements and makes their `pg.query` events (the query writer stores
+    /// them, see `queries`).
+    fn query_events(&self, statements: &[Statement]) -> Vec<AuditEvent> {
         self.inner
             .statements
             .fetch_add(statements.len() as u64, Ordering::Relaxed);
-        let now = self.inner.access.now();
-        let events: Vec<AuditEvent> = statements
+        statements
             .iter()
             .map(|statement| AuditEvent::PgQuery {
                 session_id: self.inner.id.clone(),
@@ -260,15 +262,7 @@ impl Session {
                 sqlstate: statement.sqlstate.clone(),
                 duration_ms: statement.duration().as_secs_f64() * 1000.0,
             })
-            .collect();
-        let stored = self
-            .inner
-            .access
-            .store()
-            .write(|tx| tx.append_audits(&events, now).map(|_| ()));
-        if let Err(error) = stored {
-            tracing::error!(session = %self.inner.id, %error, "cannot audit statements");
-        }
+            .collect()
     }
 
     fn insert_recording_row(
