@@ -95,12 +95,16 @@ fn psql_to(
     command
 }
 
-fn psql(bastion: &Bastion, postgres: &Postgres, token: &str, sql: &str) -> (bool, String, String) {
-    let tls = format!(
+/// libpq options that verify the bastion against its CA.
+fn verified_tls(bastion: &Bastion) -> String {
+    format!(
         "sslmode=verify-full sslrootcert={}",
         ca_file(bastion).display()
-    );
-    let output = psql_to(bastion, postgres, token, "prod-db", &tls)
+    )
+}
+
+fn psql(bastion: &Bastion, postgres: &Postgres, token: &str, sql: &str) -> (bool, String, String) {
+    let output = psql_to(bastion, postgres, token, "prod-db", &verified_tls(bastion))
         .args(["-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .unwrap();
@@ -109,6 +113,21 @@ fn psql(bastion: &Bastion, postgres: &Postgres, token: &str, sql: &str) -> (bool
         String::from_utf8_lossy(&output.stdout).trim().to_string(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Runs a script file through the bastion over verified TLS, one statement a Query message,
+/// stopping at the first error.
+fn psql_script(
+    bastion: &Bastion,
+    postgres: &Postgres,
+    token: &str,
+    script: &std::path::Path,
+) -> std::process::Output {
+    psql_to(bastion, postgres, token, "prod-db", &verified_tls(bastion))
+        .args(["-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(script)
+        .output()
+        .unwrap()
 }
 
 /// The query log lines of the bastion's sessions, all files together.
@@ -816,15 +835,7 @@ fn thousands_of_statements_are_logged_and_audited_in_order_before_the_session_en
     let script = bastion.config.dir.path().join("many.sql");
     let statements: String = (0..COUNT).map(|n| format!("select {n};\n")).collect();
     std::fs::write(&script, statements).unwrap();
-    let tls = format!(
-        "sslmode=verify-full sslrootcert={}",
-        ca_file(&bastion).display()
-    );
-    let output = psql_to(&bastion, &postgres, &token, "prod-db", &tls)
-        .args(["-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f"])
-        .arg(&script)
-        .output()
-        .unwrap();
+    let output = psql_script(&bastion, &postgres, &token, &script);
     assert!(
         output.status.success(),
         "{}",
@@ -867,6 +878,48 @@ fn thousands_of_statements_are_logged_and_audited_in_order_before_the_session_en
         .position(|record| record.event_type == "session.ended")
         .unwrap();
     assert!(last_query < ended, "every pg.query before session.ended");
+}
+
+/// Fail closed (issue #4): when the statements cannot be audited, the query writer marks the
+/// session and the relay ends it with 58030 and cancels what runs upstream; what the script
+/// would have run next never runs. The failure is made real with a trigger that refuses
+/// `pg.query` rows in the bastion's own database.
+#[test]
+fn a_session_whose_statements_cannot_be_audited_is_ended() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let database = rusqlite::Connection::open(
+        bastion
+            .config
+            .state_dir()
+            .join(portcullis::server::DATABASE_FILE),
+    )
+    .unwrap();
+    database
+        .execute_batch(
+            "CREATE TRIGGER refuse_queries BEFORE INSERT ON audit_events
+             WHEN NEW.type = 'pg.query' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+        )
+        .unwrap();
+    let script = bastion.config.dir.path().join("script.sql");
+    std::fs::write(
+        &script,
+        "select 1;\nselect pg_sleep(20);\ncreate table ran_unaudited (x int);\n",
+    )
+    .unwrap();
+    let output = psql_script(&bastion, &postgres, &token, &script);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("recording failed"), "{stderr}");
+    let ended = wait_for("the session to end", Duration::from_secs(20), || {
+        bastion
+            .audit()
+            .into_iter()
+            .find(|event| event["type"] == "session.ended")
+    });
+    assert_eq!(ended["detail"]["reason"], "recording_failed", "{ended}");
+    let exists = postgres.psql("select count(*) from pg_tables where tablename = 'ran_unaudited'");
+    assert_eq!(exists, "0", "a statement ran after auditing failed");
 }
 
 #[test]

@@ -478,9 +478,13 @@ impl Client {
         let reason = loop {
             tokio::select! {
                 _ = &mut up => break "closed",
-                ended = &mut down => break match ended {
-                    Ok(()) => "closed",
-                    Err(reason) => reason,
+                ended = &mut down => match ended {
+                    Ok(()) => break "closed",
+                    Err(reason) => {
+                        // A statement may still run upstream: it must not finish unrecorded.
+                        upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
+                        break reason;
+                    }
                 },
                 notice = watch.next() => match notice {
                     Notice::Warning(warning) => {
