@@ -29,6 +29,8 @@ pub const DATABASE_FILE: &str = "portcullis.db";
 
 /// How often the expiry task looks for requests and grants that are due.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for live sessions to end and finalize their recordings.
+const SESSIONS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the state dir (creating it, mode 0700) and its database; shared by `serve` and the CLI.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -161,6 +163,29 @@ impl Server {
 
     /// Stops the listeners and background tasks and waits for them (bounded).
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Live sessions end first, like a revoke would end them (a final notice, recordings
+        // finalized, `session.ended` with reason `shutdown`); wait for them, bounded. A session
+        // opened meanwhile ends at once. Then the listeners close their connections.
+        self.access.stop_sessions();
+        let deadline = tokio::time::Instant::now() + SESSIONS_STOP_TIMEOUT;
+        while self
+            .access
+            .live_sessions()
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    live = self
+                        .access
+                        .live_sessions()
+                        .load(std::sync::atomic::Ordering::SeqCst),
+                    "sessions still open at shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(10), task)

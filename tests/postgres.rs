@@ -922,6 +922,50 @@ fn a_session_whose_statements_cannot_be_audited_is_ended() {
     assert_eq!(exists, "0", "a statement ran after auditing failed");
 }
 
+/// A bastion that shuts down ends its live database sessions first, as a revoke would: the
+/// client gets FATAL 57P01 naming the shutdown, the statement running upstream is cancelled, and
+/// the session's statements, query log hash and `session.ended` are all stored before it stops.
+#[test]
+fn shutdown_ends_live_sessions_and_finalizes_their_logs() {
+    let (mut bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
+        .args(["-c", "select 1", "-c", "select pg_sleep(30)"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("pg_sleep running upstream", Duration::from_secs(10), || {
+        let active = postgres.psql(
+            "select count(*) from pg_stat_activity \
+             where state = 'active' and query = 'select pg_sleep(30)'",
+        );
+        (active.trim() == "1").then_some(())
+    });
+    let server = bastion.server.take().unwrap();
+    bastion.runtime.block_on(server.shutdown()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("the bastion is shutting down"), "{stderr}");
+    let idle = postgres.psql(
+        "select count(*) from pg_stat_activity \
+         where state = 'active' and query = 'select pg_sleep(30)'",
+    );
+    assert_eq!(idle, "0", "the statement was cancelled upstream");
+    let audit = bastion.audit();
+    let of = |kind: &str| audit.iter().find(|event| event["type"] == kind).cloned();
+    let ended = of("session.ended").expect("session.ended");
+    assert_eq!(ended["detail"]["reason"], "shutdown", "{ended}");
+    assert!(
+        of("recording.finalized").is_some(),
+        "the query log was finalized"
+    );
+    let logged: Vec<Value> = query_logs(&bastion);
+    assert_eq!(logged[0]["sql"], "select 1", "{logged:?}");
+}
+
 #[test]
 fn a_million_row_result_arrives_intact() {
     let (bastion, postgres) = bastion_and_postgres("");

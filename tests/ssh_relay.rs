@@ -419,6 +419,38 @@ fn a_revoke_cuts_a_live_session_at_once() {
     );
 }
 
+/// Shutdown ends live SSH sessions like a revoke, and finalizes their recordings before the
+/// bastion stops.
+#[test]
+fn shutdown_cuts_live_sessions_and_finalizes_their_recordings() {
+    let (mut bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let child = live_session(&bastion);
+    let server = bastion.server.take().expect("a running bastion");
+    bastion
+        .runtime
+        .block_on(server.shutdown())
+        .expect("shutdown");
+    let (code, stderr) = finish(child);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("portcullis: access to web-1 ended: the bastion is shutting down"),
+        "{stderr}"
+    );
+    let audit = bastion.audit();
+    let ended = audit
+        .iter()
+        .find(|event| event["type"] == "session.ended")
+        .expect("session.ended");
+    assert_eq!(ended["detail"]["reason"], "shutdown", "{ended}");
+    assert!(
+        audit
+            .iter()
+            .any(|event| event["type"] == "recording.finalized"),
+        "the recording was finalized"
+    );
+}
+
 #[test]
 fn expiry_warns_then_cuts_a_live_session() {
     let (bastion, _sshd) = bastion_and_sshd(None);

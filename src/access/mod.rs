@@ -120,6 +120,10 @@ pub struct Access {
     announced: Arc<Mutex<HashMap<String, OffsetDateTime>>>,
     /// Signs database access tokens; set by the server once it has read the key.
     token_key: Option<crate::tokens::TokenKey>,
+    /// Set once the bastion is shutting down: every live session's watch ends it.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Sessions opened and not yet ended, so shutdown can wait for them to finish.
+    live_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Access {
@@ -144,6 +148,8 @@ impl Access {
             ended,
             announced: Arc::new(Mutex::new(HashMap::new())),
             token_key: None,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+            live_sessions: Arc::default(),
         }
     }
 
@@ -656,6 +662,22 @@ impl Access {
     /// layer can cut live sessions.
     pub fn subscribe_ended(&self) -> broadcast::Receiver<GrantEnded> {
         self.ended.subscribe()
+    }
+
+    /// Tells every live session to end (the bastion is shutting down); sessions opened after
+    /// this end at once.
+    pub fn stop_sessions(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns `true` once `stop_sessions` was called.
+    pub fn subscribe_stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Counts sessions between `Session::open` and `Session::end`.
+    pub fn live_sessions(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.live_sessions
     }
 
     fn announce(&self, grant: &Grant) {

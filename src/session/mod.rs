@@ -70,6 +70,14 @@ struct Inner {
     ended: AtomicBool,
 }
 
+/// A session counts as live until its last handle is gone: its front end has ended it and the
+/// query writer and recorders hold nothing of it any more. Shutdown waits for that count.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.access.live_sessions().fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
@@ -132,6 +140,7 @@ impl Session {
             Ok(id)
         })?;
         tracing::info!(session = %id, user, target = target_name, grant = %grant.id, "session started");
+        access.live_sessions().fetch_add(1, Ordering::SeqCst);
         Ok(Session {
             inner: Arc::new(Inner {
                 id,
@@ -422,10 +431,17 @@ impl Session {
         GrantWatch {
             session: self.clone(),
             ended: self.inner.access.subscribe_ended(),
+            stopping: self.inner.access.subscribe_stopping(),
             warned: false,
             ticks: 0,
         }
     }
+}
+
+/// Resolves once the bastion is stopping (or the access core that would say so is gone). The
+/// watch's `Ref` is dropped here, not held in the caller's future (it is not `Send`).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// What the watch tells the front end.
@@ -485,6 +501,7 @@ impl ExpiryWarning {
 pub struct GrantWatch {
     session: Session,
     ended: broadcast::Receiver<GrantEnded>,
+    stopping: tokio::sync::watch::Receiver<bool>,
     warned: bool,
     ticks: u64,
 }
@@ -504,6 +521,7 @@ impl GrantWatch {
         let target = inner.target.name.clone();
         let grant_id = inner.grant.id.clone();
         let mut tick = tokio::time::interval(TICK);
+        let mut stopping = self.stopping.clone();
         loop {
             tokio::select! {
                 received = self.ended.recv() => match received {
@@ -525,6 +543,14 @@ impl GrantWatch {
                         };
                     }
                 },
+                // The bastion is shutting down: the session ends now, with its row, its
+                // recordings finalized and its `session.ended`, while shutdown waits for it.
+                () = stopped(&mut stopping) => {
+                    return Notice::Ended {
+                        message: format!("access to {target} ended: the bastion is shutting down"),
+                        reason: "shutdown",
+                    };
+                }
                 _ = tick.tick() => {
                     // The broadcast is the fast path; the store is the truth. Checking it every
                     // second also catches an end that happened before this watch subscribed.
