@@ -130,6 +130,35 @@ fn psql_script(
         .unwrap()
 }
 
+/// psql through the bastion running `before` and then `select pg_sleep(30)`, returned once the
+/// sleep runs on the target (seen there directly, not through the bastion).
+fn sleeping_psql(
+    bastion: &Bastion,
+    postgres: &Postgres,
+    token: &str,
+    before: &[&str],
+) -> std::process::Child {
+    let child = psql_to(bastion, postgres, token, "prod-db", "sslmode=require")
+        .args(before)
+        .args(["-c", "select pg_sleep(30)"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("pg_sleep running upstream", Duration::from_secs(10), || {
+        (running_sleeps(postgres) == "1").then_some(())
+    });
+    child
+}
+
+/// How many `select pg_sleep(30)` run on the target now.
+fn running_sleeps(postgres: &Postgres) -> String {
+    postgres.psql(
+        "select count(*) from pg_stat_activity \
+         where state = 'active' and query = 'select pg_sleep(30)'",
+    )
+}
+
 /// The query log lines of the bastion's sessions, all files together.
 fn query_logs(bastion: &Bastion) -> Vec<Value> {
     query_log_files(bastion).into_iter().flatten().collect()
@@ -563,20 +592,7 @@ fn psql_ctrl_c_cancels_a_running_statement_through_the_bastion() {
     let (bastion, postgres) = bastion_and_postgres("");
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
-    let child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
-        .args(["-c", "select pg_sleep(30)"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Running on the target (seen there directly, not through the bastion).
-    wait_for("pg_sleep running upstream", Duration::from_secs(10), || {
-        let active = postgres.psql(
-            "select count(*) from pg_stat_activity \
-             where state = 'active' and query = 'select pg_sleep(30)'",
-        );
-        (active.trim() == "1").then_some(())
-    });
+    let child = sleeping_psql(&bastion, &postgres, &token, &[]);
     let started = std::time::Instant::now();
     let signalled = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -930,30 +946,18 @@ fn shutdown_ends_live_sessions_and_finalizes_their_logs() {
     let (mut bastion, postgres) = bastion_and_postgres("");
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
-    let child = psql_to(&bastion, &postgres, &token, "prod-db", "sslmode=require")
-        .args(["-c", "select 1", "-c", "select pg_sleep(30)"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("pg_sleep running upstream", Duration::from_secs(10), || {
-        let active = postgres.psql(
-            "select count(*) from pg_stat_activity \
-             where state = 'active' and query = 'select pg_sleep(30)'",
-        );
-        (active.trim() == "1").then_some(())
-    });
+    let child = sleeping_psql(&bastion, &postgres, &token, &["-c", "select 1"]);
     let server = bastion.server.take().unwrap();
     bastion.runtime.block_on(server.shutdown()).unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("the bastion is shutting down"), "{stderr}");
-    let idle = postgres.psql(
-        "select count(*) from pg_stat_activity \
-         where state = 'active' and query = 'select pg_sleep(30)'",
+    assert_eq!(
+        running_sleeps(&postgres),
+        "0",
+        "the statement was cancelled upstream"
     );
-    assert_eq!(idle, "0", "the statement was cancelled upstream");
     let audit = bastion.audit();
     let of = |kind: &str| audit.iter().find(|event| event["type"] == kind).cloned();
     let ended = of("session.ended").expect("session.ended");
