@@ -168,20 +168,14 @@ impl Server {
         // opened meanwhile ends at once. Then the listeners close their connections.
         self.access.stop_sessions();
         let deadline = tokio::time::Instant::now() + SESSIONS_STOP_TIMEOUT;
-        while self
-            .access
-            .live_sessions()
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-        {
+        let live = || {
+            self.access
+                .live_sessions()
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        while live() > 0 {
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    live = self
-                        .access
-                        .live_sessions()
-                        .load(std::sync::atomic::Ordering::SeqCst),
-                    "sessions still open at shutdown"
-                );
+                tracing::warn!(live = live(), "sessions still open at shutdown");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -122,7 +122,7 @@ pub struct Access {
     token_key: Option<crate::tokens::TokenKey>,
     /// Set once the bastion is shutting down: every live session's watch ends it.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Sessions opened and not yet ended, so shutdown can wait for them to finish.
+    /// Sessions opened and not yet dropped, so shutdown can wait for them to finish.
     live_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -675,7 +675,7 @@ impl Access {
         self.stopping.subscribe()
     }
 
-    /// Counts sessions between `Session::open` and `Session::end`.
+    /// Counts sessions from `Session::open` until their last handle is dropped.
     pub fn live_sessions(&self) -> &std::sync::atomic::AtomicUsize {
         &self.live_sessions
     }
