@@ -29,8 +29,6 @@ pub const DATABASE_FILE: &str = "portcullis.db";
 
 /// How often the expiry task looks for requests and grants that are due.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How long shutdown waits for live sessions to end and finalize their recordings.
-const SESSIONS_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the state dir (creating it, mode 0700) and its database; shared by `serve` and the CLI.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -167,7 +165,8 @@ impl Server {
         // finalized, `session.ended` with reason `shutdown`); wait for them, bounded. A session
         // opened meanwhile ends at once. Then the listeners close their connections.
         self.access.stop_sessions();
-        let deadline = tokio::time::Instant::now() + SESSIONS_STOP_TIMEOUT;
+        let timeout = self.access.config().limits.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let live = || {
             self.access
                 .live_sessions()
@@ -181,12 +180,12 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.shutdown.send(true);
+        // One deadline for all the tasks, not one each: the whole stop stays within twice the
+        // timeout, which the service manager's stop timeout must exceed.
+        let deadline = tokio::time::Instant::now() + timeout;
         for task in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a task did not stop within 10s");
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(?timeout, "a task did not stop in time");
             }
         }
         let access = self.access.clone();

@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_channels_per_connection: u32,
     /// Reaching a target: TCP connect and the SSH handshake, or TCP, TLS and the PostgreSQL login.
     pub upstream_connect_timeout: Duration,
+    /// How long a stopping bastion waits for live sessions to end and finalize their recordings
+    /// and query logs (each synced to disk), and then for its listeners and tasks to stop.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -474,7 +477,26 @@ impl Validator {
                 raw.upstream_connect_timeout,
                 Duration::from_secs(60),
             ),
+            shutdown_timeout: self.shutdown_timeout(raw.shutdown_timeout),
         }
+    }
+
+    /// `limits.shutdown_timeout`: 10 s by default, from 1 s to 10 minutes. Shutdown waits up to
+    /// this long for sessions, then up to this long for listeners and tasks; a service manager
+    /// kills a bastion that outlasts its own stop timeout (`TimeoutStopSec=30s` in
+    /// systemd/portcullis.service), and recordings still open then stay unfinalized.
+    fn shutdown_timeout(&mut self, value: Option<String>) -> Duration {
+        let default = Duration::from_secs(10);
+        let timeout = self.duration("limits.shutdown_timeout", value, default);
+        // Zero is refused by the duration parser itself.
+        if timeout > Duration::from_secs(600) {
+            self.problem(
+                "limits.shutdown_timeout",
+                format!("{}s is out of range (1s to 600s)", timeout.as_secs()),
+            );
+            return default;
+        }
+        timeout
     }
 
     fn path(&self, value: &str) -> PathBuf {

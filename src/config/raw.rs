@@ -31,6 +31,7 @@ pub struct RawLimits {
     pub handshake_timeout: Option<String>,
     pub max_channels_per_connection: Option<i64>,
     pub upstream_connect_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,6 +101,11 @@ fn the_base_config_is_valid_and_typed() {
         }
     ));
     assert_eq!(config.max_duration_for(db).as_secs(), 8 * 3_600);
+    assert_eq!(config.limits.shutdown_timeout.as_secs(), 10);
+    let limits = parse(&format!("{BASE}\n[limits]\nshutdown_timeout = \"45s\"\n"))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .limits;
+    assert_eq!(limits.shutdown_timeout.as_secs(), 45);
 }
 
 #[test]
@@ -164,6 +169,18 @@ fn every_problem_names_its_key_path_and_value() {
                 "ssh_listen = \"127.0.0.1:2222\"\npostgres_public_address = \"db.example.com\"",
             ),
             r#"server.postgres_public_address: "db.example.com" is not host:port"#,
+        ),
+        (
+            format!("{BASE}\n[limits]\nshutdown_timeout = \"0s\"\n"),
+            r#"limits.shutdown_timeout: "0s" is zero"#,
+        ),
+        (
+            format!("{BASE}\n[limits]\nshutdown_timeout = \"11m\"\n"),
+            "limits.shutdown_timeout: 660s is out of range (1s to 600s)",
+        ),
+        (
+            format!("{BASE}\n[limits]\nshutdown_timeout = \"soon\"\n"),
+            r#"limits.shutdown_timeout: "soon" is not a duration"#,
         ),
         (
             edited(r#"max_duration = "2h""#, r#"max_duration = "9x""#),
