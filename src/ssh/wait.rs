@@ -238,8 +238,11 @@ impl Dialog {
                 ClientEvent::Data(bytes) => {
                     live.session.count_in(bytes.len());
                     if record_input
-                        && let Err(true) =
-                            relay::record(&live.session, &recorder, |active| active.input(&bytes))
+                        && let Err(true) = relay::record(&live.session, &recorder, bytes.len(), {
+                            let bytes = bytes.clone();
+                            move |active| active.input(&bytes)
+                        })
+                        .await
                     {
                         let _ = write.close().await;
                         relay::cut(
@@ -262,9 +265,10 @@ impl Dialog {
                     let _ = write
                         .window_change(width, height, pixel_width, pixel_height)
                         .await;
-                    let _ = relay::record(&live.session, &recorder, |active| {
+                    let _ = relay::record(&live.session, &recorder, 0, move |active| {
                         active.resize(width, height)
-                    });
+                    })
+                    .await;
                 }
                 ClientEvent::Signal(signal) => {
                     let _ = write.signal(signal).await;
