@@ -130,13 +130,6 @@ impl HashedFile {
         Ok(())
     }
 
-    /// Whether appending `bytes` more would only copy them into the buffer: no system call, so
-    /// nothing that can wait for the disk.
-    pub fn buffers(&self, bytes: usize) -> bool {
-        let spare = self.file.capacity() - self.file.buffer().len();
-        bytes < spare && self.last_flush.elapsed() < FLUSH_INTERVAL
-    }
-
     /// Pushes buffered lines to the file; owners call this at least every second.
     pub fn flush(&mut self) -> Result<(), RecordingError> {
         self.last_flush = Instant::now();
@@ -212,15 +205,6 @@ impl Recorder {
         self.file.path()
     }
 
-    /// Whether recording an event of `bytes` terminal bytes would stay in memory: its line
-    /// (at most six bytes a byte, plus a held-back character and the event's frame) fits the
-    /// buffer and no timed flush is due. Owners write such events where they are and send the
-    /// others, which may wait for the disk, to a thread that can block.
-    pub fn stays_in_memory(&self, bytes: usize) -> bool {
-        let line = bytes.saturating_add(4).saturating_mul(6).saturating_add(64);
-        self.file.buffers(line)
-    }
-
     /// Terminal output (stdout and stderr alike).
     pub fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
         self.text_event(Code::Output, bytes)
@@ -290,27 +274,6 @@ mod tests {
             command: None,
             term: None,
         }
-    }
-
-    #[test]
-    fn keystrokes_stay_in_memory_and_bulk_chunks_do_not() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("s-abc-0.cast");
-        let mut recorder = Recorder::create(path, &header(), true)?;
-        // Issue #3: an echo is written where it arrives; an SSH packet of output may reach the
-        // kernel (and wait for the disk), so its owner sends it to a thread that can block.
-        assert!(recorder.stays_in_memory(1));
-        assert!(recorder.stays_in_memory(64));
-        assert!(!recorder.stays_in_memory(32 * 1024));
-        assert!(!recorder.stays_in_memory(usize::MAX));
-        // The buffer fills: what no longer fits would reach the kernel.
-        while recorder.stays_in_memory(100) {
-            recorder.output(&[b'x'; 100])?;
-        }
-        recorder.flush()?;
-        assert!(recorder.stays_in_memory(100));
-        Ok(())
     }
 
     #[test]

@@ -510,11 +510,8 @@ impl russh::server::Handler for Connection {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if state.record_input
-            && let Err(true) = relay::record(&live.session, &state.recorder, data.len(), {
-                let data = data.to_vec();
-                move |active| active.input(&data)
-            })
-            .await
+            && let Err(true) =
+                relay::record(&live.session, &state.recorder, |active| active.input(data))
         {
             let pty = state.pty_flag.load(Ordering::Relaxed);
             let _ = upstream.close().await;
@@ -630,10 +627,9 @@ impl russh::server::Handler for Connection {
                     .window_change(col_width, row_height, pix_width, pix_height)
                     .await;
             }
-            let _ = relay::record(&live.session, &state.recorder, 0, move |active| {
+            let _ = relay::record(&live.session, &state.recorder, |active| {
                 active.resize(col_width, row_height)
-            })
-            .await;
+            });
         }
         Ok(())
     }

@@ -228,86 +228,9 @@ impl TargetInput {
 /// The downstream channels of a session that are open, with whether each has a pty.
 pub type LiveChannels = Arc<Mutex<HashMap<ChannelId, bool>>>;
 
-/// Applies `write`, an event of `size` terminal bytes, to the channel's recorder. On failure the
-/// recorder is dropped (no more writes) and `Err` carries whether the session must end.
-///
-/// A write that may reach the kernel runs on a blocking thread: once the dirty-page limit is
-/// reached, `write` sleeps until the disk catches up, and on a tokio worker that stalled every
-/// task on it, other sessions' echoes and revokes included (measured with three recorded bulk
-/// downloads: an interactive session's echo p99 was 21-99 ms, 4.5-7 ms off the runtime; see
-/// docs/PERFORMANCE.md). An event that only fills the recorder's buffer (keystrokes, echoes) is
-/// written in place, since a thread hop would cost it more than the copy. A channel without a
-/// recording (SFTP, port forwards) does nothing here.
-pub async fn record(
-    session: &Session,
-    recorder: &SharedRecorder,
-    size: usize,
-    write: impl FnOnce(&mut Recorder) -> Result<(), crate::recording::RecordingError> + Send + 'static,
-) -> Result<(), bool> {
-    match in_memory(recorder, size) {
-        None => Ok(()),
-        Some(true) => record_now(session, recorder, write),
-        Some(false) => {
-            let (session, recorder) = (session.clone(), recorder.clone());
-            tokio::task::spawn_blocking(move || record_now(&session, &recorder, write))
-                .await
-                // The blocking pool is gone (the runtime is stopping): fail closed.
-                .unwrap_or(Err(true))
-        }
-    }
-}
-
-/// Records the output a target message carries (data or stderr) as `record` does, and hands the
-/// message back for delivery. `None` only if the blocking pool is gone (the session must end).
-async fn record_output(
-    session: &Session,
-    recorder: &SharedRecorder,
-    message: ChannelMsg,
-) -> (Result<(), bool>, Option<ChannelMsg>) {
-    fn output(
-        session: &Session,
-        recorder: &SharedRecorder,
-        message: &ChannelMsg,
-    ) -> Result<(), bool> {
-        match message {
-            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                record_now(session, recorder, |active| active.output(data))
-            }
-            _ => Ok(()),
-        }
-    }
-    let size = match &message {
-        ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data.len(),
-        _ => 0,
-    };
-    match in_memory(recorder, size) {
-        None => (Ok(()), Some(message)),
-        Some(true) => (output(session, recorder, &message), Some(message)),
-        Some(false) => {
-            let (session, recorder) = (session.clone(), recorder.clone());
-            let recorded = tokio::task::spawn_blocking(move || {
-                (output(&session, &recorder, &message), message)
-            })
-            .await;
-            match recorded {
-                Ok((result, message)) => (result, Some(message)),
-                Err(_) => (Err(true), None),
-            }
-        }
-    }
-}
-
-/// `None` if the channel records nothing; else whether an event of `size` bytes stays in memory.
-fn in_memory(recorder: &SharedRecorder, size: usize) -> Option<bool> {
-    match recorder.lock() {
-        Ok(slot) => slot.as_ref().map(|active| active.stays_in_memory(size)),
-        // A poisoned lock: `record_now` fails closed.
-        Err(_) => Some(false),
-    }
-}
-
-/// `record`'s work, on the calling thread.
-fn record_now(
+/// Applies `write` to the channel's recorder. On failure the recorder is dropped (no more writes)
+/// and `Err` carries whether the session must end.
+pub fn record(
     session: &Session,
     recorder: &SharedRecorder,
     write: impl FnOnce(&mut Recorder) -> Result<(), crate::recording::RecordingError>,
@@ -322,7 +245,6 @@ fn record_now(
         Ok(()) => Ok(()),
         Err(error) => {
             *slot = None;
-            drop(slot);
             Err(session.recording_failed(&error))
         }
     }
@@ -397,38 +319,38 @@ pub async fn pump(
         let message = tokio::select! {
             message = upstream.wait() => message,
             _ = flush.tick() => {
-                if let Err(true) = record(&session, &recorder, usize::MAX, Recorder::flush).await {
+                if let Err(true) = record(&session, &recorder, Recorder::flush) {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
                 continue;
             }
         };
-        let Some(mut message) = message else {
+        let Some(message) = message else {
             break;
         };
-        let output = match &message {
-            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => Some(data.len()),
-            _ => None,
-        };
-        if let Some(length) = output {
-            session.count_out(length);
-            let (recorded, returned) = record_output(&session, &recorder, message).await;
-            message = match (recorded, returned) {
-                (Ok(()) | Err(false), Some(returned)) => returned,
-                _ => {
-                    failed = Some("recording failed; the session was ended");
-                    break;
-                }
-            };
-            if let ChannelMsg::Data { data } = &message {
+        match &message {
+            ChannelMsg::Data { data } => {
+                session.count_out(data.len());
                 if let Some(forward) = &forward {
                     forward
                         .bytes_down
-                        .fetch_add(length as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
+                    failed = Some("recording failed; the session was ended");
+                    break;
                 }
                 observe_transfer(&session, &transfer, data, false).await;
             }
+            ChannelMsg::ExtendedData { data, .. } => {
+                session.count_out(data.len());
+                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
+                    failed = Some("recording failed; the session was ended");
+                    break;
+                }
+            }
+            _ => {}
         }
         let closed = matches!(message, ChannelMsg::Close);
         if to_client.send(message).await.is_err() || closed {

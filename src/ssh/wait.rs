@@ -238,11 +238,8 @@ impl Dialog {
                 ClientEvent::Data(bytes) => {
                     live.session.count_in(bytes.len());
                     if record_input
-                        && let Err(true) = relay::record(&live.session, &recorder, bytes.len(), {
-                            let bytes = bytes.clone();
-                            move |active| active.input(&bytes)
-                        })
-                        .await
+                        && let Err(true) =
+                            relay::record(&live.session, &recorder, |active| active.input(&bytes))
                     {
                         let _ = write.close().await;
                         relay::cut(
@@ -265,10 +262,9 @@ impl Dialog {
                     let _ = write
                         .window_change(width, height, pixel_width, pixel_height)
                         .await;
-                    let _ = relay::record(&live.session, &recorder, 0, move |active| {
+                    let _ = relay::record(&live.session, &recorder, |active| {
                         active.resize(width, height)
-                    })
-                    .await;
+                    });
                 }
                 ClientEvent::Signal(signal) => {
                     let _ = write.signal(signal).await;
