@@ -205,30 +205,51 @@ impl Recorder {
         self.file.path()
     }
 
-    /// Terminal output (stdout and stderr alike).
+    /// Terminal output (stdout and stderr alike), as of now.
     pub fn output(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
-        self.text_event(Code::Output, bytes)
+        self.output_at(Instant::now(), bytes)
     }
 
-    /// Keystrokes; dropped when the target says `record_input = false`.
+    /// Terminal output that arrived at `at`: events written after they arrive (by a writer
+    /// thread) keep their arrival time.
+    pub fn output_at(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
+        self.text_event(Code::Output, at, bytes)
+    }
+
+    /// Keystrokes, as of now; dropped when the target says `record_input = false`.
     pub fn input(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        self.input_at(Instant::now(), bytes)
+    }
+
+    /// Keystrokes that arrived at `at`; dropped when the target says `record_input = false`.
+    pub fn input_at(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
         if !self.record_input {
             return Ok(());
         }
-        self.text_event(Code::Input, bytes)
+        self.text_event(Code::Input, at, bytes)
     }
 
     pub fn resize(&mut self, width: u32, height: u32) -> Result<(), RecordingError> {
-        let line = asciicast::event_line(self.started.elapsed(), &Event::Resize { width, height });
+        self.resize_at(Instant::now(), width, height)
+    }
+
+    pub fn resize_at(
+        &mut self,
+        at: Instant,
+        width: u32,
+        height: u32,
+    ) -> Result<(), RecordingError> {
+        let elapsed = at.saturating_duration_since(self.started);
+        let line = asciicast::event_line(elapsed, &Event::Resize { width, height });
         self.file.write_line(&line)
     }
 
     /// Decodes `bytes` and escapes them straight into the reused line buffer; no event for bytes
     /// that are only the start of a character.
-    fn text_event(&mut self, code: Code, bytes: &[u8]) -> Result<(), RecordingError> {
+    fn text_event(&mut self, code: Code, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        asciicast::begin_event(&mut line, self.started.elapsed(), code);
+        asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
         let empty = line.len();
         let stream = match code {
             Code::Input => &mut self.input,

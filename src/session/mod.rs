@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, HTTP or SQL; a session exists
 //! only while its grant is active, and the watch ends it when the grant ends however it ends.
 
+pub mod casts;
 pub mod queries;
 
 use std::sync::Arc;

@@ -31,6 +31,7 @@ use crate::commands::{self, CommandOutput};
 use crate::config::TargetKind;
 use crate::recording::asciicast::{DEFAULT_SIZE, Header};
 use crate::session::SessionRefusal;
+use crate::session::casts::CastWriter;
 
 /// Makes one `Connection` per accepted TCP connection.
 pub struct SshServer {
@@ -38,14 +39,17 @@ pub struct SshServer {
     /// The port clients reach us on, for the commands we tell them to run.
     port: u16,
     client_key: Arc<PrivateKey>,
+    /// Writes every channel's recording.
+    casts: CastWriter,
 }
 
 impl SshServer {
-    pub fn new(access: Access, port: u16, client_key: Arc<PrivateKey>) -> Self {
+    pub fn new(access: Access, port: u16, client_key: Arc<PrivateKey>, casts: CastWriter) -> Self {
         SshServer {
             access,
             port,
             client_key,
+            casts,
         }
     }
 }
@@ -60,6 +64,7 @@ impl russh::server::Server for SshServer {
             peer,
             port: self.port,
             client_key: self.client_key.clone(),
+            casts: self.casts.clone(),
             login: None,
             target: None,
             target_refusal: None,
@@ -79,6 +84,7 @@ pub struct Connection {
     peer: Option<SocketAddr>,
     port: u16,
     client_key: Arc<PrivateKey>,
+    casts: CastWriter,
     /// Set once public-key authentication succeeded.
     login: Option<Login>,
     /// The open session and upstream connection of a target login.
@@ -510,8 +516,8 @@ impl russh::server::Handler for Connection {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if state.record_input
-            && let Err(true) =
-                relay::record(&live.session, &state.recorder, |active| active.input(data))
+            && let Some(cast) = state.recorder.get()
+            && !cast.input(data).await
         {
             let pty = state.pty_flag.load(Ordering::Relaxed);
             let _ = upstream.close().await;
@@ -621,15 +627,15 @@ impl russh::server::Handler for Connection {
             };
             let _ = input.send(resize).await;
         }
-        if let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) {
+        if let (Some(_), Some(state)) = (&self.target, self.channels.get(&channel)) {
             if let Some(upstream) = &state.upstream {
                 let _ = upstream
                     .window_change(col_width, row_height, pix_width, pix_height)
                     .await;
             }
-            let _ = relay::record(&live.session, &state.recorder, |active| {
-                active.resize(col_width, row_height)
-            });
+            if let Some(cast) = state.recorder.get() {
+                cast.resize(col_width, row_height).await;
+            }
         }
         Ok(())
     }
@@ -815,6 +821,7 @@ impl Connection {
             source: self.source.clone(),
             port: self.port,
             client_key: self.client_key.clone(),
+            casts: self.casts.clone(),
         };
         match reach.connect(user, target, session.handle()).await {
             Ok(live) => {
@@ -853,8 +860,8 @@ impl Connection {
                 state.index,
                 state.pty.as_ref(),
                 command,
-                state.record_input,
                 &state.recorder,
+                &self.casts,
             )
             .await;
             match started {
@@ -973,6 +980,7 @@ impl Connection {
                     source: self.source.clone(),
                     port: self.port,
                     client_key: self.client_key.clone(),
+                    casts: self.casts.clone(),
                 },
                 user: login.user,
                 target: target.clone(),
@@ -1053,6 +1061,7 @@ pub(super) struct Reach {
     pub source: String,
     pub port: u16,
     pub client_key: Arc<PrivateKey>,
+    pub casts: CastWriter,
 }
 
 /// Why a target session was refused; the refusal is already audited.
@@ -1207,9 +1216,10 @@ pub(super) async fn start_recording(
     index: u32,
     pty: Option<&Pty>,
     command: Option<String>,
-    record_input: bool,
     recorder: &SharedRecorder,
+    casts: &CastWriter,
 ) -> RecordingStart {
+    let record_input = record_input(session.target());
     let (width, height) = match pty {
         Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
         _ => DEFAULT_SIZE,
@@ -1229,9 +1239,8 @@ pub(super) async fn start_recording(
     .await;
     match created {
         Ok(Ok(started)) => {
-            if let Ok(mut slot) = recorder.lock() {
-                *slot = Some(started);
-            }
+            // Set once: a channel starts one shell or exec.
+            let _ = recorder.set(casts.channel(session.clone(), started));
             RecordingStart::Started
         }
         Ok(Err(error)) if session.recording_failed(&error) => RecordingStart::Refused,

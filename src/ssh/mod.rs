@@ -56,7 +56,8 @@ pub async fn serve(
     });
     let port = listener.local_addr()?.port();
     let limits = access.config().limits.clone();
-    let mut server = handler::SshServer::new(access, port, Arc::new(client_key));
+    let casts = crate::session::casts::CastWriter::start()?;
+    let mut server = handler::SshServer::new(access, port, Arc::new(client_key), casts);
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {

@@ -14,15 +14,17 @@ use russh::server::Handle;
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::oneshot;
 
-use crate::recording::{FLUSH_INTERVAL, Recorder};
+use crate::recording::FLUSH_INTERVAL;
+use crate::session::casts::ChannelCast;
 use crate::session::{Notice, Session};
 
 use super::scp::{Direction, ScpObserver};
 use super::sftp::{FileOp, SftpObserver};
 use super::upstream::Upstream;
 
-/// The recording of one channel, shared by both directions.
-pub type SharedRecorder = Arc<Mutex<Option<Recorder>>>;
+/// The recording of one channel, shared by both directions; set once the channel starts a shell
+/// or exec (SFTP and port forwards have none).
+pub type SharedRecorder = Arc<std::sync::OnceLock<ChannelCast>>;
 
 /// A port forward's destination and byte counts, audited when it closes.
 #[derive(Debug)]
@@ -228,32 +230,12 @@ impl TargetInput {
 /// The downstream channels of a session that are open, with whether each has a pty.
 pub type LiveChannels = Arc<Mutex<HashMap<ChannelId, bool>>>;
 
-/// Applies `write` to the channel's recorder. On failure the recorder is dropped (no more writes)
-/// and `Err` carries whether the session must end.
-pub fn record(
-    session: &Session,
-    recorder: &SharedRecorder,
-    write: impl FnOnce(&mut Recorder) -> Result<(), crate::recording::RecordingError>,
-) -> Result<(), bool> {
-    let Ok(mut slot) = recorder.lock() else {
-        return Err(true);
-    };
-    let Some(active) = slot.as_mut() else {
-        return Ok(());
-    };
-    match write(active) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            *slot = None;
-            Err(session.recording_failed(&error))
-        }
-    }
-}
-
-/// Finalizes the channel's recording, if it has one.
+/// Finalizes the channel's recording, if it has one, once everything queued is written.
 pub async fn finish_recording(session: &Session, channel: u32, recorder: &SharedRecorder) {
-    let taken = recorder.lock().ok().and_then(|mut slot| slot.take());
-    if let Some(active) = taken {
+    let Some(cast) = recorder.get() else {
+        return;
+    };
+    if let Some(active) = cast.finish().await {
         let session = session.clone();
         let finished =
             tokio::task::spawn_blocking(move || session.finish_recording(channel, active)).await;
@@ -319,7 +301,9 @@ pub async fn pump(
         let message = tokio::select! {
             message = upstream.wait() => message,
             _ = flush.tick() => {
-                if let Err(true) = record(&session, &recorder, Recorder::flush) {
+                if let Some(cast) = recorder.get()
+                    && !cast.flush().await
+                {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
@@ -337,7 +321,9 @@ pub async fn pump(
                         .bytes_down
                         .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
+                if let Some(cast) = recorder.get()
+                    && !cast.output(data).await
+                {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
@@ -345,7 +331,9 @@ pub async fn pump(
             }
             ChannelMsg::ExtendedData { data, .. } => {
                 session.count_out(data.len());
-                if let Err(true) = record(&session, &recorder, |active| active.output(data)) {
+                if let Some(cast) = recorder.get()
+                    && !cast.output(data).await
+                {
                     failed = Some("recording failed; the session was ended");
                     break;
                 }

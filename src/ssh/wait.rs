@@ -176,8 +176,8 @@ impl Dialog {
             index,
             Some(pty),
             None,
-            record_input,
             &recorder,
+            &self.reach.casts,
         )
         .await;
         match started {
@@ -238,8 +238,8 @@ impl Dialog {
                 ClientEvent::Data(bytes) => {
                     live.session.count_in(bytes.len());
                     if record_input
-                        && let Err(true) =
-                            relay::record(&live.session, &recorder, |active| active.input(&bytes))
+                        && let Some(cast) = recorder.get()
+                        && !cast.input(&bytes).await
                     {
                         let _ = write.close().await;
                         relay::cut(
@@ -262,9 +262,9 @@ impl Dialog {
                     let _ = write
                         .window_change(width, height, pixel_width, pixel_height)
                         .await;
-                    let _ = relay::record(&live.session, &recorder, |active| {
-                        active.resize(width, height)
-                    });
+                    if let Some(cast) = recorder.get() {
+                        cast.resize(width, height).await;
+                    }
                 }
                 ClientEvent::Signal(signal) => {
                     let _ = write.signal(signal).await;
