@@ -591,6 +591,62 @@ fn on_recording_failure_continue_runs_the_session_and_audits_it() {
     assert_eq!(failure["detail"]["outcome"], "session continued");
 }
 
+/// A 1 MiB tmpfs mounted over a folder for as long as it lives (the tests run as root: initdb
+/// already needs it). Unmounted lazily, so a file still open does not keep it.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let (code, _, stderr) = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+            .arg(path));
+        assert_eq!(
+            code, 0,
+            "this test mounts a small tmpfs and needs root: {stderr}"
+        );
+        SmallDisk(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_recording_that_fills_the_disk_mid_session_ends_the_session() {
+    // Issue #3: "If a recording cannot be written (disk full, permission), the session is ended
+    // with a message to the engineer". The recording starts, then the disk fills under it: the
+    // cast writer's failed write must reach the relay and cut the session.
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let _disk = SmallDisk::mount(&bastion.config.dir.path().join("recordings"));
+    bastion.grant("alice", "web-1", hour());
+    // 16 MiB of NULs is 96 MiB of cast, far past the 1 MiB disk.
+    let total = 16 * 1024 * 1024;
+    let (code, stdout, stderr) = bastion.ssh_with(
+        &bastion.key("alice"),
+        "alice+web-1",
+        &[&format!("head -c {total} /dev/zero")],
+    );
+    assert_ne!(code, 0, "the session ran to its end: {stderr}");
+    assert!(
+        stderr.contains("recording failed; the session was ended"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.len() < total,
+        "all {total} bytes reached the engineer unrecorded"
+    );
+    let failure = bastion
+        .audit()
+        .into_iter()
+        .find(|event| event["type"] == "recording.failed")
+        .expect("recording.failed audited");
+    assert_eq!(failure["detail"]["outcome"], "session ended");
+}
+
 /// `-e` / `GIT_SSH_COMMAND` for tools that run ssh themselves: alice's key, the bastion pinned.
 fn ssh_for_tools(bastion: &Bastion) -> String {
     let options = support::client_options(&bastion.known_hosts, &bastion.key("alice"));
