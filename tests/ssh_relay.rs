@@ -553,6 +553,15 @@ fn unrecordable(policy: Option<&str>) -> (Bastion, Sshd) {
     (bastion, sshd)
 }
 
+/// The `recording.failed` audit event (there must be one).
+fn recording_failure(bastion: &Bastion) -> Value {
+    bastion
+        .audit()
+        .into_iter()
+        .find(|event| event["type"] == "recording.failed")
+        .expect("recording.failed audited")
+}
+
 #[test]
 fn a_session_that_cannot_be_recorded_does_not_run() {
     let (bastion, sshd) = unrecordable(None);
@@ -567,11 +576,7 @@ fn a_session_that_cannot_be_recorded_does_not_run() {
     assert!(!stdout.contains("ran"), "{stdout}");
     assert!(stderr.contains("cannot be recorded"), "{stderr}");
     assert!(!marker.exists(), "the command ran unrecorded");
-    let failure = bastion
-        .audit()
-        .into_iter()
-        .find(|event| event["type"] == "recording.failed")
-        .expect("recording.failed audited");
+    let failure = recording_failure(&bastion);
     assert_eq!(failure["detail"]["outcome"], "session ended");
 }
 
@@ -583,11 +588,7 @@ fn on_recording_failure_continue_runs_the_session_and_audits_it() {
         bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["echo ran"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "ran\n");
-    let failure = bastion
-        .audit()
-        .into_iter()
-        .find(|event| event["type"] == "recording.failed")
-        .expect("recording.failed audited");
+    let failure = recording_failure(&bastion);
     assert_eq!(failure["detail"]["outcome"], "session continued");
 }
 
@@ -639,11 +640,7 @@ fn a_recording_that_fills_the_disk_mid_session_ends_the_session() {
         stdout.len() < total,
         "all {total} bytes reached the engineer unrecorded"
     );
-    let failure = bastion
-        .audit()
-        .into_iter()
-        .find(|event| event["type"] == "recording.failed")
-        .expect("recording.failed audited");
+    let failure = recording_failure(&bastion);
     assert_eq!(failure["detail"]["outcome"], "session ended");
 }
 

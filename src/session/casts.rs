@@ -19,27 +19,19 @@
 //! Finalizing (the fsync) stays with the channel's owner on a blocking thread, so one channel's
 //! sync does not hold up the others' events.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Session;
+use super::{RecordingHealth, Session};
 use crate::recording::{Recorder, RecordingError};
 
 /// Packets waiting for the writer, over all channels, before relays wait for it. Short, because an
 /// interactive event waits behind them: 8 gave an echo p99 of 5-23 ms under three bulk downloads
 /// (32: 9-28 ms), and transfers within the run-to-run spread of writing in place.
 const QUEUE: usize = 8;
-
-/// The channel records.
-const RECORDING: u8 = 0;
-/// A write failed and the target's policy lets the session go on unrecorded.
-const BROKEN_CONTINUE: u8 = 1;
-/// A write failed: the session must end.
-const MUST_END: u8 = 2;
 
 /// The writer thread's queue; cheap to clone, one per bastion.
 #[derive(Clone)]
@@ -56,7 +48,7 @@ pub struct ChannelCast {
 struct Shared {
     session: Session,
     recorder: Mutex<Option<Recorder>>,
-    state: AtomicU8,
+    health: RecordingHealth,
 }
 
 enum Job {
@@ -84,7 +76,7 @@ impl CastWriter {
             shared: Arc::new(Shared {
                 session,
                 recorder: Mutex::new(Some(recorder)),
-                state: AtomicU8::new(RECORDING),
+                health: RecordingHealth::default(),
             }),
             jobs: self.jobs.clone(),
         }
@@ -94,22 +86,16 @@ impl CastWriter {
 impl ChannelCast {
     /// Queues terminal output; false once the session must end for its recording.
     pub async fn output(&self, data: &[u8]) -> bool {
-        let job = Job::Output(
-            self.shared.clone(),
-            Instant::now(),
-            Bytes::copy_from_slice(data),
-        );
-        self.queue(job).await
+        let data = Bytes::copy_from_slice(data);
+        self.queue(Job::Output(self.shared.clone(), Instant::now(), data))
+            .await
     }
 
     /// Queues keystrokes; false once the session must end for its recording.
     pub async fn input(&self, data: &[u8]) -> bool {
-        let job = Job::Input(
-            self.shared.clone(),
-            Instant::now(),
-            Bytes::copy_from_slice(data),
-        );
-        self.queue(job).await
+        let data = Bytes::copy_from_slice(data);
+        self.queue(Job::Input(self.shared.clone(), Instant::now(), data))
+            .await
     }
 
     pub async fn resize(&self, width: u32, height: u32) -> bool {
@@ -124,7 +110,7 @@ impl ChannelCast {
 
     /// Whether a failed write means the session must end now.
     pub fn must_end(&self) -> bool {
-        self.shared.state.load(Ordering::SeqCst) == MUST_END
+        self.shared.health.must_end()
     }
 
     /// Waits until everything queued is written, then takes the recorder back to finalize it
@@ -142,14 +128,13 @@ impl ChannelCast {
     }
 
     async fn queue(&self, job: Job) -> bool {
-        match self.shared.state.load(Ordering::SeqCst) {
-            MUST_END => return false,
-            BROKEN_CONTINUE => return true,
-            _ => {}
+        if self.must_end() {
+            return false;
         }
-        if self.jobs.send(job).await.is_err() {
+        // A recording that failed under `on_recording_failure = "continue"` takes nothing more.
+        if self.shared.health.recording() && self.jobs.send(job).await.is_err() {
             tracing::error!(session = %self.shared.session.id(), "the cast writer is gone");
-            self.shared.state.store(MUST_END, Ordering::SeqCst);
+            self.shared.health.fail_closed();
         }
         !self.must_end()
     }
@@ -175,7 +160,7 @@ impl Shared {
     /// Applies `write`; a failure drops the recorder (no more writes) and is audited once.
     fn write(&self, write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>) {
         let Ok(mut slot) = self.recorder.lock() else {
-            self.state.store(MUST_END, Ordering::SeqCst);
+            self.health.fail_closed();
             return;
         };
         let Some(recorder) = slot.as_mut() else {
@@ -184,12 +169,7 @@ impl Shared {
         if let Err(error) = write(recorder) {
             *slot = None;
             drop(slot);
-            let state = if self.session.recording_failed(&error) {
-                MUST_END
-            } else {
-                BROKEN_CONTINUE
-            };
-            self.state.store(state, Ordering::SeqCst);
+            self.health.failed(&self.session, &error);
         }
     }
 }

@@ -28,6 +28,44 @@ use crate::recording::querylog::{QueryLog, Statement};
 use crate::recording::{Finalized, Recorder, RecordingError, dated_path, recording_path};
 use crate::store::{RecordingRow, SessionRow, SessionTotals, StoreError};
 
+/// The health of a recording written off the relay (`casts`, `queries`): set by the writer
+/// thread, read by the relay at every packet or second.
+#[derive(Debug, Default)]
+struct RecordingHealth(std::sync::atomic::AtomicU8);
+
+impl RecordingHealth {
+    /// The recording is written.
+    const RECORDING: u8 = 0;
+    /// A write failed and the target's policy lets the session go on unrecorded.
+    const BROKEN_CONTINUE: u8 = 1;
+    /// A write failed (or the writer is gone): the session must end.
+    const MUST_END: u8 = 2;
+
+    /// A write failed: audited once, and the target's policy decides what follows.
+    fn failed(&self, session: &Session, error: &RecordingError) {
+        let state = if session.recording_failed(error) {
+            Self::MUST_END
+        } else {
+            Self::BROKEN_CONTINUE
+        };
+        self.0.store(state, Ordering::SeqCst);
+    }
+
+    /// The session must end whatever the policy: the writer is gone, a lock is poisoned, or the
+    /// statements' audit failed.
+    fn fail_closed(&self) {
+        self.0.store(Self::MUST_END, Ordering::SeqCst);
+    }
+
+    fn must_end(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::MUST_END
+    }
+
+    fn recording(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::RECORDING
+    }
+}
+
 /// Why a session could not start; the front end words it for its protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionRefusal {

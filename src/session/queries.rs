@@ -20,12 +20,11 @@
 //! within about a second of the failure, not at the statement (the statement had run on the
 //! target either way; the SSH front end's recordings work the same, flushed each second).
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Session;
+use super::{RecordingHealth, Session};
 use crate::recording::querylog::{QueryLog, Statement};
 use crate::store::StoreError;
 
@@ -33,13 +32,6 @@ use crate::store::StoreError;
 const QUEUE: usize = 1024;
 /// At most this many batches go into one audit transaction.
 const GROUP: usize = 256;
-
-/// A session's recording state, as the writer leaves it.
-const RECORDING: u8 = 0;
-/// A write failed and the target's policy lets the session go on without its log.
-const BROKEN_CONTINUE: u8 = 1;
-/// A write or audit failed: the session must end.
-const MUST_END: u8 = 2;
 
 /// The writer thread's queue; cheap to clone, one per bastion.
 #[derive(Clone)]
@@ -56,7 +48,7 @@ pub struct QueryRecording {
 struct Shared {
     session: Session,
     log: Mutex<Option<QueryLog>>,
-    state: AtomicU8,
+    health: RecordingHealth,
 }
 
 enum Job {
@@ -84,7 +76,7 @@ impl QueryWriter {
             shared: Arc::new(Shared {
                 session,
                 log: Mutex::new(Some(log)),
-                state: AtomicU8::new(RECORDING),
+                health: RecordingHealth::default(),
             }),
             jobs: self.jobs.clone(),
         }
@@ -103,13 +95,13 @@ impl QueryRecording {
         };
         if self.jobs.send(job).await.is_err() {
             tracing::error!(session = %self.shared.session.id(), "the query writer is gone");
-            self.shared.state.store(MUST_END, Ordering::SeqCst);
+            self.shared.health.fail_closed();
         }
     }
 
     /// Whether a failed write or audit means the session must end now.
     pub fn must_end(&self) -> bool {
-        self.shared.state.load(Ordering::SeqCst) == MUST_END
+        self.shared.health.must_end()
     }
 
     /// Waits until everything handed over is written, then takes the log back to finalize it.
@@ -148,7 +140,7 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
         if let Err(error) = audit(&batches) {
             tracing::error!(%error, sessions = batches.len(), "cannot audit statements; ending those sessions");
             for (recording, _) in &batches {
-                recording.state.store(MUST_END, Ordering::SeqCst);
+                recording.health.fail_closed();
             }
         }
         for done in waiting {
@@ -160,11 +152,11 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
 impl Shared {
     /// Writes and flushes the statements' lines; a failure is audited once.
     fn write_log(&self, statements: &[Statement]) {
-        if self.state.load(Ordering::SeqCst) != RECORDING {
+        if !self.health.recording() {
             return;
         }
         let Ok(mut slot) = self.log.lock() else {
-            self.state.store(MUST_END, Ordering::SeqCst);
+            self.health.fail_closed();
             return;
         };
         let Some(log) = slot.as_mut() else {
@@ -175,12 +167,7 @@ impl Shared {
             .try_for_each(|statement| log.write(statement))
             .and_then(|()| log.flush());
         if let Err(error) = written {
-            let state = if self.session.recording_failed(&error) {
-                MUST_END
-            } else {
-                BROKEN_CONTINUE
-            };
-            self.state.store(state, Ordering::SeqCst);
+            self.health.failed(&self.session, &error);
         }
     }
 }
