@@ -5,14 +5,16 @@
 #
 #   bench/ssh.sh                 # defaults: 256 MiB transfers, 20 setups, 50 and 200 sessions
 #   MIB=64 SETUPS=5 SESSIONS="20" bench/ssh.sh
-#   ONLY=transfers bench/ssh.sh  # throughput alone (also: setup, latency, memory)
+#   ONLY=transfers bench/ssh.sh  # throughput alone (also: setup, latency, loaded, memory)
+#   ONLY=loaded bench/ssh.sh     # echo latency while 3 bulk /dev/zero downloads share the path
 #
 # It builds portcullis in release mode, starts two sshd (the target, and a jump host), starts the
 # bastion with recording on, gets a grant through the SSH command interface (alice requests, bob
 # approves), and measures for each path:
 #   - upload and download throughput (MiB/s) of a binary stream through `cat`
 #   - session setup time (`ssh ... true`), median of SETUPS runs
-#   - interactive echo latency p50/p99: one byte through a pty session running `cat`
+#   - interactive echo latency p50/p99: one byte through a pty session running `cat`, idle and
+#     while three bulk /dev/zero downloads run through the same path (recorded, for the bastion)
 #   - memory per concurrent streaming session (RSS growth of the relaying processes / sessions)
 # Needs: openssh-server, openssh-client, python3 (all installed by scripts/test).
 set -euo pipefail
@@ -301,7 +303,7 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 
 # ONLY names the parts to run; SKIP_TRANSFERS=1 (older spelling) runs memory alone.
-ONLY=${ONLY:-"transfers setup latency memory"}
+ONLY=${ONLY:-"transfers setup latency loaded memory"}
 [ "${SKIP_TRANSFERS:-}" = 1 ] && ONLY=memory
 part() { [[ " $ONLY " == *" $1 "* ]]; }
 
@@ -311,9 +313,27 @@ if part transfers; then
   head -c "$((MIB * 1024 * 1024))" /dev/urandom > "$WORK/random"
 fi
 
-declare -A UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99
+# Echo latency while three bulk downloads (LOAD_MIB each, 1024 by default) run through the same
+# path: for the bastion their recordings fill the page cache until writes wait for the disk, and
+# an interactive session must not wait with them. The loads are stopped once measured.
+loaded_latency() { # path -> p50 p99
+  local loads=()
+  for _ in 1 2 3; do
+    "$1" "head -c $((${LOAD_MIB:-1024} * 1024 * 1024)) /dev/zero" > /dev/null 2>&1 &
+    loads+=($!)
+  done
+  sleep 3
+  local upper
+  upper=$(echo "$1" | tr a-z A-Z)
+  latency "${upper}_CMD"
+  kill "${loads[@]}" 2>/dev/null || true
+  wait "${loads[@]}" 2>/dev/null || true
+  sync
+}
+
+declare -A UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99 LOADED_P50 LOADED_P99
 for path in direct jump bastion; do
-  for measure in UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99; do
+  for measure in UP DOWN TEXT_UP TEXT_DOWN SCP_UP SCP_DOWN SETUP P50 P99 LOADED_P50 LOADED_P99; do
     declare -n cell=$measure; cell[$path]=-; unset -n cell
   done
   if part transfers; then
@@ -327,6 +347,7 @@ for path in direct jump bastion; do
   part setup && SETUP[$path]=$(setup "$path")
   upper=$(echo "$path" | tr a-z A-Z)
   part latency && read -r "P50[$path]" "P99[$path]" < <(latency "${upper}_CMD")
+  part loaded && read -r "LOADED_P50[$path]" "LOADED_P99[$path]" < <(loaded_latency "$path")
 done
 
 ratio() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print(round($1 / $2, 2))"; fi; }
@@ -348,6 +369,8 @@ row "download MiB/s, scp (SFTP) of a random file" SCP_DOWN
 echo "| setup ms (ssh ... true) | ${SETUP[direct]} | ${SETUP[jump]} | ${SETUP[bastion]} | $(ratio "${SETUP[bastion]}" "${SETUP[jump]}") |"
 echo "| echo latency p50 ms (pty, 300 keystrokes) | ${P50[direct]} | ${P50[jump]} | ${P50[bastion]} | $(ratio "${P50[bastion]}" "${P50[jump]}") |"
 echo "| echo latency p99 ms | ${P99[direct]} | ${P99[jump]} | ${P99[bastion]} | $(ratio "${P99[bastion]}" "${P99[jump]}") |"
+echo "| echo latency p50 ms, 3 bulk downloads on the same path | ${LOADED_P50[direct]} | ${LOADED_P50[jump]} | ${LOADED_P50[bastion]} | $(ratio "${LOADED_P50[bastion]}" "${LOADED_P50[jump]}") |"
+echo "| echo latency p99 ms, 3 bulk downloads on the same path | ${LOADED_P99[direct]} | ${LOADED_P99[jump]} | ${LOADED_P99[bastion]} | $(ratio "${LOADED_P99[bastion]}" "${LOADED_P99[jump]}") |"
 part memory && for count in $SESSIONS; do
   read -r jump_kib jump_alive < <(memory jump "$count" "$JUMP_PID")
   read -r bastion_kib bastion_alive < <(memory bastion "$count" "$BASTION_PID")

@@ -74,6 +74,9 @@ pub struct HashedFile {
     hasher: Sha256,
     size: u64,
     last_flush: Instant,
+    /// Flush from `write_bytes` once the last flush is a second old; off when the owner flushes
+    /// each second itself (`Recorder::flushed_by_owner`).
+    timed_flush: bool,
 }
 
 impl HashedFile {
@@ -101,6 +104,7 @@ impl HashedFile {
             hasher: Sha256::new(),
             size: 0,
             last_flush: Instant::now(),
+            timed_flush: true,
         })
     }
 
@@ -124,10 +128,17 @@ impl HashedFile {
             })?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
-        if self.last_flush.elapsed() >= FLUSH_INTERVAL {
+        if self.timed_flush && self.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Whether appending `bytes` more would only copy them into the buffer: no system call, so
+    /// nothing that can wait for the disk.
+    pub fn buffers(&self, bytes: usize) -> bool {
+        let spare = self.file.capacity() - self.file.buffer().len();
+        bytes < spare && !(self.timed_flush && self.last_flush.elapsed() >= FLUSH_INTERVAL)
     }
 
     /// Pushes buffered lines to the file; owners call this at least every second.
@@ -203,6 +214,22 @@ impl Recorder {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// The owner flushes each second itself (the cast writer's per-second flush job), so writes
+    /// never flush by time: an event that fits the buffer then never makes a system call, wherever
+    /// it is written.
+    pub fn flushed_by_owner(mut self) -> Recorder {
+        self.file.timed_flush = false;
+        self
+    }
+
+    /// Whether recording an event of `bytes` terminal bytes would stay in memory: its line (at
+    /// most six bytes a byte, plus a held-back character and the event's frame) fits the buffer
+    /// and no timed flush is due. Such an event cannot wait for the disk.
+    pub fn stays_in_memory(&self, bytes: usize) -> bool {
+        let line = bytes.saturating_add(4).saturating_mul(6).saturating_add(64);
+        self.file.buffers(line)
     }
 
     /// Terminal output (stdout and stderr alike), as of now.
@@ -295,6 +322,27 @@ mod tests {
             command: None,
             term: None,
         }
+    }
+
+    #[test]
+    fn keystrokes_stay_in_memory_and_bulk_packets_do_not() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s-abc-0.cast");
+        let mut recorder = Recorder::create(path, &header(), true)?;
+        // Issue #3: an echo can be written where it arrives, past bulk packets queued for the
+        // writer thread; an SSH packet of output may reach the kernel and wait for the disk.
+        assert!(recorder.stays_in_memory(1));
+        assert!(recorder.stays_in_memory(64));
+        assert!(!recorder.stays_in_memory(32 * 1024));
+        assert!(!recorder.stays_in_memory(usize::MAX));
+        // The buffer fills: what no longer fits would reach the kernel.
+        while recorder.stays_in_memory(100) {
+            recorder.output(&[b'x'; 100])?;
+        }
+        recorder.flush()?;
+        assert!(recorder.stays_in_memory(100));
+        Ok(())
     }
 
     #[test]
