@@ -22,7 +22,7 @@
 //! sync does not hold up the others' events.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -93,22 +93,29 @@ impl CastWriter {
 impl ChannelCast {
     /// Records terminal output; false once the session must end for its recording.
     pub async fn output(&self, data: &[u8]) -> bool {
-        let at = Instant::now();
-        if let Some(going_on) = self.in_place(data.len(), |recorder| recorder.output_at(at, data)) {
-            return going_on;
-        }
-        let data = Bytes::copy_from_slice(data);
-        self.queue(Job::Output(self.shared.clone(), at, data)).await
+        self.text(data, false).await
     }
 
     /// Records keystrokes; false once the session must end for its recording.
     pub async fn input(&self, data: &[u8]) -> bool {
+        self.text(data, true).await
+    }
+
+    async fn text(&self, data: &[u8], input: bool) -> bool {
         let at = Instant::now();
-        if let Some(going_on) = self.in_place(data.len(), |recorder| recorder.input_at(at, data)) {
+        let in_place = self.in_place(data.len(), |recorder| match input {
+            true => recorder.input_at(at, data),
+            false => recorder.output_at(at, data),
+        });
+        if let Some(going_on) = in_place {
             return going_on;
         }
-        let data = Bytes::copy_from_slice(data);
-        self.queue(Job::Input(self.shared.clone(), at, data)).await
+        let (cast, data) = (self.shared.clone(), Bytes::copy_from_slice(data));
+        let job = match input {
+            true => Job::Input(cast, at, data),
+            false => Job::Output(cast, at, data),
+        };
+        self.queue(job).await
     }
 
     pub async fn resize(&self, width: u32, height: u32) -> bool {
@@ -140,17 +147,12 @@ impl ChannelCast {
             return None;
         }
         // Never wait for the lock here: the writer or `finish` may hold it.
-        let mut slot = self.shared.recorder.try_lock().ok()?;
-        let recorder = slot.as_mut()?;
-        if !recorder.stays_in_memory(size) {
+        let slot = self.shared.recorder.try_lock().ok()?;
+        if !slot.as_ref()?.stays_in_memory(size) {
             return None;
         }
-        if let Err(error) = write(recorder) {
-            // Copying into the buffer does not fail; were it to, fail as the writer does.
-            *slot = None;
-            drop(slot);
-            self.shared.health.failed(&self.shared.session, &error);
-        }
+        // Copying into the buffer does not fail; were it to, it fails as the writer's writes do.
+        self.shared.apply(slot, write);
         Some(!self.must_end())
     }
 
@@ -232,12 +234,21 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
 }
 
 impl Shared {
-    /// Applies `write`; a failure drops the recorder (no more writes) and is audited once.
+    /// Applies `write` on the writer thread.
     fn write(&self, write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>) {
-        let Ok(mut slot) = self.recorder.lock() else {
-            self.health.fail_closed();
-            return;
-        };
+        match self.recorder.lock() {
+            Ok(slot) => self.apply(slot, write),
+            Err(_) => self.health.fail_closed(),
+        }
+    }
+
+    /// Applies `write` to the locked recorder, if it still has one; a failure drops it (no more
+    /// writes) and is audited once.
+    fn apply(
+        &self,
+        mut slot: MutexGuard<'_, Option<Recorder>>,
+        write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>,
+    ) {
         let Some(recorder) = slot.as_mut() else {
             return;
         };
