@@ -756,6 +756,53 @@ fn a_100_mb_binary_stream_crosses_intact_both_ways() {
         checksum,
         "download"
     );
+
+    // Both recordings give the stream back byte for byte: without a pty, chunks that are not
+    // text are kept as base64 `O`/`I` events (4/3 of their size), not as lossy U+FFFD text.
+    let casts = wait_for("both recordings", Duration::from_secs(30), || {
+        let finalized = bastion
+            .audit()
+            .iter()
+            .filter(|event| event["type"] == "recording.finalized")
+            .count();
+        (finalized >= 2).then(|| recordings(&bastion))
+    });
+    let data = std::fs::read(&source).expect("read the file");
+    for (command, codes) in [("cat >", ["i", "I"]), ("cat /", ["o", "O"])] {
+        let (path, lines) = casts
+            .iter()
+            .find(|(_, lines)| {
+                lines[0]["command"]
+                    .as_str()
+                    .is_some_and(|text| text.starts_with(command))
+            })
+            .expect("the transfer's recording");
+        let recorded = recorded_stream(lines, codes);
+        assert!(
+            recorded == data,
+            "{command}: the recording differs from the file"
+        );
+        let size = std::fs::metadata(path).expect("recording size").len();
+        assert!(
+            size < 140 * 1024 * 1024,
+            "{command}: {size} bytes of recording"
+        );
+    }
+}
+
+/// The bytes of one direction of a recording: `text` events' text and `bytes` events' base64.
+fn recorded_stream(lines: &[Value], [text, bytes]: [&str; 2]) -> Vec<u8> {
+    let mut stream = Vec::new();
+    for event in &lines[1..] {
+        let data = event[2].as_str().unwrap_or_default();
+        if event[1] == text {
+            stream.extend_from_slice(data.as_bytes());
+        } else if event[1] == bytes {
+            let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data);
+            stream.extend(decoded.expect("base64 event data"));
+        }
+    }
+    stream
 }
 
 fn forward(bastion: &Bastion, destination_port: u16) -> (std::process::Child, u16) {

@@ -7,10 +7,19 @@
 //! Terminal output is bytes; asciicast stores UTF-8 strings. `Utf8Stream` decodes a byte stream
 //! chunk by chunk, holding back a character split across two chunks, and replaces invalid bytes
 //! with U+FFFD, so a recording never fails on odd bytes and never garbles a split character.
+//!
+//! A channel without a pty carries a program's byte stream (`scp -O`, `rsync`, `git`, `tar c |
+//! ssh`, `cat` of a file), not a terminal's output. A chunk of such a stream that is not UTF-8
+//! text, or that holds a NUL byte, is recorded as it is, base64 in an `O` (output) or `I` (input)
+//! event: lossless, where U+FFFD would lose the byte, and at 4/3 of its size, where `\u0000` is
+//! six bytes a byte. The asciicast v2 format is open to new event codes and tells players to skip
+//! the ones they do not know; asciinema keeps a one-letter code when it re-encodes a file, so each
+//! is one letter. `docs/OPERATIONS.md` documents them for reviewers.
 
 use std::io::Write;
 use std::time::Duration;
 
+use base64::Engine;
 use serde_json::{Map, Value, json};
 
 /// The header of a recording.
@@ -79,6 +88,10 @@ pub enum Code {
     Output,
     Input,
     Resize,
+    /// Output bytes that are not text, base64 (an extension code, `O`).
+    OutputBytes,
+    /// Input bytes that are not text, base64 (an extension code, `I`).
+    InputBytes,
 }
 
 /// Appends the start of an event line, up to the opening quote of its data:
@@ -95,6 +108,8 @@ pub fn begin_event(line: &mut Vec<u8>, elapsed: Duration, code: Code) {
         Code::Output => "o",
         Code::Input => "i",
         Code::Resize => "r",
+        Code::OutputBytes => "O",
+        Code::InputBytes => "I",
     };
     let _ = write!(
         line,
@@ -107,6 +122,17 @@ pub fn begin_event(line: &mut Vec<u8>, elapsed: Duration, code: Code) {
 /// Closes an event line begun by `begin_event`, newline included.
 pub fn end_event(line: &mut Vec<u8>) {
     line.extend_from_slice(b"\"]\n");
+}
+
+/// Appends `bytes` as the inside of a JSON string in standard base64 (no character of which needs
+/// escaping), for an `O` or `I` event.
+pub fn base64_into(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let length = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + length, 0);
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let written = engine.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
 }
 
 /// How each byte appears inside a JSON string: 0 as itself, `u` as `\u00XX`, anything else as
@@ -244,6 +270,35 @@ impl Utf8Stream {
         self.pending.extend_from_slice(tail);
     }
 
+    /// Whether `bytes`, after what is held back, are text: UTF-8 (an incomplete character at
+    /// the end is fine, it is held back) with no NUL byte. Text never holds a NUL, and a
+    /// terminal shows nothing for one, so a NUL marks a byte stream.
+    pub fn is_text(&self, bytes: &[u8]) -> bool {
+        if bytes.contains(&0) {
+            return false;
+        }
+        if self.pending.is_empty() {
+            return utf8_to_the_end(bytes);
+        }
+        // Complete the held-back character from the first few new bytes (as `decode` does), then
+        // check the rest of the chunk from the character boundary after it.
+        let taken = bytes.len().min(3);
+        let mut joined = self.pending.clone();
+        joined.extend_from_slice(&bytes[..taken]);
+        match std::str::from_utf8(&joined) {
+            Ok(_) => utf8_to_the_end(&bytes[taken..]),
+            Err(error) if error.error_len().is_some() => false,
+            // Still incomplete: the chunk was too short to finish the character.
+            Err(error) if error.valid_up_to() < self.pending.len() => true,
+            Err(error) => utf8_to_the_end(&bytes[error.valid_up_to() - self.pending.len()..]),
+        }
+    }
+
+    /// Takes the bytes held back (the start of a character), to record them as bytes.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Whatever is still held back, as replacement characters (at the end of the stream).
     pub fn finish(&mut self) -> String {
         let out = if self.pending.is_empty() {
@@ -253,6 +308,14 @@ impl Utf8Stream {
         };
         self.pending.clear();
         out
+    }
+}
+
+/// Whether `bytes` are UTF-8, but for an incomplete character at the end.
+fn utf8_to_the_end(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(error) => error.error_len().is_none(),
     }
 }
 
@@ -386,6 +449,39 @@ mod tests {
     }
 
     #[test]
+    fn bytes_events_are_base64_and_text_is_told_from_bytes() {
+        let mut line = Vec::new();
+        begin_event(&mut line, Duration::from_millis(1_500), Code::OutputBytes);
+        base64_into(b"\x00\xffhi", &mut line);
+        end_event(&mut line);
+        assert_eq!(line, b"[1.500000,\"O\",\"AP9oaQ==\"]\n");
+        let mut empty = Vec::new();
+        base64_into(b"", &mut empty);
+        assert!(empty.is_empty());
+
+        let arrow = "→".as_bytes();
+        let fresh = Utf8Stream::default();
+        let cases: &[(&[u8], bool)] = &[
+            (b"plain\r\n\x1b[0m", true),
+            (b"", true),
+            (&arrow[..2], true),
+            (b"a\x00b", false),
+            (b"\xff", false),
+            (&arrow[1..], false),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(fresh.is_text(bytes), *text, "{bytes:?}");
+        }
+        // The rest of a character held back from the last chunk is text.
+        let mut split = Utf8Stream::default();
+        assert_eq!(split.push(&[b'a', arrow[0]]), "a");
+        assert!(split.is_text(&arrow[1..]));
+        assert!(!split.is_text(b"x"));
+        assert_eq!(split.take_pending(), [arrow[0]]);
+        assert!(split.is_text(b"x"));
+    }
+
+    #[test]
     fn split_and_invalid_utf8_is_decoded_safely() {
         let mut stream = Utf8Stream::default();
         let arrow = "→".as_bytes(); // three bytes
@@ -397,7 +493,8 @@ mod tests {
         assert_eq!(stream.finish(), "\u{fffd}");
     }
 
-    /// Any bytes, cut anywhere, decode to what the whole would decode to at once.
+    /// Any bytes, cut anywhere, decode to what the whole would decode to at once, and each chunk
+    /// is told text or bytes as a whole-buffer check would.
     #[test]
     fn chunked_decoding_matches_decoding_the_whole() {
         let alphabet: &[&[u8]] = &[
@@ -430,7 +527,12 @@ mod tests {
             let mut rest: &[u8] = &bytes;
             while !rest.is_empty() {
                 let cut = 1 + next(rest.len());
-                decoded.push_str(&stream.push(&rest[..cut]));
+                // And text is told from bytes as if the held-back bytes led the chunk.
+                let chunk = &rest[..cut];
+                let joined = [stream.pending.as_slice(), chunk].concat();
+                let text = !chunk.contains(&0) && utf8_to_the_end(&joined);
+                assert_eq!(stream.is_text(chunk), text, "{joined:?}");
+                decoded.push_str(&stream.push(chunk));
                 rest = &rest[cut..];
             }
             decoded.push_str(&stream.finish());

@@ -171,13 +171,24 @@ impl HashedFile {
     }
 }
 
+/// What a recording keeps of its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capture {
+    /// Keystrokes and other input (`i` events); a target's `record_input = false` turns it off.
+    pub input: bool,
+    /// The channel has a pty, so its output is what a terminal showed: always `o` text, as a
+    /// replay must show it. Without one, chunks that are not text are kept as bytes (`O` and `I`
+    /// events, see `asciicast`).
+    pub terminal: bool,
+}
+
 /// Writes one asciicast v2 recording.
 pub struct Recorder {
     file: HashedFile,
     started: Instant,
     output: Utf8Stream,
     input: Utf8Stream,
-    record_input: bool,
+    capture: Capture,
     /// The line being built, kept between events so its allocation is reused.
     line: Vec<u8>,
 }
@@ -197,14 +208,14 @@ impl Recorder {
     pub fn create(
         path: PathBuf,
         header: &Header,
-        record_input: bool,
+        capture: Capture,
     ) -> Result<Recorder, RecordingError> {
         let mut recorder = Recorder {
             file: HashedFile::create(path)?,
             started: Instant::now(),
             output: Utf8Stream::default(),
             input: Utf8Stream::default(),
-            record_input,
+            capture,
             line: Vec::new(),
         };
         recorder.file.write_line(&asciicast::header_line(header))?;
@@ -225,8 +236,8 @@ impl Recorder {
     }
 
     /// Whether recording an event of `bytes` terminal bytes would stay in memory: its line (at
-    /// most six bytes a byte, plus a held-back character and the event's frame) fits the buffer
-    /// and no timed flush is due. Such an event cannot wait for the disk.
+    /// most six bytes a byte as text, 4/3 as base64, plus a held-back character and the event's
+    /// frame) fits the buffer and no timed flush is due. Such an event cannot wait for the disk.
     pub fn stays_in_memory(&self, bytes: usize) -> bool {
         let line = bytes.saturating_add(4).saturating_mul(6).saturating_add(64);
         self.file.buffers(line)
@@ -250,7 +261,7 @@ impl Recorder {
 
     /// Keystrokes that arrived at `at`; dropped when the target says `record_input = false`.
     pub fn input_at(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
-        if !self.record_input {
+        if !self.capture.input {
             return Ok(());
         }
         self.text_event(Code::Input, at, bytes)
@@ -272,16 +283,26 @@ impl Recorder {
     }
 
     /// Decodes `bytes` and escapes them straight into the reused line buffer; no event for bytes
-    /// that are only the start of a character.
+    /// that are only the start of a character. Without a pty, a chunk that is not text goes into
+    /// an `O` or `I` event as it is, with whatever was held back before it.
     fn text_event(&mut self, code: Code, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
+        let (stream, bytes_code) = match code {
+            Code::Input => (&mut self.input, Code::InputBytes),
+            _ => (&mut self.output, Code::OutputBytes),
+        };
+        if !self.capture.terminal && !stream.is_text(bytes) {
+            let held = stream.take_pending();
+            if held.is_empty() {
+                return self.bytes_event(bytes_code, at, bytes);
+            }
+            // Rare: a character split across packets, then bytes that are not text.
+            let joined = [held.as_slice(), bytes].concat();
+            return self.bytes_event(bytes_code, at, &joined);
+        }
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
         let empty = line.len();
-        let stream = match code {
-            Code::Input => &mut self.input,
-            _ => &mut self.output,
-        };
         stream.decode(bytes, |text| asciicast::escape_json_into(text, &mut line));
         let written = if line.len() > empty {
             asciicast::end_event(&mut line);
@@ -293,17 +314,46 @@ impl Recorder {
         written
     }
 
+    /// Writes `bytes` as one base64 event into the reused line buffer.
+    fn bytes_event(&mut self, code: Code, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
+        asciicast::base64_into(bytes, &mut line);
+        asciicast::end_event(&mut line);
+        let written = self.file.write_bytes(&line);
+        self.line = line;
+        written
+    }
+
     /// Pushes buffered lines to the file; the owner calls this at least every second.
     pub fn flush(&mut self) -> Result<(), RecordingError> {
         self.file.flush()
     }
 
-    /// Writes what is held back, syncs the file to disk and returns its hash and size.
+    /// Writes what is held back, syncs the file to disk and returns its hash and size. Without a
+    /// pty the held-back bytes are kept as they are; a terminal's become U+FFFD, as it showed them.
     pub fn finalize(mut self) -> Result<Finalized, RecordingError> {
-        let rest = self.output.finish();
-        if !rest.is_empty() {
-            let line = asciicast::event_line(self.started.elapsed(), &Event::Output(rest));
-            self.file.write_line(&line)?;
+        let now = Instant::now();
+        if self.capture.terminal {
+            let rest = self.output.finish();
+            if !rest.is_empty() {
+                let line = asciicast::event_line(
+                    now.saturating_duration_since(self.started),
+                    &Event::Output(rest),
+                );
+                self.file.write_line(&line)?;
+            }
+        } else {
+            for code in [Code::OutputBytes, Code::InputBytes] {
+                let rest = match code {
+                    Code::InputBytes => self.input.take_pending(),
+                    _ => self.output.take_pending(),
+                };
+                if !rest.is_empty() {
+                    self.bytes_event(code, now, &rest)?;
+                }
+            }
         }
         self.file.finalize()
     }
@@ -312,6 +362,15 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TERMINAL: Capture = Capture {
+        input: true,
+        terminal: true,
+    };
+    const NO_INPUT: Capture = Capture {
+        input: false,
+        terminal: true,
+    };
 
     fn header() -> Header {
         Header {
@@ -329,7 +388,7 @@ mod tests {
     {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("s-abc-0.cast");
-        let mut recorder = Recorder::create(path, &header(), true)?;
+        let mut recorder = Recorder::create(path, &header(), TERMINAL)?;
         // Issue #3: an echo can be written where it arrives, past bulk packets queued for the
         // writer thread; an SSH packet of output may reach the kernel and wait for the disk.
         assert!(recorder.stays_in_memory(1));
@@ -351,7 +410,7 @@ mod tests {
         let at = time::macros::datetime!(2026-11-02 23:59:59 UTC);
         let path = recording_path(dir.path(), at, "s-abc", 0, "cast");
         assert!(path.ends_with("2026/11/02/s-abc-0.cast"));
-        let mut recorder = Recorder::create(path.clone(), &header(), false)?;
+        let mut recorder = Recorder::create(path.clone(), &header(), NO_INPUT)?;
         recorder.output(b"hello\r\n")?;
         recorder.input(b"secret typed")?;
         recorder.resize(100, 30)?;
@@ -363,7 +422,82 @@ mod tests {
         assert_eq!(text.lines().count(), 3, "input is off: {text}");
         assert!(!text.contains("secret"));
         // Never overwrites an existing recording.
-        assert!(Recorder::create(path, &header(), true).is_err());
+        assert!(Recorder::create(path, &header(), TERMINAL).is_err());
+        Ok(())
+    }
+
+    /// Issue #3: a channel without a pty is a byte stream (`cat` of a file, `rsync`, `git`).
+    /// Whatever the bytes and however they are cut, its recording gives them back exactly: text
+    /// chunks as `o` text, the rest as base64 `O` events. A pty channel records the same stream as
+    /// text alone, what a terminal would show.
+    #[test]
+    fn a_stream_without_a_pty_is_recorded_without_losing_a_byte()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let pieces: &[&[u8]] = &[
+            b"plain text\n",
+            "é→😀".as_bytes(),
+            b"\x00\x00\x00",
+            b"\xff\xfe",
+            b"\xe2",
+            b"\x1b[31m",
+            b"\xf0\x9f",
+        ];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        let mut stream = Vec::new();
+        for _ in 0..2_000 {
+            stream.extend_from_slice(pieces[next(pieces.len())]);
+        }
+        let dir = tempfile::tempdir()?;
+        for terminal in [false, true] {
+            let path = dir.path().join(format!("s-abc-{terminal}.cast"));
+            let capture = Capture {
+                input: true,
+                terminal,
+            };
+            let mut recorder = Recorder::create(path.clone(), &header(), capture)?;
+            let mut rest = stream.as_slice();
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at((next(64) + 1).min(rest.len()));
+                recorder.output(chunk)?;
+                recorder.input(chunk)?;
+                rest = after;
+            }
+            recorder.finalize()?;
+            let text = std::fs::read_to_string(&path)?;
+            let mut output = Vec::new();
+            let mut input = Vec::new();
+            let mut codes = std::collections::BTreeSet::new();
+            for line in text.lines().skip(1) {
+                let event: serde_json::Value = serde_json::from_str(line)?;
+                let code = event[1].as_str().unwrap_or_default().to_string();
+                let data = event[2].as_str().unwrap_or_default();
+                let bytes = match code.as_str() {
+                    "O" | "I" => {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data)?
+                    }
+                    _ => data.as_bytes().to_vec(),
+                };
+                match code.as_str() {
+                    "o" | "O" => output.extend_from_slice(&bytes),
+                    _ => input.extend_from_slice(&bytes),
+                }
+                codes.insert(code);
+            }
+            if terminal {
+                assert_eq!(codes.into_iter().collect::<Vec<_>>(), ["i", "o"]);
+                assert_eq!(output, String::from_utf8_lossy(&stream).as_bytes());
+            } else {
+                assert_eq!(codes.into_iter().collect::<Vec<_>>(), ["I", "O", "i", "o"]);
+                assert!(output == stream, "output differs");
+                assert!(input == stream, "input differs");
+            }
+        }
         Ok(())
     }
 }

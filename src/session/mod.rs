@@ -25,7 +25,7 @@ use crate::config::{RecordingFailurePolicy, Target};
 use crate::ids::IdKind;
 use crate::recording::asciicast::Header;
 use crate::recording::querylog::{QueryLog, Statement};
-use crate::recording::{Finalized, Recorder, RecordingError, dated_path, recording_path};
+use crate::recording::{Capture, Finalized, Recorder, RecordingError, dated_path, recording_path};
 use crate::store::{RecordingRow, SessionRow, SessionTotals, StoreError};
 
 /// The health of a recording written off the relay (`casts`, `queries`): set by the writer
@@ -242,7 +242,7 @@ impl Session {
         &self,
         channel: u32,
         header: &Header,
-        record_input: bool,
+        capture: Capture,
     ) -> Result<Recorder, RecordingError> {
         let config = self.inner.access.config();
         let path = recording_path(
@@ -252,7 +252,7 @@ impl Session {
             channel,
             "cast",
         );
-        let recorder = Recorder::create(path, header, record_input)?;
+        let recorder = Recorder::create(path, header, capture)?;
         self.insert_recording_row(channel, "asciicast", recorder.path())?;
         Ok(recorder)
     }

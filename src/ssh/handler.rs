@@ -29,6 +29,7 @@ use crate::access::Access;
 use crate::audit::AuditEvent;
 use crate::commands::{self, CommandOutput};
 use crate::config::TargetKind;
+use crate::recording::Capture;
 use crate::recording::asciicast::{DEFAULT_SIZE, Header};
 use crate::session::SessionRefusal;
 use crate::session::casts::CastWriter;
@@ -1219,7 +1220,10 @@ pub(super) async fn start_recording(
     recorder: &SharedRecorder,
     casts: &CastWriter,
 ) -> RecordingStart {
-    let record_input = record_input(session.target());
+    let capture = Capture {
+        input: record_input(session.target()),
+        terminal: pty.is_some(),
+    };
     let (width, height) = match pty {
         Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
         _ => DEFAULT_SIZE,
@@ -1234,7 +1238,7 @@ pub(super) async fn start_recording(
     };
     let recording_session = session.clone();
     let created = tokio::task::spawn_blocking(move || {
-        recording_session.start_recording(index, &header, record_input)
+        recording_session.start_recording(index, &header, capture)
     })
     .await;
     match created {
