@@ -268,10 +268,12 @@ PY
 }
 memory() { # path relay-pids... ; count -> KiB per session
   local path=$1 count=$2; shift 2
-  local before after clients=()
+  local before after clients=() upper
+  upper=$(echo "$path" | tr a-z A-Z)
+  local -n client="${upper}_CMD" # the ssh itself, so that `kill` below reaches it
   before=$(rss_kib "$@")
   for i in $(seq "$count"); do
-    "$path" 'while :; do echo streaming; sleep 0.2; done' > /dev/null 2>&1 &
+    "${client[@]}" 'while :; do echo streaming; sleep 0.2; done' > /dev/null 2>&1 &
     clients+=($!)
     [ $((i % 10)) -eq 0 ] && sleep 1
   done
@@ -317,17 +319,27 @@ fi
 # path: for the bastion their recordings fill the page cache until writes wait for the disk, and
 # an interactive session must not wait with them. The loads are stopped once measured.
 loaded_latency() { # path -> p50 p99
-  local loads=()
+  local upper loads=()
+  upper=$(echo "$1" | tr a-z A-Z)
+  # The ssh commands themselves, not the path's shell function: `$!` of a function run in the
+  # background is a subshell, and killing it left the three downloads running into the next
+  # path's measurements (fixed 2026-12-02; figures measured before then had them running).
+  local -n loader="${upper}_CMD"
   for _ in 1 2 3; do
-    "$1" "head -c $((${LOAD_MIB:-1024} * 1024 * 1024)) /dev/zero" > /dev/null 2>&1 &
+    "${loader[@]}" "head -c $((${LOAD_MIB:-1024} * 1024 * 1024)) /dev/zero" > /dev/null 2>&1 &
     loads+=($!)
   done
   sleep 3
-  local upper
-  upper=$(echo "$1" | tr a-z A-Z)
   latency "${upper}_CMD"
   kill "${loads[@]}" 2>/dev/null || true
   wait "${loads[@]}" 2>/dev/null || true
+  local left=0
+  for _ in $(seq 20); do # the target's `head` ends once its channel closes
+    left=$(pgrep -fc "head -c $((${LOAD_MIB:-1024} * 1024 * 1024)) /dev/zero" || true)
+    [ "${left:-0}" -eq 0 ] && break
+    sleep 0.5
+  done
+  [ "${left:-0}" -eq 0 ] || echo "warning: $left load processes still running after $1" >&2
   sync
 }
 
