@@ -348,6 +348,36 @@ fn decode_valid<'a>(mut bytes: &'a [u8], each: &mut impl FnMut(&str)) -> &'a [u8
     }
 }
 
+/// Test inputs shared with the recorder's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Pieces of byte streams: text, escapes, NUL, whole and cut characters, invalid bytes.
+    pub const ALPHABET: &[&[u8]] = &[
+        b"a",
+        b"\n",
+        b"\x00",
+        "é".as_bytes(),
+        "→".as_bytes(),
+        "😀".as_bytes(),
+        b"\xff",
+        b"\xe2",
+        b"\xf0\x9f",
+        b"\x80",
+        b"\"",
+        b"\x1b[31m",
+    ];
+
+    /// A reproducible source of numbers below a bound (xorshift).
+    pub fn random_below(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |bound| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,26 +527,8 @@ mod tests {
     /// is told text or bytes as a whole-buffer check would.
     #[test]
     fn chunked_decoding_matches_decoding_the_whole() {
-        let alphabet: &[&[u8]] = &[
-            b"a",
-            b"\n",
-            b"\x00",
-            "é".as_bytes(),
-            "→".as_bytes(),
-            "😀".as_bytes(),
-            b"\xff",
-            b"\xe2",
-            b"\xf0\x9f",
-            b"\x80",
-            b"\"",
-        ];
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |bound: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % bound as u64) as usize
-        };
+        let alphabet = testing::ALPHABET;
+        let mut next = testing::random_below(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2_000 {
             let mut bytes = Vec::new();
             for _ in 0..next(24) {

@@ -433,22 +433,8 @@ mod tests {
     #[test]
     fn a_stream_without_a_pty_is_recorded_without_losing_a_byte()
     -> Result<(), Box<dyn std::error::Error>> {
-        let pieces: &[&[u8]] = &[
-            b"plain text\n",
-            "é→😀".as_bytes(),
-            b"\x00\x00\x00",
-            b"\xff\xfe",
-            b"\xe2",
-            b"\x1b[31m",
-            b"\xf0\x9f",
-        ];
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move |bound: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % bound as u64) as usize
-        };
+        let pieces = asciicast::testing::ALPHABET;
+        let mut next = asciicast::testing::random_below(0x2545_f491_4f6c_dd1d);
         let mut stream = Vec::new();
         for _ in 0..2_000 {
             stream.extend_from_slice(pieces[next(pieces.len())]);
