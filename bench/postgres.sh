@@ -46,6 +46,9 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Servers started through as_postgres in the background are children of a subshell that the
+  # kill above reaches, not the servers: stop whatever still runs from this run's directory.
+  pkill -f "$WORK/" 2>/dev/null || true
   sleep 0.5
   rm -rf "$WORK"
 }
