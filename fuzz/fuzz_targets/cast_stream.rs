@@ -1,7 +1,7 @@
 //! Fuzzes how a recording reads a channel's bytes (issue #3): any bytes, cut anywhere, must never
 //! panic, and a channel without a pty must get them back exactly from its events: text chunks
-//! decoded as `o` text, the rest kept as `O` bytes, as `Recorder::text_event` does. Every text
-//! piece must also escape to a JSON string that reads back as itself.
+//! decoded as `o` text by `decode_text`, the rest kept as `O` bytes, as `Recorder::text_event`
+//! does. Every text piece must also escape to a JSON string that reads back as itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,16 +19,15 @@ fuzz_target!(|data: &[u8]| {
     while !rest.is_empty() {
         let size = 1 + (usize::from(sizes).wrapping_mul(turn + 7) % 61);
         let (chunk, after) = rest.split_at(size.min(rest.len()));
-        if decoder.is_text(chunk) {
-            decoder.decode(chunk, |text| {
-                let mut escaped = b"\"".to_vec();
-                escape_json_into(text, &mut escaped);
-                escaped.push(b'"');
-                let back: String = serde_json::from_slice(&escaped).expect("escaped JSON");
-                assert_eq!(back, text);
-                rebuilt.extend_from_slice(text.as_bytes());
-            });
-        } else {
+        let text = decoder.decode_text(chunk, |text| {
+            let mut escaped = b"\"".to_vec();
+            escape_json_into(text, &mut escaped);
+            escaped.push(b'"');
+            let back: String = serde_json::from_slice(&escaped).expect("escaped JSON");
+            assert_eq!(back, text);
+            rebuilt.extend_from_slice(text.as_bytes());
+        });
+        if !text {
             let mut bytes = decoder.take_pending();
             bytes.extend_from_slice(chunk);
             let mut encoded = Vec::new();

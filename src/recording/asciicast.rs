@@ -231,7 +231,7 @@ fn needs_escape(word: u64) -> bool {
 }
 
 /// Decodes a UTF-8 byte stream that arrives in arbitrary chunks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Utf8Stream {
     pending: Vec<u8>,
 }
@@ -291,6 +291,42 @@ impl Utf8Stream {
             // Still incomplete: the chunk was too short to finish the character.
             Err(error) if error.valid_up_to() < self.pending.len() => true,
             Err(error) => utf8_to_the_end(&bytes[error.valid_up_to() - self.pending.len()..]),
+        }
+    }
+
+    /// `decode` for a byte stream: hands over the text of `bytes` and returns true when they are
+    /// text (`is_text`); otherwise hands over nothing, leaves the stream as it was and returns
+    /// false. A chunk with nothing held back before it, the usual case, is checked and decoded in
+    /// one pass.
+    pub fn decode_text(&mut self, bytes: &[u8], mut each: impl FnMut(&str)) -> bool {
+        if !self.pending.is_empty() {
+            if !self.is_text(bytes) {
+                return false;
+            }
+            self.decode(bytes, each);
+            return true;
+        }
+        if bytes.contains(&0) {
+            return false;
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    each(text);
+                }
+                true
+            }
+            Err(error) if error.error_len().is_some() => false,
+            Err(error) => {
+                let (valid, tail) = bytes.split_at(error.valid_up_to());
+                if let Ok(text) = std::str::from_utf8(valid)
+                    && !text.is_empty()
+                {
+                    each(text);
+                }
+                self.pending.extend_from_slice(tail);
+                true
+            }
         }
     }
 
@@ -544,7 +580,19 @@ mod tests {
                 let joined = [stream.pending.as_slice(), chunk].concat();
                 let text = !chunk.contains(&0) && utf8_to_the_end(&joined);
                 assert_eq!(stream.is_text(chunk), text, "{joined:?}");
-                decoded.push_str(&stream.push(chunk));
+                // And `decode_text` decodes a text chunk as `decode` does, and no other.
+                let mut strict = stream.clone();
+                let mut strictly = String::new();
+                let decoded_as_text = strict.decode_text(chunk, |piece| strictly.push_str(piece));
+                assert_eq!(decoded_as_text, text, "{joined:?}");
+                let pushed = stream.push(chunk);
+                if text {
+                    assert_eq!(strictly, pushed, "{joined:?}");
+                    assert_eq!(strict.pending, stream.pending, "{joined:?}");
+                } else {
+                    assert!(strictly.is_empty(), "{joined:?}");
+                }
+                decoded.push_str(&pushed);
                 rest = &rest[cut..];
             }
             decoded.push_str(&stream.finish());

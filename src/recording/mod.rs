@@ -290,8 +290,20 @@ impl Recorder {
             Code::Input => (&mut self.input, Code::InputBytes),
             _ => (&mut self.output, Code::OutputBytes),
         };
-        if !self.capture.terminal && !stream.is_text(bytes) {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
+        let empty = line.len();
+        let escape = |text: &str| asciicast::escape_json_into(text, &mut line);
+        let text = if self.capture.terminal {
+            stream.decode(bytes, escape);
+            true
+        } else {
+            stream.decode_text(bytes, escape)
+        };
+        if !text {
             let held = stream.take_pending();
+            self.line = line;
             if held.is_empty() {
                 return self.bytes_event(bytes_code, at, bytes);
             }
@@ -299,11 +311,6 @@ impl Recorder {
             let joined = [held.as_slice(), bytes].concat();
             return self.bytes_event(bytes_code, at, &joined);
         }
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
-        let empty = line.len();
-        stream.decode(bytes, |text| asciicast::escape_json_into(text, &mut line));
         let written = if line.len() > empty {
             asciicast::end_event(&mut line);
             self.file.write_bytes(&line)
