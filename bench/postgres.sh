@@ -164,6 +164,11 @@ declare -A PATHS=(
 ORDER=(direct pgbouncer relay portcullis portcullis_tls)
 
 declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [relay]=$RELAY_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
+# Idle and total clock ticks of the CPUs PostgreSQL and pgbench run on (CPU 0 when split, all
+# otherwise): if they sit idle, the clients are waiting on the proxy, not the other way round.
+SERVER_CPU=cpu; [ -n "${SPLIT:-}" ] && SERVER_CPU=cpu0
+server_ticks() { awk -v cpu="$SERVER_CPU" '$1 == cpu {print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+
 # The proxy's CPU time (user + system, clock ticks) and context switches (all its threads).
 proxy_counters() {
   [ -n "$1" ] || { echo "0 0 0"; return; }
@@ -173,15 +178,18 @@ proxy_counters() {
   echo "$ticks $switches"
 }
 
-# run path args... -> "tps latency_ms proxy_cpu_us proxy_switches proxy_system_cpu_us" (per transaction)
+# run path args... -> "tps latency_ms proxy_cpu_us proxy_switches proxy_system_cpu_us server_idle_%"
+# (the proxy figures per transaction)
 run() {
   read -r port user password database sslmode <<<"${PATHS[$1]}"
-  local before after
+  local before after server_before server_after
+  server_before=$(server_ticks)
   before=$(proxy_counters "${PROXY[$1]}")
   PGPASSWORD=$password PGSSLMODE=$sslmode "${ON_SERVER[@]}" "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" \
     -n -T "$RUN" "${@:2}" "$database" 2>/dev/null >"$WORK/pgbench.out" || true
   after=$(proxy_counters "${PROXY[$1]}")
-  BEFORE=$before AFTER=$after TICK=$(getconf CLK_TCK) python3 -c '
+  server_after=$(server_ticks)
+  BEFORE=$before AFTER=$after SERVER_BEFORE=$server_before SERVER_AFTER=$server_after TICK=$(getconf CLK_TCK) python3 -c '
 import os, re
 text = open(os.environ["WORK"] + "/pgbench.out").read()
 tps = re.search(r"tps = ([0-9.]+)", text)
@@ -191,8 +199,10 @@ n = int(count.group(1)) if count else 0
 (u0, k0, s0), (u1, k1, s1) = [map(int, os.environ[k].split()) for k in ("BEFORE", "AFTER")]
 per = lambda ticks: ticks / int(os.environ["TICK"]) * 1e6 / n if n else 0
 switches = (s1 - s0) / n if n else 0
+(i0, t0), (i1, t1) = [map(int, os.environ[k].split()) for k in ("SERVER_BEFORE", "SERVER_AFTER")]
+idle = 100 * (i1 - i0) / (t1 - t0) if t1 > t0 else 0
 print(tps.group(1) if tps else "0", latency.group(1) if latency else "0",
-      f"{per(u1 - u0 + k1 - k0):.1f}", f"{switches:.2f}", f"{per(k1 - k0):.1f}")'
+      f"{per(u1 - u0 + k1 - k0):.1f}", f"{switches:.2f}", f"{per(k1 - k0):.1f}", f"{idle:.1f}")'
 }
 export WORK
 
@@ -225,13 +235,14 @@ echo "| measure | direct | pgbouncer | tokio relay | portcullis | portcullis TLS
 echo "|---|---|---|---|---|---|---|---|"
 for name in select-simple select-extended select-prepared tpcb connect; do
   [[ $name =~ $ONLY ]] || continue
-  for column in 1 2 3 5 4; do
+  for column in 1 2 3 5 4 6; do
     case $column in
       1) label="$name tps" ;;
       2) label="$name latency ms" ;;
       3) label="$name proxy CPU µs per transaction" ;;
       4) label="$name proxy context switches per transaction" ;;
       5) label="$name proxy CPU µs per transaction in the kernel" ;;
+      6) label="$name server CPU idle %" ;;
     esac
     row="| $label"
     values=()
@@ -239,6 +250,7 @@ for name in select-simple select-extended select-prepared tpcb connect; do
       value=$(echo "${RESULT[$name,$path]}" | cut -d' ' -f"$column")
       values+=("$value"); row="$row | $value"
     done
+    if [ "$column" = 6 ]; then echo "$row | - | - |"; continue; fi
     echo "$row | $(ratio "${values[3]}" "${values[1]}") | $(ratio "${values[4]}" "${values[1]}") |"
   done
 done
