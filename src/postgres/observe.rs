@@ -130,24 +130,29 @@ impl Tracker {
         }
     }
 
-    /// A message from the server; returns the statements it finished.
-    pub fn server_sent(&mut self, message: &Message) -> Vec<Statement> {
-        let mut done = self.outcomes(message);
-        let now = Instant::now();
-        for statement in &mut done {
-            statement.finished = Some(now);
+    /// A message from the server; appends the statements it finished to `done`.
+    ///
+    /// Most answers finish nothing (BindComplete, DataRow, ...): the clock is read only for
+    /// those that do, and nothing is allocated per message (this runs for every message of
+    /// every answer).
+    pub fn server_sent(&mut self, message: &Message, done: &mut Vec<Statement>) {
+        let before = done.len();
+        self.outcomes(message, done);
+        if done.len() > before {
+            let now = Instant::now();
+            for statement in &mut done[before..] {
+                statement.finished = Some(now);
+            }
         }
-        done
     }
 
-    fn outcomes(&mut self, message: &Message) -> Vec<Statement> {
-        let mut done = Vec::new();
+    fn outcomes(&mut self, message: &Message, done: &mut Vec<Statement>) {
         match message.tag {
             b'C' | b'I' | b's' | b'E' => {
                 let error = (message.tag == b'E').then(|| codec::error_fields(&message.body));
                 let tag = (message.tag == b'C').then(|| codec::command_tag(&message.body));
                 let Some(Pending::Statement(front)) = self.pending.front_mut() else {
-                    return done;
+                    return;
                 };
                 if let Some(tag) = tag {
                     if let Some(rows) = row_count(&tag) {
@@ -182,7 +187,6 @@ impl Tracker {
             b'd' => self.count_copy(message.body.len()),
             _ => {}
         }
-        done
     }
 
     fn count_copy(&mut self, bytes: usize) {
@@ -231,21 +235,20 @@ mod tests {
         }
     }
 
+    /// What the tracker finishes on one server message.
+    fn answer(tracker: &mut Tracker, message: &Message) -> Vec<Statement> {
+        let mut done = Vec::new();
+        tracker.server_sent(message, &mut done);
+        done
+    }
+
     #[test]
     fn simple_and_extended_statements_get_their_outcomes() {
         let mut tracker = Tracker::default();
         tracker.client_sent(&message(b'Q', b"select 1; select 2\0"));
-        assert!(
-            tracker
-                .server_sent(&message(b'C', b"SELECT 1\0"))
-                .is_empty()
-        );
-        assert!(
-            tracker
-                .server_sent(&message(b'C', b"SELECT 1\0"))
-                .is_empty()
-        );
-        let done = tracker.server_sent(&message(b'Z', b"I"));
+        assert!(answer(&mut tracker, &message(b'C', b"SELECT 1\0")).is_empty());
+        assert!(answer(&mut tracker, &message(b'C', b"SELECT 1\0")).is_empty());
+        let done = answer(&mut tracker, &message(b'Z', b"I"));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].tags, ["SELECT 1", "SELECT 1"]);
 
@@ -262,12 +265,15 @@ mod tests {
         tracker.client_sent(&message(b'E', b"\0\0\0\0\0"));
         tracker.client_sent(&message(b'E', b"\0\0\0\0\0"));
         tracker.client_sent(&message(b'S', b""));
-        let failed = tracker.server_sent(&message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"));
+        let failed = answer(
+            &mut tracker,
+            &message(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"),
+        );
         assert_eq!(failed.len(), 1);
         assert_eq!(&*failed[0].sql, "select $1");
         assert_eq!(&failed[0].parameters[..], [Some(b"7".to_vec())]);
         assert_eq!(failed[0].sqlstate.as_deref(), Some("22012"));
-        let skipped = tracker.server_sent(&message(b'Z', b"I"));
+        let skipped = answer(&mut tracker, &message(b'Z', b"I"));
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].tags.is_empty());
         assert!(tracker.unfinished().is_empty());
@@ -286,9 +292,9 @@ mod tests {
             let mut tracker = Tracker::default();
             tracker.client_sent(&message(b'Q', b"-- several statements\0"));
             for tag in tags {
-                tracker.server_sent(&message(b'C', format!("{tag}\0").as_bytes()));
+                answer(&mut tracker, &message(b'C', format!("{tag}\0").as_bytes()));
             }
-            let done = tracker.server_sent(&message(b'Z', b"I"));
+            let done = answer(&mut tracker, &message(b'Z', b"I"));
             assert_eq!(done[0].rows, rows, "{tags:?}");
             assert_eq!(done[0].tags, tags, "{tags:?}");
         }
@@ -304,13 +310,13 @@ mod tests {
         tracker.client_sent(&message(b'd', b"1\n2\n"));
         tracker.client_sent(&message(b'c', b""));
         tracker.client_sent(&message(b'S', b""));
-        let done = tracker.server_sent(&message(b'C', b"COPY 2\0"));
+        let done = answer(&mut tracker, &message(b'C', b"COPY 2\0"));
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].copy_bytes, 4);
-        assert!(tracker.server_sent(&message(b'Z', b"I")).is_empty());
+        assert!(answer(&mut tracker, &message(b'Z', b"I")).is_empty());
         tracker.client_sent(&message(b'Q', b"select 1\0"));
-        tracker.server_sent(&message(b'C', b"SELECT 1\0"));
-        let done = tracker.server_sent(&message(b'Z', b"I"));
+        answer(&mut tracker, &message(b'C', b"SELECT 1\0"));
+        let done = answer(&mut tracker, &message(b'Z', b"I"));
         assert_eq!(done[0].tags, ["SELECT 1"]);
     }
 }
