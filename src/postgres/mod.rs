@@ -474,7 +474,7 @@ impl Client {
             },
         );
         tokio::pin!(up, down);
-        let (mut notices, _watching) = watch_grant(&session);
+        let mut notices = watch_grant(&session);
         let reason = loop {
             tokio::select! {
                 _ = &mut up => break "closed",
@@ -530,20 +530,23 @@ impl Client {
 /// Runs the session's grant watch on a task of its own and hands its notices over a channel.
 /// The relay task wakes for every packet and polls all its branches each time; the watch (a
 /// broadcast, a watch channel and a timer) cost 3% of the relay's user time there under
-/// `pgbench -S`, a channel costs next to nothing. The watch stops with the returned guard.
-fn watch_grant(session: &Session) -> (mpsc::Receiver<Notice>, AbortOnDrop) {
+/// `pgbench -S`, a channel costs next to nothing. The task ends when the receiver is dropped.
+fn watch_grant(session: &Session) -> mpsc::Receiver<Notice> {
     let (notify, notices) = mpsc::channel(2);
     let mut watch = session.watch();
-    let watching = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
-            let notice = watch.next().await;
+            let notice = tokio::select! {
+                notice = watch.next() => notice,
+                () = notify.closed() => return,
+            };
             let ended = matches!(notice, Notice::Ended { .. });
             if notify.send(notice).await.is_err() || ended {
                 return;
             }
         }
     });
-    (notices, AbortOnDrop(watching.abort_handle()))
+    notices
 }
 
 /// The watch's task ended without saying the grant ended (it cannot, short of a panic): the
@@ -556,15 +559,6 @@ fn watch_lost(session: &Session) -> Notice {
             session.target().name
         ),
         reason: "bastion_error",
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
