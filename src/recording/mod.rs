@@ -352,11 +352,9 @@ impl Recorder {
                 self.file.write_line(&line)?;
             }
         } else {
-            for code in [Code::OutputBytes, Code::InputBytes] {
-                let rest = match code {
-                    Code::InputBytes => self.input.take_pending(),
-                    _ => self.output.take_pending(),
-                };
+            let output = self.output.take_pending();
+            let input = self.input.take_pending();
+            for (code, rest) in [(Code::OutputBytes, output), (Code::InputBytes, input)] {
                 if !rest.is_empty() {
                     self.bytes_event(code, now, &rest)?;
                 }
