@@ -7,8 +7,15 @@ use libfuzzer_sys::fuzz_target;
 use portcullis::postgres::codec;
 
 fuzz_target!(|data: &[u8]| {
-    let mut relayed = BytesMut::from(data);
-    let _ = codec::take_messages(&mut relayed, codec::MAX_MESSAGE);
+    if let Ok(length) = codec::whole_messages(data, codec::MAX_MESSAGE) {
+        for frame in codec::frames(&data[..length]) {
+            if let Ok(bind) = codec::bind_view(frame.body) {
+                for parameter in bind.parameters() {
+                    let _ = parameter;
+                }
+            }
+        }
+    }
     let mut startup = BytesMut::from(data);
     let _ = codec::decode_startup(&mut startup);
     let mut stream = BytesMut::from(data);

@@ -230,6 +230,40 @@ pub struct AuditEntry {
 }
 
 impl AuditEvent {
+    /// `entry` for an event that is not kept: its strings move into the entry instead of being
+    /// copied (a database session turns an event a statement into an entry).
+    pub fn into_entry(self) -> AuditEntry {
+        match self {
+            AuditEvent::PgQuery {
+                session_id,
+                user,
+                target,
+                protocol,
+                sql,
+                tags,
+                rows,
+                sqlstate,
+                duration_ms,
+            } => AuditEntry {
+                event_type: "pg.query",
+                detail: pg_query_detail(&PgQueryDetail {
+                    duration_ms,
+                    protocol,
+                    rows,
+                    sql: &sql,
+                    sqlstate: sqlstate.as_deref(),
+                    tags: &tags,
+                }),
+                actor: Some(user),
+                target: Some(target),
+                request_id: None,
+                grant_id: None,
+                session_id: Some(session_id),
+            },
+            other => other.entry(),
+        }
+    }
+
     pub fn entry(&self) -> AuditEntry {
         let mut entry = AuditEntry {
             event_type: self.event_type(),
@@ -483,15 +517,14 @@ impl AuditEvent {
                 entry.session_id = Some(session_id.clone());
                 // One of these per statement (20,000 a second under `pgbench -S`): serialized
                 // from borrowed fields, not through a `serde_json::Value`.
-                entry.detail = serde_json::to_string(&PgQueryDetail {
+                entry.detail = pg_query_detail(&PgQueryDetail {
                     duration_ms: *duration_ms,
                     protocol,
                     rows: *rows,
                     sql,
                     sqlstate: sqlstate.as_deref(),
                     tags,
-                })
-                .unwrap_or_default();
+                });
                 return entry;
             }
             AuditEvent::PortForward {
@@ -592,6 +625,19 @@ impl AuditRecord {
         ts: OffsetDateTime,
         entry: AuditEntry,
     ) -> AuditRecord {
+        AuditRecord::chain_with(prev, id, ts, entry, &mut Hashing::new(ts))
+    }
+
+    /// `chain` for one of many records appended at once: `hashing` holds what they share (the
+    /// formatted time, a buffer), so a database session's batch of `pg.query` events formats
+    /// its time once, not once an event.
+    pub fn chain_with(
+        prev: Option<(i64, &str)>,
+        id: String,
+        ts: OffsetDateTime,
+        entry: AuditEntry,
+        hashing: &mut Hashing,
+    ) -> AuditRecord {
         let (seq, prev_hash) = match prev {
             Some((seq, hash)) => (seq + 1, hash.to_string()),
             None => (1, GENESIS_HASH.to_string()),
@@ -610,54 +656,71 @@ impl AuditRecord {
             prev_hash,
             hash: String::new(),
         };
-        record.hash = record.compute_hash();
+        record.hash = hashing.hash(&record);
         record
     }
 
     /// SHA-256 over a JSON array of every field but the hash, in a fixed order. An array, not an
     /// object, so there is no key order to disagree about.
+    pub fn compute_hash(&self) -> String {
+        Hashing::new(self.ts).hash(self)
+    }
+}
+
+/// What computing many records' hashes shares: the formatted time of records stamped at one
+/// time, and the buffer their canonical JSON is written to.
+pub struct Hashing {
+    ts: OffsetDateTime,
+    ts_text: String,
+    canonical: Vec<u8>,
+}
+
+impl Hashing {
+    pub fn new(ts: OffsetDateTime) -> Hashing {
+        Hashing {
+            ts,
+            ts_text: rfc3339(ts),
+            canonical: Vec::with_capacity(512),
+        }
+    }
+
+    /// The record's hash (see `AuditRecord::compute_hash`).
     ///
     /// Serialized from a tuple of borrowed fields, which gives the same bytes as building a
     /// `serde_json::Value` array without copying every field into one (a database session
-    /// chains an event per statement; the test below holds the two equal).
-    pub fn compute_hash(&self) -> String {
+    /// chains an event per statement; a test below holds the two equal), into a reused buffer
+    /// hashed in one call.
+    fn hash(&mut self, record: &AuditRecord) -> String {
+        if record.ts != self.ts {
+            *self = Hashing::new(record.ts);
+        }
         let canonical = (
-            self.seq,
-            &self.id,
-            rfc3339(self.ts),
-            &self.event_type,
-            &self.actor,
-            &self.target,
-            &self.request_id,
-            &self.grant_id,
-            &self.session_id,
-            &self.detail,
-            &self.prev_hash,
+            record.seq,
+            &record.id,
+            &self.ts_text,
+            &record.event_type,
+            &record.actor,
+            &record.target,
+            &record.request_id,
+            &record.grant_id,
+            &record.session_id,
+            &record.detail,
+            &record.prev_hash,
         );
-        // Streamed into the hash, not buffered first. Serializing strings and integers to an
-        // in-memory writer cannot fail.
-        let mut hasher = HashWriter(Sha256::new());
-        let _ = serde_json::to_writer(&mut hasher, &canonical);
+        self.canonical.clear();
+        // Serializing strings and integers to memory cannot fail.
+        let _ = serde_json::to_writer(&mut self.canonical, &canonical);
         // `encode_to_slice`: `hex::encode` builds its string a char at a time, which showed in
         // `perf` of examples/audit_append.
         let mut text = [0u8; 64];
-        let _ = hex::encode_to_slice(hasher.0.finalize(), &mut text);
+        let _ = hex::encode_to_slice(Sha256::digest(&self.canonical), &mut text);
         String::from_utf8_lossy(&text).into_owned()
     }
 }
 
-/// Feeds what serde_json writes straight into a SHA-256.
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Serializing borrowed strings and numbers cannot fail.
+fn pg_query_detail(detail: &PgQueryDetail<'_>) -> String {
+    serde_json::to_string(detail).unwrap_or_default()
 }
 
 /// The detail of a `pg.query` event, borrowed from it. Fields in sorted order, the order the
@@ -754,6 +817,7 @@ mod tests {
         let old = json!({ "protocol": "extended", "sql": "select $1 \"→\"\n",
             "tags": ["SELECT 1"], "rows": 1, "sqlstate": null, "duration_ms": 0.081 });
         assert_eq!(event.entry().detail, old.to_string());
+        assert_eq!(event.clone().into_entry(), event.entry());
     }
 
     fn chain_of(count: usize) -> Vec<AuditRecord> {

@@ -63,15 +63,16 @@ pub fn decode_startup(buffer: &mut BytesMut) -> Result<Option<Startup>, CodecErr
         }
         PROTOCOL_3 => {
             let mut parameters = Vec::new();
+            let mut rest: &[u8] = &packet;
             loop {
-                let name = cstring(&mut packet).ok_or(CodecError::Malformed("startup packet"))?;
+                let name = cstring(&mut rest).ok_or(CodecError::Malformed("startup packet"))?;
                 if name.is_empty() {
                     break;
                 }
-                let value = cstring(&mut packet).ok_or(CodecError::Malformed("startup packet"))?;
+                let value = cstring(&mut rest).ok_or(CodecError::Malformed("startup packet"))?;
                 parameters.push((name, value));
             }
-            if !packet.is_empty() {
+            if !rest.is_empty() {
                 return Err(CodecError::Malformed("startup packet"));
             }
             Ok(Some(Startup::Startup { parameters }))
@@ -118,16 +119,11 @@ pub fn decode_message(buffer: &mut BytesMut, max: usize) -> Result<Option<Messag
     Ok(Some(Message { tag, body: frame }))
 }
 
-/// Takes every complete message of at most `max` bytes from the front of `buffer`: the raw
-/// bytes, to forward as they are, and the messages in them as views of those bytes (no copy).
-pub fn take_messages(
-    buffer: &mut BytesMut,
-    max: usize,
-) -> Result<(Bytes, Vec<Message>), CodecError> {
-    let mut frames = Vec::new();
+/// The length of the whole messages, each of at most `max` bytes, at the front of `buffer`: what
+/// a relay forwards as it is (a message cut by the read waits for its rest).
+pub fn whole_messages(buffer: &[u8], max: usize) -> Result<usize, CodecError> {
     let mut offset = 0;
-    while buffer.len() - offset >= 5 {
-        let at = &buffer[offset..];
+    while let Some(at) = buffer.get(offset..).filter(|at| at.len() >= 5) {
         let length = i32::from_be_bytes([at[1], at[2], at[3], at[4]]);
         if length < 4 || length as usize > max {
             return Err(CodecError::BadLength(i64::from(length)));
@@ -136,38 +132,59 @@ pub fn take_messages(
         if at.len() < total {
             break;
         }
-        frames.push((at[0], offset + 5..offset + total));
         offset += total;
     }
-    let raw = buffer.split_to(offset).freeze();
-    let messages = frames
-        .into_iter()
-        .map(|(tag, body)| Message {
-            tag,
-            body: raw.slice(body),
-        })
-        .collect();
-    Ok((raw, messages))
+    Ok(offset)
 }
 
-/// Reads a NUL-terminated string.
-fn cstring(bytes: &mut Bytes) -> Option<String> {
+/// A message inside bytes `whole_messages` measured: its tag and a view of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub tag: u8,
+    pub body: &'a [u8],
+}
+
+/// The messages in `bytes`, in order, as views (no copy, no allocation: a relay walks every
+/// message it forwards). Stops at the first incomplete one.
+pub fn frames(bytes: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let header = rest.get(..5)?;
+        let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let total = usize::try_from(length).ok().filter(|length| *length >= 4)? + 1;
+        let body = rest.get(5..total)?;
+        let frame = Frame {
+            tag: header[0],
+            body,
+        };
+        rest = &rest[total..];
+        Some(frame)
+    })
+}
+
+/// Reads a NUL-terminated string, as its bytes.
+fn cstr<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
     let end = bytes.iter().position(|byte| *byte == 0)?;
-    let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
-    bytes.advance(end + 1);
+    let (text, rest) = bytes.split_at(end);
+    *bytes = &rest[1..];
     Some(text)
 }
 
+/// Reads a NUL-terminated string.
+fn cstring(bytes: &mut &[u8]) -> Option<String> {
+    cstr(bytes).map(|text| String::from_utf8_lossy(text).into_owned())
+}
+
 /// The SQL of a simple `Query` ('Q').
-pub fn query_text(body: &Bytes) -> Result<String, CodecError> {
-    let mut body = body.clone();
+pub fn query_text(body: &[u8]) -> Result<String, CodecError> {
+    let mut body = body;
     cstring(&mut body).ok_or(CodecError::Malformed("Query"))
 }
 
-/// The statement name and SQL of a `Parse` ('P').
-pub fn parse_message(body: &Bytes) -> Result<(String, String), CodecError> {
-    let mut body = body.clone();
-    let name = cstring(&mut body).ok_or(CodecError::Malformed("Parse"))?;
+/// The statement name (as sent: names are matched byte for byte) and SQL of a `Parse` ('P').
+pub fn parse_message(body: &[u8]) -> Result<(&[u8], String), CodecError> {
+    let mut body = body;
+    let name = cstr(&mut body).ok_or(CodecError::Malformed("Parse"))?;
     let sql = cstring(&mut body).ok_or(CodecError::Malformed("Parse"))?;
     Ok((name, sql))
 }
@@ -182,75 +199,116 @@ pub struct Bind {
     pub binary: Vec<bool>,
 }
 
-pub fn bind_message(body: &Bytes) -> Result<Bind, CodecError> {
+pub fn bind_message(body: &[u8]) -> Result<Bind, CodecError> {
+    let view = bind_view(body)?;
+    Ok(Bind {
+        portal: String::from_utf8_lossy(view.portal).into_owned(),
+        statement: String::from_utf8_lossy(view.statement).into_owned(),
+        parameters: view
+            .parameters()
+            .map(|(value, _)| value.map(<[u8]>::to_vec))
+            .collect(),
+        binary: view.parameters().map(|(_, binary)| binary).collect(),
+    })
+}
+
+/// A `Bind` read in place: checked whole when made, so reading its parameters cannot fail.
+#[derive(Debug, Clone, Copy)]
+pub struct BindView<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    /// The format codes, two bytes each.
+    codes: &'a [u8],
+    /// The parameter values as on the wire: a length (-1 for NULL), then the bytes.
+    values: &'a [u8],
+    count: usize,
+}
+
+pub fn bind_view(body: &[u8]) -> Result<BindView<'_>, CodecError> {
     let malformed = CodecError::Malformed("Bind");
-    let mut body = body.clone();
-    let portal = cstring(&mut body).ok_or(malformed.clone())?;
-    let statement = cstring(&mut body).ok_or(malformed.clone())?;
+    let mut body = body;
+    let portal = cstr(&mut body).ok_or(malformed.clone())?;
+    let statement = cstr(&mut body).ok_or(malformed.clone())?;
     let formats = read_i16(&mut body).ok_or(malformed.clone())?;
     let formats = usize::try_from(formats).map_err(|_| malformed.clone())?;
     if body.len() < formats * 2 {
         return Err(malformed);
     }
-    let codes: Vec<i16> = (0..formats).map(|_| body.get_i16()).collect();
+    let (codes, rest) = body.split_at(formats * 2);
+    body = rest;
     let count = read_i16(&mut body).ok_or(malformed.clone())?;
     let count = usize::try_from(count).map_err(|_| malformed.clone())?;
-    let mut parameters = Vec::with_capacity(count.min(1024));
+    let values = body;
     for _ in 0..count {
         let length = read_i32(&mut body).ok_or(malformed.clone())?;
-        if length < 0 {
-            parameters.push(None);
-            continue;
+        if let Ok(length) = usize::try_from(length) {
+            if body.len() < length {
+                return Err(malformed);
+            }
+            body = &body[length..];
         }
-        let length = length as usize;
-        if body.len() < length {
-            return Err(malformed);
-        }
-        parameters.push(Some(body.split_to(length).to_vec()));
     }
-    // No codes: all text; one code: for every parameter; otherwise one per parameter.
-    let binary = (0..parameters.len())
-        .map(|index| match codes.len() {
-            0 => false,
-            1 => codes[0] == 1,
-            _ => codes.get(index) == Some(&1),
-        })
-        .collect();
-    Ok(Bind {
+    Ok(BindView {
         portal,
         statement,
-        parameters,
-        binary,
+        codes,
+        values: &values[..values.len() - body.len()],
+        count,
     })
 }
 
+impl<'a> BindView<'a> {
+    /// Each parameter's value (`None` for NULL) and whether it is in binary format: no codes
+    /// means all text, one code is for every parameter, otherwise one per parameter.
+    pub fn parameters(&self) -> impl Iterator<Item = (Option<&'a [u8]>, bool)> + use<'a> {
+        let codes = self.codes;
+        let code = move |index: usize| {
+            let at = if codes.len() == 2 { 0 } else { index * 2 };
+            codes.get(at..at + 2) == Some(&[0, 1][..])
+        };
+        let mut values = self.values;
+        (0..self.count).map_while(move |index| {
+            let length = read_i32(&mut values)?;
+            let value = match usize::try_from(length) {
+                Ok(length) => {
+                    let (value, rest) = values.split_at_checked(length)?;
+                    values = rest;
+                    Some(value)
+                }
+                Err(_) => None,
+            };
+            Some((value, code(index)))
+        })
+    }
+}
+
 /// The portal an `Execute` ('E' from the client) runs.
-pub fn execute_portal(body: &Bytes) -> Result<String, CodecError> {
-    let mut body = body.clone();
-    cstring(&mut body).ok_or(CodecError::Malformed("Execute"))
+pub fn execute_portal(body: &[u8]) -> Result<&[u8], CodecError> {
+    let mut body = body;
+    cstr(&mut body).ok_or(CodecError::Malformed("Execute"))
 }
 
 /// The password of a `PasswordMessage` ('p').
-pub fn password(body: &Bytes) -> Result<String, CodecError> {
-    let mut body = body.clone();
+pub fn password(body: &[u8]) -> Result<String, CodecError> {
+    let mut body = body;
     cstring(&mut body).ok_or(CodecError::Malformed("PasswordMessage"))
 }
 
 /// The tag of a `CommandComplete` ('C').
-pub fn command_tag(body: &Bytes) -> String {
-    let mut body = body.clone();
-    cstring(&mut body).unwrap_or_default()
+pub fn command_tag(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    let mut body = body;
+    String::from_utf8_lossy(cstr(&mut body).unwrap_or_default())
 }
 
 /// The SQLSTATE ('C') and message ('M') fields of an ErrorResponse or NoticeResponse.
-pub fn error_fields(body: &Bytes) -> (String, String) {
-    let mut body = body.clone();
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut body = body;
     let (mut code, mut message) = (String::new(), String::new());
     while let Some(&field) = body.first() {
         if field == 0 {
             break;
         }
-        body.advance(1);
+        body = &body[1..];
         let Some(value) = cstring(&mut body) else {
             break;
         };
@@ -263,11 +321,11 @@ pub fn error_fields(body: &Bytes) -> (String, String) {
     (code, message)
 }
 
-fn read_i16(bytes: &mut Bytes) -> Option<i16> {
+fn read_i16(bytes: &mut &[u8]) -> Option<i16> {
     (bytes.len() >= 2).then(|| bytes.get_i16())
 }
 
-fn read_i32(bytes: &mut Bytes) -> Option<i32> {
+fn read_i32(bytes: &mut &[u8]) -> Option<i32> {
     (bytes.len() >= 4).then(|| bytes.get_i32())
 }
 
@@ -433,15 +491,20 @@ mod tests {
             let mut buffer = BytesMut::from(&bytes[..]);
             let _ = decode_startup(&mut buffer);
             let mut whole = BytesMut::from(&bytes[..]);
-            if let Ok((raw, messages)) = take_messages(&mut whole, MAX_MESSAGE) {
-                let mut again = BytesMut::from(&raw[..]);
-                for message in &messages {
+            if let Ok(length) = whole_messages(&whole, MAX_MESSAGE) {
+                let raw = whole.split_to(length);
+                let mut again = raw.clone();
+                for frame in frames(&raw) {
+                    let decoded = decode_message(&mut again, MAX_MESSAGE);
+                    let decoded = decoded.as_ref().ok().and_then(Option::as_ref);
                     assert_eq!(
-                        decode_message(&mut again, MAX_MESSAGE),
-                        Ok(Some(message.clone()))
+                        decoded.map(|message| (message.tag, &message.body[..])),
+                        Some((frame.tag, frame.body))
                     );
+                    let _ = bind_view(frame.body).map(|bind| bind.parameters().count());
                 }
                 assert!(again.is_empty());
+                assert!(matches!(decode_message(&mut whole, MAX_MESSAGE), Ok(None)));
             }
             let mut buffer = BytesMut::from(&bytes[..]);
             if let Ok(Some(message)) = decode_message(&mut buffer, MAX_MESSAGE) {

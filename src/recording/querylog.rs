@@ -33,7 +33,7 @@ pub struct Statement {
     /// thousands of times a second, and its text is not copied for each run.
     pub sql: Arc<str>,
     /// Text forms of the bind parameters (`None` for SQL NULL), as sent; shared with the portal.
-    pub parameters: Arc<[Option<Vec<u8>>]>,
+    pub parameters: Parameters,
     pub started: Option<Instant>,
     /// When its outcome arrived (`None` while it runs, or if it never finished).
     pub finished: Option<Instant>,
@@ -53,6 +53,98 @@ impl Statement {
             (Some(started), Some(finished)) => finished.saturating_duration_since(started),
             (Some(started), None) => started.elapsed(),
             _ => Duration::default(),
+        }
+    }
+}
+
+/// Bind parameter values (`None` for SQL NULL), in one shared allocation: copied once when a
+/// portal is bound and shared by every statement it runs (a front end binds thousands a second).
+/// Each value is a 4-byte length (`u32::MAX` for NULL) followed by its bytes.
+#[derive(Clone, Default)]
+pub struct Parameters(Option<Arc<[u8]>>);
+
+const NULL: u32 = u32::MAX;
+
+impl Parameters {
+    /// Starts a list in `scratch`, a buffer the caller keeps between lists.
+    pub fn build(scratch: &mut Vec<u8>) -> ParametersBuilder<'_> {
+        scratch.clear();
+        ParametersBuilder { bytes: scratch }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Option<&[u8]>> {
+        let mut rest: &[u8] = self.0.as_deref().unwrap_or_default();
+        std::iter::from_fn(move || {
+            let (length, after) = rest.split_first_chunk::<4>()?;
+            let length = u32::from_be_bytes(*length);
+            if length == NULL {
+                rest = after;
+                return Some(None);
+            }
+            let (value, after) = after.split_at_checked(length as usize)?;
+            rest = after;
+            Some(Some(value))
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(<[u8]>::is_empty)
+    }
+}
+
+impl std::fmt::Debug for Parameters {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_list()
+            .entries(self.iter().map(|value| value.map(String::from_utf8_lossy)))
+            .finish()
+    }
+}
+
+impl From<Vec<Option<Vec<u8>>>> for Parameters {
+    fn from(values: Vec<Option<Vec<u8>>>) -> Parameters {
+        let mut scratch = Vec::new();
+        let mut list = Parameters::build(&mut scratch);
+        for value in values {
+            match value {
+                Some(value) => list.value(&value),
+                None => list.null(),
+            }
+        }
+        list.finish()
+    }
+}
+
+/// Appends values to a `Parameters` being built.
+pub struct ParametersBuilder<'a> {
+    bytes: &'a mut Vec<u8>,
+}
+
+impl ParametersBuilder<'_> {
+    pub fn null(&mut self) {
+        self.bytes.extend_from_slice(&NULL.to_be_bytes());
+    }
+
+    pub fn value(&mut self, value: &[u8]) {
+        self.value_with(|bytes| bytes.extend_from_slice(value));
+    }
+
+    /// A value written by `write` (a front end that shows a binary value as text, say). A value
+    /// of 4 GiB or more is cut there (front ends cap their messages far below).
+    pub fn value_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        write(self.bytes);
+        let length = (self.bytes.len() - at - 4).min(NULL as usize - 1);
+        self.bytes.truncate(at + 4 + length);
+        self.bytes[at..at + 4].copy_from_slice(&(length as u32).to_be_bytes());
+    }
+
+    pub fn finish(self) -> Parameters {
+        if self.bytes.is_empty() {
+            Parameters(None)
+        } else {
+            Parameters(Some(Arc::from(&self.bytes[..])))
         }
     }
 }
@@ -111,7 +203,7 @@ impl QueryLog {
                 .iter()
                 .map(|value| {
                     if self.record_parameters {
-                        value.as_deref().map(parameter)
+                        value.map(parameter)
                     } else {
                         Some(Cow::Borrowed("<redacted>"))
                     }
@@ -212,6 +304,32 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn parameters_keep_nulls_empty_values_and_bytes_in_order() {
+        let mut scratch = Vec::new();
+        let mut list = Parameters::build(&mut scratch);
+        list.value(b"42");
+        list.null();
+        list.value(b"");
+        list.value_with(|out| out.extend_from_slice(&[0xff, 0]));
+        let parameters = list.finish();
+        let values: Vec<_> = parameters.iter().collect();
+        assert_eq!(
+            values,
+            [Some(&b"42"[..]), None, Some(&b""[..]), Some(&[0xff, 0][..])]
+        );
+        assert!(!parameters.is_empty());
+        // The scratch buffer is reused, and what was built does not change with it.
+        let mut again = Parameters::build(&mut scratch);
+        again.null();
+        assert_eq!(again.finish().iter().collect::<Vec<_>>(), [None]);
+        assert_eq!(parameters.iter().count(), 4);
+        assert!(Parameters::build(&mut scratch).finish().is_empty());
+        assert_eq!(Parameters::default().iter().count(), 0);
+        let from: Parameters = vec![None, Some(b"x".to_vec())].into();
+        assert_eq!(format!("{from:?}"), r#"[None, Some("x")]"#);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RecordingHealth, Session};
+use crate::audit::AuditEvent;
 use crate::recording::querylog::{QueryLog, Statement};
 use crate::store::StoreError;
 
@@ -179,11 +180,12 @@ fn audit(batches: &[(Arc<Shared>, Vec<Statement>)]) -> Result<(), StoreError> {
     };
     let access = &first.session.inner.access;
     let now = access.now();
-    let events: Vec<_> = batches
+    let entries: Vec<_> = batches
         .iter()
         .flat_map(|(recording, statements)| recording.session.query_events(statements))
+        .map(AuditEvent::into_entry)
         .collect();
     access
         .store()
-        .write(|tx| tx.append_audits(&events, now).map(|_| ()))
+        .write(|tx| tx.append_entries(entries, now).map(|_| ()))
 }

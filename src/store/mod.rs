@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use crate::access::model::{AccessRequest, Approval, Grant, GrantState, RequestState};
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord, Hashing};
 use crate::ids::{IdKind, new_id};
 
 #[derive(Debug, thiserror::Error)]
@@ -514,11 +514,20 @@ impl Tx<'_> {
             })
     }
 
-    /// Appends events in order, reading the chain's head once (a database session audits its
-    /// statements in batches); returns the last record.
+    /// Appends events in order, reading the chain's head once; returns the last record.
     pub fn append_audits(
         &self,
         events: &[AuditEvent],
+        at: OffsetDateTime,
+    ) -> Result<Option<AuditRecord>, StoreError> {
+        self.append_entries(events.iter().map(AuditEvent::entry), at)
+    }
+
+    /// Appends flattened events in order, all stamped `at`, reading the chain's head once (a
+    /// database session audits its statements in batches); returns the last record.
+    pub fn append_entries(
+        &self,
+        entries: impl IntoIterator<Item = AuditEntry>,
         at: OffsetDateTime,
     ) -> Result<Option<AuditRecord>, StoreError> {
         // Cached statements: a database session appends an event per statement.
@@ -532,12 +541,14 @@ impl Tx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?;
         let mut last = None;
-        for event in events {
-            let record = AuditRecord::chain(
+        let mut hashing = Hashing::new(at);
+        for entry in entries {
+            let record = AuditRecord::chain_with(
                 prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
                 new_id(IdKind::AuditEvent),
                 at,
-                event.entry(),
+                entry,
+                &mut hashing,
             );
             insert.execute(params![
                 record.seq,
