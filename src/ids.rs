@@ -48,9 +48,9 @@ const TIME_CHARACTERS: usize = 9;
 
 /// A new id of `kind`: random, or for audit events time-ordered then random.
 ///
-/// The random characters are the base-31 digits of one random `u128` (at most 15 of them, 74
-/// bits, well inside its 128): one draw from the generator, not one a character (a database
-/// session makes an audit id a statement).
+/// The random characters are base-31 digits of random `u64`s, up to 10 to a draw: two draws
+/// for an audit id, not one a character, and no 128-bit division (a database session makes an
+/// audit id a statement).
 pub fn new_id(kind: IdKind) -> String {
     let mut id = String::with_capacity(2 + kind.length());
     id.push_str(kind.prefix());
@@ -58,21 +58,30 @@ pub fn new_id(kind: IdKind) -> String {
     if kind == IdKind::AuditEvent {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_millis())
+            .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or_default();
         push_base31(&mut id, millis, TIME_CHARACTERS);
         random -= TIME_CHARACTERS;
     }
-    push_base31(&mut id, rand::thread_rng().r#gen::<u128>(), random);
+    let mut rng = rand::thread_rng();
+    while random > 0 {
+        let digits = random.min(DIGITS_PER_DRAW);
+        push_base31(&mut id, rng.r#gen::<u64>(), digits);
+        random -= digits;
+    }
     id
 }
 
+/// Base-31 digits a random `u64` fills evenly (2^64 is 22,500 times 31^10: no digit's odds
+/// move by more than one part in 20,000).
+const DIGITS_PER_DRAW: usize = 10;
+
 /// The last `width` base-31 digits of `value` in the alphabet, most significant first (so ids
 /// sort by it).
-fn push_base31(id: &mut String, value: u128, width: usize) {
-    let base = ALPHABET.len() as u128;
-    let mut digits = [ALPHABET[0]; 32];
-    let digits = &mut digits[..width.min(32)];
+fn push_base31(id: &mut String, value: u64, width: usize) {
+    let base = ALPHABET.len() as u64;
+    let mut digits = [ALPHABET[0]; 16];
+    let digits = &mut digits[..width.min(16)];
     let mut rest = value;
     for digit in digits.iter_mut().rev() {
         *digit = ALPHABET[(rest % base) as usize];
