@@ -501,32 +501,8 @@ impl AuditEvent {
                 detail = json!({ "operation": operation, "path": path, "to": to,
                     "bytes_read": bytes_read, "bytes_written": bytes_written });
             }
-            AuditEvent::PgQuery {
-                session_id,
-                user,
-                target,
-                protocol,
-                sql,
-                tags,
-                rows,
-                sqlstate,
-                duration_ms,
-            } => {
-                entry.actor = Some(user.clone());
-                entry.target = Some(target.clone());
-                entry.session_id = Some(session_id.clone());
-                // One of these per statement (20,000 a second under `pgbench -S`): serialized
-                // from borrowed fields, not through a `serde_json::Value`.
-                entry.detail = pg_query_detail(&PgQueryDetail {
-                    duration_ms: *duration_ms,
-                    protocol,
-                    rows: *rows,
-                    sql,
-                    sqlstate: sqlstate.as_deref(),
-                    tags,
-                });
-                return entry;
-            }
+            // Written once, in `into_entry` (the query writer's path).
+            AuditEvent::PgQuery { .. } => return self.clone().into_entry(),
             AuditEvent::PortForward {
                 session_id,
                 user,
@@ -912,7 +888,15 @@ mod tests {
         let mut record = chain_of(1).remove(0);
         record.actor = Some("al\"ice \u{1} é".to_string());
         record.detail = r#"{"sql":"select '→'"}"#.to_string();
-        let value = json!([
+        assert_eq!(
+            record.compute_hash(),
+            hex::encode(Sha256::digest(value_array(&record).to_string().as_bytes()))
+        );
+    }
+
+    /// The hashed fields as the `serde_json::Value` array the hash was first computed over.
+    fn value_array(record: &AuditRecord) -> serde_json::Value {
+        json!([
             record.seq,
             record.id,
             rfc3339(record.ts),
@@ -924,11 +908,7 @@ mod tests {
             record.session_id,
             record.detail,
             record.prev_hash,
-        ]);
-        assert_eq!(
-            record.compute_hash(),
-            hex::encode(Sha256::digest(value.to_string().as_bytes()))
-        );
+        ])
     }
 
     #[test]
@@ -947,22 +927,12 @@ mod tests {
         ] {
             record.actor = actor.map(str::to_string);
             record.detail = detail.to_string();
-            let value = json!([
-                record.seq,
-                record.id,
-                rfc3339(record.ts),
-                record.event_type,
-                record.actor,
-                record.target,
-                record.request_id,
-                record.grant_id,
-                record.session_id,
-                record.detail,
-                record.prev_hash,
-            ]);
             let mut written = Vec::new();
             canonical_json(&mut written, &record, &rfc3339(record.ts));
-            assert_eq!(String::from_utf8_lossy(&written), value.to_string());
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                value_array(&record).to_string()
+            );
         }
     }
 
