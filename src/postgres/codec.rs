@@ -175,10 +175,12 @@ fn cstring(bytes: &mut &[u8]) -> Option<String> {
     cstr(bytes).map(|text| String::from_utf8_lossy(text).into_owned())
 }
 
-/// The SQL of a simple `Query` ('Q').
-pub fn query_text(body: &[u8]) -> Result<String, CodecError> {
+/// The SQL of a simple `Query` ('Q'), borrowed when it is UTF-8.
+pub fn query_text(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, CodecError> {
     let mut body = body;
-    cstring(&mut body).ok_or(CodecError::Malformed("Query"))
+    cstr(&mut body)
+        .map(String::from_utf8_lossy)
+        .ok_or(CodecError::Malformed("Query"))
 }
 
 /// The statement name (as sent: names are matched byte for byte) and SQL of a `Parse` ('P').

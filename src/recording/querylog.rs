@@ -164,12 +164,32 @@ struct Record<'a> {
     t: f64,
     protocol: &'static str,
     sql: &'a str,
-    params: Option<Vec<Option<Cow<'a, str>>>>,
+    params: Option<Params<'a>>,
     duration_ms: f64,
     tags: &'a [String],
     rows: Option<u64>,
     error: Option<RecordError<'a>>,
     copy_bytes: u64,
+}
+
+/// A statement's parameters as the record shows them, serialized straight from the shared
+/// values (no list built a statement).
+struct Params<'a> {
+    parameters: &'a Parameters,
+    /// False when the target says `record_parameters = false`: each value is `"<redacted>"`.
+    recorded: bool,
+}
+
+impl Serialize for Params<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.parameters.iter().map(|value| {
+            if self.recorded {
+                value.map(parameter)
+            } else {
+                Some(Cow::Borrowed("<redacted>"))
+            }
+        }))
+    }
 }
 
 #[derive(Serialize)]
@@ -197,18 +217,9 @@ impl QueryLog {
             .started
             .map(|at| at.saturating_duration_since(self.started))
             .unwrap_or_else(|| self.started.elapsed());
-        let params = (statement.protocol == "extended").then(|| {
-            statement
-                .parameters
-                .iter()
-                .map(|value| {
-                    if self.record_parameters {
-                        value.map(parameter)
-                    } else {
-                        Some(Cow::Borrowed("<redacted>"))
-                    }
-                })
-                .collect()
+        let params = (statement.protocol == "extended").then_some(Params {
+            parameters: &statement.parameters,
+            recorded: self.record_parameters,
         });
         let error = match (&statement.sqlstate, &statement.error) {
             (None, None) => None,

@@ -293,22 +293,22 @@ impl Session {
 
     /// Counts finished statements and makes their `pg.query` events (the query writer stores
     /// them, see `queries`).
-    fn query_events(&self, statements: &[Statement]) -> Vec<AuditEvent> {
+    fn query_events(&self, statements: Vec<Statement>) -> Vec<AuditEvent> {
         self.inner
             .statements
             .fetch_add(statements.len() as u64, Ordering::Relaxed);
         statements
-            .iter()
+            .into_iter()
             .map(|statement| AuditEvent::PgQuery {
                 session_id: self.inner.id.clone(),
                 user: self.inner.user.clone(),
                 target: self.inner.target.name.clone(),
                 protocol: statement.protocol,
-                sql: statement.sql.clone(),
-                tags: statement.tags.clone(),
-                rows: statement.rows,
-                sqlstate: statement.sqlstate.clone(),
                 duration_ms: statement.duration().as_secs_f64() * 1000.0,
+                sql: statement.sql,
+                tags: statement.tags,
+                rows: statement.rows,
+                sqlstate: statement.sqlstate,
             })
             .collect()
     }

@@ -138,9 +138,13 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
                 Job::Written(done) => waiting.push(done),
             }
         }
-        if let Err(error) = audit(&batches) {
-            tracing::error!(%error, sessions = batches.len(), "cannot audit statements; ending those sessions");
-            for (recording, _) in &batches {
+        let recordings: Vec<_> = batches
+            .iter()
+            .map(|(recording, _)| recording.clone())
+            .collect();
+        if let Err(error) = audit(batches) {
+            tracing::error!(%error, sessions = recordings.len(), "cannot audit statements; ending those sessions");
+            for recording in &recordings {
                 recording.health.fail_closed();
             }
         }
@@ -174,14 +178,15 @@ impl Shared {
 }
 
 /// Counts the statements and appends their `pg.query` rows, every session's in one transaction.
-fn audit(batches: &[(Arc<Shared>, Vec<Statement>)]) -> Result<(), StoreError> {
+/// The statements are in the log by now: their strings move into the rows.
+fn audit(batches: Vec<(Arc<Shared>, Vec<Statement>)>) -> Result<(), StoreError> {
     let Some((first, _)) = batches.first() else {
         return Ok(());
     };
-    let access = &first.session.inner.access;
+    let access = first.session.inner.access.clone();
     let now = access.now();
     let entries: Vec<_> = batches
-        .iter()
+        .into_iter()
         .flat_map(|(recording, statements)| recording.session.query_events(statements))
         .map(AuditEvent::into_entry)
         .collect();
