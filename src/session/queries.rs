@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RecordingHealth, Session};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEntry, AuditEvent};
 use crate::recording::querylog::{QueryLog, Statement};
 use crate::store::StoreError;
 
@@ -124,7 +124,9 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut batches = Vec::new();
+        // Each batch's lines are written first; its statements then move into its audit rows.
+        let mut recordings = Vec::new();
+        let mut entries = Vec::new();
         let mut waiting = Vec::new();
         for job in jobs {
             match job {
@@ -133,16 +135,14 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
                     statements,
                 } => {
                     recording.write_log(&statements);
-                    batches.push((recording, statements));
+                    let events = recording.session.query_events(statements);
+                    entries.extend(events.into_iter().map(AuditEvent::into_entry));
+                    recordings.push(recording);
                 }
                 Job::Written(done) => waiting.push(done),
             }
         }
-        let recordings: Vec<_> = batches
-            .iter()
-            .map(|(recording, _)| recording.clone())
-            .collect();
-        if let Err(error) = audit(batches) {
+        if let Err(error) = audit(&recordings, entries) {
             tracing::error!(%error, sessions = recordings.len(), "cannot audit statements; ending those sessions");
             for recording in &recordings {
                 recording.health.fail_closed();
@@ -177,19 +177,13 @@ impl Shared {
     }
 }
 
-/// Counts the statements and appends their `pg.query` rows, every session's in one transaction.
-/// The statements are in the log by now: their strings move into the rows.
-fn audit(batches: Vec<(Arc<Shared>, Vec<Statement>)>) -> Result<(), StoreError> {
-    let Some((first, _)) = batches.first() else {
+/// Appends the sessions' `pg.query` rows, every session's in one transaction.
+fn audit(recordings: &[Arc<Shared>], entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+    let Some(first) = recordings.first() else {
         return Ok(());
     };
-    let access = first.session.inner.access.clone();
+    let access = &first.session.inner.access;
     let now = access.now();
-    let entries: Vec<_> = batches
-        .into_iter()
-        .flat_map(|(recording, statements)| recording.session.query_events(statements))
-        .map(AuditEvent::into_entry)
-        .collect();
     access
         .store()
         .write(|tx| tx.append_entries(entries, now).map(|_| ()))
