@@ -636,8 +636,13 @@ fn audit_table(records: &[AuditRecord]) -> String {
     table(&rows)
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// Left-aligned columns separated by two spaces; the last column is not padded. Every cell is
+/// shown through `visible`, and the columns align on what is shown.
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(String::as_str).map(visible).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|column| {
@@ -664,4 +669,59 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push_str(line.trim_end());
     }
     out
+}
+
+/// `text` with each control character shown as an escape (`\x1b`, `\n`, `\t`, `\r`, `\x7f`,
+/// `\u{9b}`). Table cells hold what users and the network sent (reasons, names tried at login,
+/// targets, audit details), and printed raw an escape sequence would recolour, move or clear the
+/// operator's terminal, or a newline forge a row (issue #17).
+fn visible(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\t' => shown.push_str("\\t"),
+            control if control.is_control() => {
+                let code = u32::from(control);
+                if code < 0x80 {
+                    shown.push_str(&format!("\\x{code:02x}"));
+                } else {
+                    shown.push_str(&format!("\\u{{{code:x}}}"));
+                }
+            }
+            other => shown.push(other),
+        }
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{table, visible};
+
+    #[test]
+    fn issue_17_control_characters_show_as_escapes() {
+        for (text, expected) in [
+            ("INC-9 fix the thing", "INC-9 fix the thing"),
+            ("\x1b[2J\x1b]0;owned\x07", "\\x1b[2J\\x1b]0;owned\\x07"),
+            ("a\nb\rc\td", "a\\nb\\rc\\td"),
+            ("\0 \x7f", "\\x00 \\x7f"),
+            ("\u{9b}31m \u{80}", "\\u{9b}31m \\u{80}"),
+            ("caf\u{e9} \u{65e5}\u{672c}", "caf\u{e9} \u{65e5}\u{672c}"),
+        ] {
+            assert_eq!(visible(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn issue_17_table_cells_are_shown_escaped_and_aligned_on_what_is_shown() {
+        let rows = [["ID", "REASON"], ["r-1\x1b[31m", "fix\nr-2  forged"]]
+            .map(|row| row.map(String::from).to_vec())
+            .to_vec();
+        assert_eq!(
+            table(&rows),
+            "ID           REASON\nr-1\\x1b[31m  fix\\nr-2  forged"
+        );
+    }
 }

@@ -15,6 +15,10 @@
 //! Deny opens a modal (`views.open`) that asks for the reason; its submission denies. A refused
 //! click is also told to the clicker alone (`chat.postEphemeral`). Messages themselves are
 //! posted and updated by `slack_notify.rs` from the outbox.
+//!
+//! Answers are Slack mrkdwn: whatever in them came from a click, a command or the store (request
+//! ids, names, refusals, command output) goes through `slack_notify::mrkdwn` first (issue #17).
+//! The deny modal has only `plain_text` fields, which Slack shows literally, so it is not escaped.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -33,7 +37,7 @@ use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 use crate::access::{Access, Approved};
 use crate::audit::{Actor, AuditEvent};
-use crate::web::slack_notify::Api;
+use crate::web::slack_notify::{Api, mrkdwn};
 
 /// Slack's requests are small; anything larger is refused before any verification work.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -182,15 +186,15 @@ pub async fn commands(State(slack): State<Slack>, headers: HeaderMap, body: Byte
         let user = bastion_user(&access, &slack_id);
         if access.config().user(&user).is_none() {
             return format!(
-                "no bastion user has the slack id {slack_id}; ask the operator to add it"
+                "no bastion user has the slack id {}; ask the operator to add it",
+                mrkdwn(&slack_id)
             );
         }
         match slash_words(&line) {
+            // The output holds reasons, names and targets and no markup of ours: escaped whole.
             Ok(words) => {
                 let output = crate::commands::run(&access, &user, &words);
-                format!("{}{}", output.stdout, output.stderr)
-                    .trim_end()
-                    .to_string()
+                mrkdwn(format!("{}{}", output.stdout, output.stderr).trim_end())
             }
             Err(usage) => usage,
         }
@@ -290,7 +294,8 @@ async fn submitted(slack: &Slack, submission: SlackInteractionViewSubmissionEven
         .into_response()
 }
 
-/// Sends `text` to the clicker alone, without holding up the answer to Slack.
+/// Sends `text` to the clicker alone, without holding up the answer to Slack. `text` is mrkdwn:
+/// what came from users or the store in it is already escaped.
 fn tell(slack: &Slack, channel: Option<String>, user: &str, text: &str) {
     let (Some(api), Some(channel)) = (slack.inner.api.clone(), channel) else {
         return;
@@ -316,18 +321,20 @@ fn bastion_user(access: &Access, slack_id: &str) -> String {
 }
 
 /// Applies one verified click as the bastion user behind `slack_id`: whether it was refused,
-/// and the answer for the clicker.
+/// and the answer for the clicker, ready for mrkdwn (every piece from the click or the store is
+/// escaped, refusals whole since they quote what was asked for).
 fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -> (bool, String) {
     let request_id = action.value.clone().unwrap_or_default();
     let user = bastion_user(access, slack_id);
+    let shown = mrkdwn(&request_id);
     match action.action_id.to_string().as_str() {
         APPROVE => match access.approve(&user, &request_id) {
             Ok(Approved::Granted { grant, .. }) => (
                 false,
                 format!(
-                    "approved {request_id}: {} has {} until {}",
-                    grant.user,
-                    grant.target,
+                    "approved {shown}: {} has {} until {}",
+                    mrkdwn(&grant.user),
+                    mrkdwn(&grant.target),
                     crate::clock::rfc3339(grant.ends_at)
                 ),
             ),
@@ -337,28 +344,47 @@ fn click(access: &Access, slack_id: &str, action: &SlackInteractionActionInfo) -
                 ..
             }) => (
                 false,
-                format!("approved {request_id}: {approvals} of {required} approvals"),
+                format!("approved {shown}: {approvals} of {required} approvals"),
             ),
-            Err(refusal) => (true, format!("not approved: {refusal}")),
+            Err(refusal) => (
+                true,
+                format!("not approved: {}", mrkdwn(&refusal.to_string())),
+            ),
         },
         REVOKE => {
             let grant = match crate::commands::grant_of(access, &request_id) {
                 Ok(grant) => grant,
-                Err(refusal) => return (true, format!("not revoked: {refusal}")),
+                Err(refusal) => {
+                    return (
+                        true,
+                        format!("not revoked: {}", mrkdwn(&refusal.to_string())),
+                    );
+                }
             };
             match access.revoke(&Actor::User(user), &grant, "revoked in slack") {
                 Ok(grant) => (
                     false,
-                    format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
+                    format!(
+                        "revoked {} ({} on {})",
+                        mrkdwn(&grant.id),
+                        mrkdwn(&grant.user),
+                        mrkdwn(&grant.target)
+                    ),
                 ),
-                Err(refusal) => (true, format!("not revoked: {refusal}")),
+                Err(refusal) => (
+                    true,
+                    format!("not revoked: {}", mrkdwn(&refusal.to_string())),
+                ),
             }
         }
-        other => (true, format!("unknown action {other}; nothing was changed")),
+        other => (
+            true,
+            format!("unknown action {}; nothing was changed", mrkdwn(other)),
+        ),
     }
 }
 
-/// A 200 answer carrying `text` for the clicker.
+/// A 200 answer carrying `text` for the clicker; mrkdwn, like `tell`'s.
 fn answer(text: &str) -> Response {
     (
         StatusCode::OK,

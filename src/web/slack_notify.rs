@@ -9,6 +9,10 @@
 //! (1 s doubling to 30 s, or Slack's `Retry-After` on a 429), so notifications go out within
 //! 30 s of Slack answering again. Nothing here decides anything: a Slack outage never blocks a
 //! request, an approval over SSH or a session.
+//!
+//! Every message text is Slack mrkdwn, so each piece that came from a user or the network (names,
+//! reasons, targets, audit details) goes through `mrkdwn` before it is placed in one (issue #17):
+//! a reason must not ping `<!channel>` or show a `<https://...|link>`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -256,7 +260,9 @@ async fn send_alerts(access: &Access, api: &Api) -> Result<(), Option<Duration>>
 }
 
 /// One line for reviewers: what happened, who, where, why. Never a secret: audit details carry
-/// none (tokens, passwords and session content are never audited).
+/// none (tokens, passwords and session content are never audited). Every field of the record can
+/// hold what a stranger typed (a user name tried at login, a target, a why-string), so each is
+/// escaped (issue #17).
 fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
     let who = record
         .actor
@@ -270,19 +276,19 @@ fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
         .unwrap_or("");
     format!(
         ":warning: {} by {who}{}{}{} (audit #{})",
-        record.event_type,
+        mrkdwn(&record.event_type),
         record
             .target
             .as_deref()
-            .map_or_else(String::new, |target| format!(" on {target}")),
+            .map_or_else(String::new, |target| format!(" on {}", mrkdwn(target))),
         record
             .request_id
             .as_deref()
-            .map_or_else(String::new, |request| format!(" for {request}")),
+            .map_or_else(String::new, |request| format!(" for {}", mrkdwn(request))),
         if why.is_empty() {
             String::new()
         } else {
-            format!(": {why}")
+            format!(": {}", mrkdwn(why))
         },
         record.seq
     )
@@ -393,11 +399,12 @@ async fn tell_requester(
     }
 }
 
-/// What the requester is told: the decision, and how to connect once approved.
+/// What the requester is told: the decision, and how to connect once approved. The connect line
+/// is escaped whole: it holds no markup of ours, and its `>>` must show as typed.
 fn decision_text(access: &Access, request: &AccessRequest) -> String {
     let server = &access.config().server;
     let host = server.public_host();
-    let by = request.decided_by.as_deref().unwrap_or("an approver");
+    let by = mrkdwn(request.decided_by.as_deref().unwrap_or("an approver"));
     let target = &request.target;
     let user = &request.requester;
     match request.state {
@@ -416,14 +423,15 @@ fn decision_text(access: &Access, request: &AccessRequest) -> String {
                 format!("ssh -p {ssh_port} {user}+{target}@{host}")
             };
             format!(
-                "{} approved by {by}: connect with\n```{connect}```",
-                request.id
+                "{} approved by {by}: connect with\n```{}```",
+                mrkdwn(&request.id),
+                mrkdwn(&connect)
             )
         }
         _ => format!(
             "{} denied by {by}: {}",
-            request.id,
-            request.decision_reason.as_deref().unwrap_or("")
+            mrkdwn(&request.id),
+            mrkdwn(request.decision_reason.as_deref().unwrap_or(""))
         ),
     }
 }
@@ -468,13 +476,32 @@ fn channel_of(access: &Access, target: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `<@U…>` for a user with a Slack id, the bastion name otherwise.
+/// `<@U…>` for a user with a Slack id, the name otherwise, escaped: a name that is no configured
+/// user's (one tried at login) is whatever the stranger typed. Ready for mrkdwn as it is.
 fn mention(access: &Access, user: &str) -> String {
     access
         .config()
         .user(user)
         .and_then(|user| user.slack_user_id.as_ref())
-        .map_or_else(|| user.to_string(), |id| format!("<@{id}>"))
+        .map_or_else(|| mrkdwn(user), |id| format!("<@{id}>"))
+}
+
+/// `text` made inert for Slack mrkdwn, by Slack's rule: `&`, `<` and `>` become `&amp;`, `&lt;`
+/// and `&gt;`, so it can neither ping (`<!channel>`, `<!here>`) nor show a link
+/// (`<https://...|click>`) (issue #17). Only for pieces from users or the network, never for the
+/// mentions the bastion builds itself, and never for `plain_text` fields, which Slack shows
+/// literally.
+pub fn mrkdwn(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
 }
 
 /// The request's message as Block Kit JSON: who, what, why, progress, and the buttons its
@@ -529,23 +556,23 @@ pub fn message(access: &Access, request: &AccessRequest, grant: Option<&Grant>) 
                 .decided_by
                 .as_deref()
                 .map_or_else(|| "?".to_string(), |by| mention(access, by)),
-            request.decision_reason.as_deref().unwrap_or("")
+            mrkdwn(request.decision_reason.as_deref().unwrap_or(""))
         ),
         (state, _) => state.as_str().to_string(),
     };
     let text = format!(
         "{} requests {} ({}) for {}: {}",
         mention(access, &request.requester),
-        request.target,
+        mrkdwn(&request.target),
         target.map_or("", |target| target.kind.name()),
         crate::config::format_duration(request.duration),
-        request.reason
+        mrkdwn(&request.reason)
     );
     let mut blocks = vec![
         json!({ "type": "section", "text": { "type": "mrkdwn", "text": text } }),
         json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!(
             "*{}* · {progress} · approvers: {}\n{}{}",
-            request.id,
+            mrkdwn(&request.id),
             approvers.join(" "),
             outcome,
             if approved_by.is_empty() { String::new() } else { format!("\napproved by {}", approved_by.join(", ")) }
@@ -579,4 +606,163 @@ pub fn message(access: &Access, request: &AccessRequest, grant: Option<&Grant>) 
         );
     }
     json!({ "text": format!("{text} ({outcome})"), "blocks": blocks })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::audit::AuditRecord;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    /// What a stranger types to ping everyone and show a link of theirs (issue #17).
+    const EVIL: &str = "<!channel> & <https://evil|click>";
+    const EVIL_ESCAPED: &str = "&lt;!channel&gt; &amp; &lt;https://evil|click&gt;";
+
+    const CONFIG: &str = r#"
+[server]
+state_dir = "state"
+recordings_dir = "recordings"
+
+[roles]
+engineer = "requests"
+leader = "approves"
+
+[[users]]
+name = "alice"
+roles = ["engineer"]
+slack_user_id = "UALICE"
+
+[[users]]
+name = "bob"
+roles = ["leader"]
+slack_user_id = "UBOB"
+
+[[targets]]
+name = "web-1"
+kind = "ssh"
+address = "10.0.1.5:22"
+login = "deploy"
+host_key = "accept-first"
+requestable_by = ["engineer"]
+approvers = ["leader"]
+"#;
+
+    fn access(dir: &Path) -> Access {
+        let config = Config::parse(CONFIG, Path::new("test.toml"), Path::new("/tmp"))
+            .unwrap_or_else(|error| panic!("test config is invalid: {error}"));
+        let store = Store::open(&dir.join("state.db")).unwrap_or_else(|error| panic!("{error}"));
+        let clock = Arc::new(ManualClock::new(datetime!(2026-11-22 12:00:00 UTC)));
+        Access::new(Arc::new(config), store, clock)
+    }
+
+    fn record(actor: &str, detail: Value) -> AuditRecord {
+        AuditRecord {
+            seq: 7,
+            id: "a-1".to_string(),
+            ts: datetime!(2026-11-22 12:00:00 UTC),
+            event_type: "login.failed".to_string(),
+            actor: Some(actor.to_string()),
+            target: Some(EVIL.to_string()),
+            request_id: None,
+            grant_id: None,
+            session_id: None,
+            detail: detail.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn mrkdwn_escapes_exactly_slacks_three_characters() {
+        for (text, expected) in [
+            ("", ""),
+            ("INC-9 fix the thing", "INC-9 fix the thing"),
+            ("a & b", "a &amp; b"),
+            ("&lt;", "&amp;lt;"),
+            ("<!here>", "&lt;!here&gt;"),
+            ("<@U123>", "&lt;@U123&gt;"),
+            ("@channel *bold* `code`", "@channel *bold* `code`"),
+            (EVIL, EVIL_ESCAPED),
+        ] {
+            assert_eq!(mrkdwn(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn issue_17_alerts_escape_what_users_typed_and_keep_our_mentions() {
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+        let access = access(dir.path());
+
+        // A name tried at login is no user's: it is shown, escaped, instead of a mention.
+        let stranger = alert_text(&access, &record(EVIL, json!({ "why": EVIL })));
+        assert_eq!(
+            stranger,
+            format!(
+                ":warning: login.failed by {EVIL_ESCAPED} on {EVIL_ESCAPED}: {EVIL_ESCAPED} (audit #7)"
+            )
+        );
+
+        let known = alert_text(&access, &record("bob", json!({ "reason": EVIL })));
+        assert!(known.contains("by <@UBOB> on "), "{known}");
+        assert!(
+            known.ends_with(&format!(": {EVIL_ESCAPED} (audit #7)")),
+            "{known}"
+        );
+        assert!(
+            !known.contains("<!channel>") && !known.contains("<https:"),
+            "{known}"
+        );
+    }
+
+    #[test]
+    fn issue_17_request_messages_escape_reasons_and_keep_our_mentions() {
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+        let access = access(dir.path());
+        let request = access
+            .request("alice", "web-1", Some(Duration::from_secs(3_600)), EVIL)
+            .unwrap_or_else(|error| panic!("request refused: {error}"));
+
+        let pending = message(&access, &request, None);
+        let first = pending["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            first.starts_with("<@UALICE> requests web-1 (ssh)"),
+            "{first}"
+        );
+        assert!(first.ends_with(&format!(": {EVIL_ESCAPED}")), "{first}");
+        let second = pending["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(second.contains("approvers: <@UBOB>"), "{second}");
+        let top = pending["text"].as_str().unwrap_or_default();
+        assert!(top.contains(EVIL_ESCAPED), "{top}");
+        assert!(!pending.to_string().contains("<!channel>"), "{pending}");
+
+        let denied = access
+            .deny("bob", &request.id, EVIL)
+            .unwrap_or_else(|error| panic!("deny refused: {error}"));
+        let updated = message(&access, &denied, None);
+        let outcome = updated["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            outcome.contains(&format!("denied by <@UBOB>: {EVIL_ESCAPED}")),
+            "{outcome}"
+        );
+        assert!(!updated.to_string().contains("<!channel>"), "{updated}");
+
+        let told = decision_text(&access, &denied);
+        assert_eq!(
+            told,
+            format!("{} denied by bob: {EVIL_ESCAPED}", request.id)
+        );
+    }
 }
