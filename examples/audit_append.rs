@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             user: "alice".to_string(),
             target: "prod-db".to_string(),
             protocol: "extended",
+            function_oid: None,
             sql: sql.clone(),
             tags: vec!["SELECT 1".to_string()],
             rows: Some(1),

@@ -164,8 +164,22 @@ fn query_logs(bastion: &Bastion) -> Vec<Value> {
     query_log_files(bastion).into_iter().flatten().collect()
 }
 
-/// The query logs of the bastion's sessions, one list of lines a session.
+/// The statements in the query logs of the bastion's sessions, one list a session (without
+/// each log's first record, its startup parameters).
 fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
+    query_log_records(bastion)
+        .into_iter()
+        .map(|records| {
+            records
+                .into_iter()
+                .filter(|record| record["protocol"] != "startup")
+                .collect()
+        })
+        .collect()
+}
+
+/// Every record of the query logs of the bastion's sessions, one list a session.
+fn query_log_records(bastion: &Bastion) -> Vec<Vec<Value>> {
     let recordings = bastion.config.dir.path().join("recordings");
     support::files_under(&recordings, ".pg.jsonl")
         .into_iter()
@@ -1232,5 +1246,409 @@ fn a_configured_certificate_replaces_the_generated_one() {
     assert!(
         !bastion.config.state_dir().join("tls").exists(),
         "nothing generated"
+    );
+}
+
+/// A client that speaks the wire protocol message by message, for what no client library sends
+/// (issue #17), logged in through the bastion over plaintext.
+struct RawClient {
+    stream: std::net::TcpStream,
+}
+
+impl RawClient {
+    /// Sends the startup packet with `parameters` and the token; returns the client once the
+    /// session is ready, or the error fields (SQLSTATE, message) the bastion answered.
+    fn login(
+        bastion: &Bastion,
+        token: &str,
+        parameters: &[(&str, &str)],
+    ) -> Result<RawClient, (String, String)> {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", bastion.postgres_port())).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut client = RawClient { stream };
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        for (name, value) in [("user", "alice"), ("database", "prod-db")]
+            .iter()
+            .chain(parameters)
+        {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        client.write(&packet);
+        let (tag, _) = client.read();
+        assert_eq!(tag, b'R', "the bastion asks for the token");
+        let mut password = token.as_bytes().to_vec();
+        password.push(0);
+        client.send(b'p', &password);
+        for (tag, body) in client.until_ready() {
+            if tag == b'E' {
+                return Err(error_fields(&body));
+            }
+        }
+        Ok(client)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        let mut message = vec![tag];
+        message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        message.extend_from_slice(body);
+        self.write(&message);
+    }
+
+    /// One message; `(0, [])` once the bastion closed.
+    fn read(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        let mut header = [0u8; 5];
+        if self.stream.read_exact(&mut header).is_err() {
+            return (0, Vec::new());
+        }
+        let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0; length - 4];
+        self.stream.read_exact(&mut body).unwrap();
+        (header[0], body)
+    }
+
+    /// Messages up to and including ReadyForQuery (or until the bastion closes).
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut messages = Vec::new();
+        loop {
+            let (tag, body) = self.read();
+            if tag == 0 {
+                return messages;
+            }
+            messages.push((tag, body));
+            if tag == b'Z' {
+                return messages;
+            }
+        }
+    }
+
+    /// Parse (named `name`), then Sync.
+    fn parse(&mut self, name: &str, sql: &str) {
+        self.send(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    }
+
+    /// Bind the unnamed portal to statement `name` without parameters, Execute it.
+    fn bind_execute(&mut self, name: &str) {
+        self.send(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+        self.send(b'E', b"\0\0\0\0\0");
+    }
+
+    fn sync(&mut self) {
+        self.send(b'S', b"");
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    for field in body.split(|byte| *byte == 0) {
+        match field.split_first() {
+            Some((b'C', text)) => code = String::from_utf8_lossy(text).into_owned(),
+            Some((b'M', text)) => message = String::from_utf8_lossy(text).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// The SQLSTATEs of the ErrorResponses among `messages`.
+fn errors_in(messages: &[(u8, Vec<u8>)]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| error_fields(body).0)
+        .collect()
+}
+
+#[test]
+fn issue_17_a_rejected_parse_cannot_change_the_sql_the_log_shows() {
+    let (bastion, postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    postgres.psql("create table victims (id int); insert into victims values (1), (2), (3)");
+    bastion.grant("alice", "prod-db", hour());
+    let mut client = RawClient::login(&bastion, &token(&bastion, "alice"), &[]).unwrap();
+    client.parse("s1", "delete from victims");
+    client.sync();
+    assert!(errors_in(&client.until_ready()).is_empty());
+    // The same name again: the server refuses it and skips the rest up to Sync.
+    client.parse("s1", "select 1");
+    client.sync();
+    assert_eq!(errors_in(&client.until_ready()), ["42P05"]);
+    client.bind_execute("s1");
+    client.sync();
+    let ran = client.until_ready();
+    assert!(errors_in(&ran).is_empty());
+    client.send(b'X', b"");
+    assert_eq!(postgres.psql("select count(*) from victims"), "0");
+    let logged = wait_for(
+        "the delete in the query log",
+        Duration::from_secs(10),
+        || {
+            query_logs(&bastion)
+                .into_iter()
+                .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
+        },
+    );
+    assert_eq!(logged["sql"], "delete from victims", "{logged}");
+    assert!(
+        query_logs(&bastion)
+            .iter()
+            .all(|line| line["sql"] != "select 1" || line["tags"] == serde_json::json!([])),
+        "the rejected statement never shows as run"
+    );
+}
+
+#[test]
+fn issue_17_large_object_fastpath_calls_are_recorded() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let source = postgres.dir.path().join("secret.txt");
+    std::fs::write(&source, "exfiltrated through a large object\n").unwrap();
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // psql's \lo_import and \lo_export use libpq's large-object calls: FunctionCall messages.
+    let output = psql_to(&bastion, &postgres, &alice, "prod-db", "sslmode=require")
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("\\lo_import {}", source.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let oid = stdout.split_whitespace().nth(1).unwrap().to_string();
+    let calls = wait_for(
+        "function calls in the query log",
+        Duration::from_secs(10),
+        || {
+            let calls: Vec<Value> = query_logs(&bastion)
+                .into_iter()
+                .filter(|line| line["protocol"] == "function")
+                .collect();
+            (calls.len() >= 3).then_some(calls)
+        },
+    );
+    for call in &calls {
+        assert!(call["function_oid"].as_u64().unwrap() > 0, "{call}");
+        assert!(call["params"].is_array(), "{call}");
+        assert!(call.get("result").is_some(), "{call}");
+    }
+    // The bytes written are in the log as the write call's argument.
+    assert!(
+        calls.iter().any(|call| call["params"]
+            .to_string()
+            .contains(&hex_of(b"exfiltrated through a large object"))),
+        "{calls:?}"
+    );
+    let audited = bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "pg.query")
+        .filter(|event| event["detail"]["protocol"] == "function")
+        .count();
+    assert!(audited >= 3, "every call is a pg.query event too");
+    assert!(oid.chars().all(|c| c.is_ascii_digit()), "{stdout}");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[test]
+fn issue_17_startup_parameters_are_recorded_and_guarded_ones_refused() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let output = psql_to(&bastion, &postgres, &alice, "prod-db", "sslmode=require")
+        .env("PGOPTIONS", "-c search_path=public -c statement_timeout=5s")
+        .args(["-A", "-t", "-c", "show statement_timeout"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "5s");
+    let first = wait_for("the startup record", Duration::from_secs(10), || {
+        query_log_records(&bastion)
+            .into_iter()
+            .find_map(|records| records.into_iter().next())
+    });
+    assert_eq!(first["protocol"], "startup");
+    assert_eq!(
+        first["params"]["options"],
+        "-c search_path=public -c statement_timeout=5s"
+    );
+    let started = bastion.wait_for_event("session.started");
+    assert_eq!(
+        started["detail"]["parameters"]["options"],
+        "-c search_path=public -c statement_timeout=5s"
+    );
+    for options in [
+        "-c session_replication_role=replica",
+        "-c role=postgres",
+        "--log-statement=none",
+        "-c pgaudit.log=none",
+        "-d 5",
+    ] {
+        let output = psql_to(&bastion, &postgres, &alice, "prod-db", "sslmode=require")
+            .env("PGOPTIONS", options)
+            .args(["-c", "select 1"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{options}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("through the bastion"),
+            "{options}: {stderr}"
+        );
+    }
+    let refused = bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "session_refused")
+        .count();
+    assert_eq!(refused, 5);
+}
+
+#[test]
+fn issue_17_a_target_may_allow_a_guarded_startup_parameter() {
+    let postgres = Postgres::start();
+    let password_file = postgres.dir.path().join("bastion-password");
+    std::fs::write(&password_file, &postgres.password).unwrap();
+    let bastion = Bastion::start_configured("", |_| {
+        let target = database_target("prod-db", &postgres, &postgres.superuser, &password_file);
+        format!(
+            "{}\nallowed_startup_parameters = [\"session_replication_role\"]\n",
+            target.trim_end()
+        )
+    });
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let output = psql_to(&bastion, &postgres, &alice, "prod-db", "sslmode=require")
+        .env("PGOPTIONS", "-c session_replication_role=replica")
+        .args(["-A", "-t", "-c", "show session_replication_role"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "replica");
+}
+
+#[test]
+fn issue_17_past_the_tracking_limit_the_session_ends_with_an_error() {
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    bastion.grant("alice", "prod-db", hour());
+    let mut client = RawClient::login(&bastion, &token(&bastion, "alice"), &[]).unwrap();
+    for batch in 0..10 {
+        for index in 0..1000 {
+            client.parse(&format!("s{batch}_{index}"), "select 1");
+        }
+        client.sync();
+        assert!(errors_in(&client.until_ready()).is_empty());
+    }
+    client.parse("one-too-many", "delete from pg_class");
+    client.sync();
+    let answer = client.until_ready();
+    let (code, message) = answer
+        .iter()
+        .find(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| error_fields(body))
+        .unwrap();
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("prepared statements"), "{message}");
+    let ended = bastion.wait_for_event("session.ended");
+    assert_eq!(ended["detail"]["reason"], "tracking_limit", "{ended}");
+    assert!(
+        query_logs(&bastion)
+            .iter()
+            .all(|line| !line["sql"].as_str().unwrap_or("").contains("pg_class")),
+        "the refused statement never reached the target"
+    );
+}
+
+#[test]
+fn issue_17_ip_allow_applies_to_postgres_logins_and_connections() {
+    // erin may log in only from 10.0.0.0/8; the test connects from 127.0.0.1.
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    let runtime = client_runtime();
+    bastion.grant("erin", "prod-db", hour());
+    let erin = bastion
+        .access()
+        .token_key()
+        .unwrap()
+        .issue(
+            &bastion.access().grants(true, None).unwrap().remove(0),
+            bastion.now(),
+        )
+        .unwrap();
+    assert_eq!(
+        sqlstate(connect(&runtime, &bastion, "erin", "prod-db", &erin)),
+        "28000"
+    );
+    let failed = bastion.wait_for_event("auth_failed");
+    assert!(
+        failed["detail"].to_string().contains("may not log in from"),
+        "{failed}"
+    );
+    assert!(
+        !bastion
+            .audit_types()
+            .contains(&"session.started".to_string())
+    );
+}
+
+#[test]
+fn issue_17_the_global_allow_list_closes_other_addresses_at_accept() {
+    let postgres = Postgres::start();
+    let password_file = postgres.dir.path().join("bastion-password");
+    std::fs::write(&password_file, &postgres.password).unwrap();
+    let bastion = Bastion::start_full("", "ip_allow = [\"10.0.0.0/8\"]", |_| {
+        database_target("prod-db", &postgres, &postgres.superuser, &password_file)
+    });
+    let answer = raw_exchange(bastion.postgres_port(), &[0, 0, 0, 8, 4, 210, 22, 47]);
+    assert!(answer.is_empty(), "closed before anything is answered");
+    let refused = bastion.wait_for_event("connection.refused");
+    assert_eq!(refused["detail"]["protocol"], "postgres", "{refused}");
+}
+
+#[test]
+fn issue_17_five_bad_tokens_lock_the_user_at_that_address_until_unlocked() {
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    let runtime = client_runtime();
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    for attempt in 0..5 {
+        let bad = format!("{alice}{attempt}");
+        assert_eq!(
+            sqlstate(connect(&runtime, &bastion, "alice", "prod-db", &bad)),
+            "28P01"
+        );
+    }
+    let error = connect(&runtime, &bastion, "alice", "prod-db", &alice)
+        .err()
+        .unwrap();
+    let database_error = error.as_db_error().unwrap();
+    assert_eq!(database_error.code().code(), "28000");
+    assert!(
+        database_error
+            .message()
+            .contains("is locked at 127.0.0.1 until"),
+        "{error}"
+    );
+    let locked = bastion.wait_for_event("user.locked");
+    assert_eq!(locked["detail"]["scope"], "source", "{locked}");
+    // The lock runs out by itself.
+    bastion.advance(Duration::from_secs(31 * 60));
+    let alice = token(&bastion, "alice");
+    assert_eq!(
+        sqlstate(connect(&runtime, &bastion, "alice", "prod-db", &alice)),
+        "connected"
     );
 }

@@ -14,6 +14,12 @@ fuzz_target!(|data: &[u8]| {
                     let _ = parameter;
                 }
             }
+            if let Ok((_, arguments)) = codec::function_call(frame.body) {
+                for argument in arguments.values() {
+                    let _ = argument;
+                }
+            }
+            let _ = codec::function_result(frame.body);
         }
     }
     let mut startup = BytesMut::from(data);

@@ -7,6 +7,7 @@
 //!
 //! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, Slack, HTTP or SQL.
 
+pub mod lockout;
 pub mod model;
 pub mod policy;
 
@@ -81,6 +82,12 @@ pub enum AccessError {
     NotADatabase(String),
     #[error("this bastion cannot issue tokens")]
     NoTokenKey,
+    #[error("user {0} is locked by an operator; nothing was changed")]
+    Locked(String),
+    #[error("user {0} is locked already")]
+    AlreadyLocked(String),
+    #[error("user {0} is not locked")]
+    NotLocked(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,6 +131,8 @@ pub struct Access {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// Sessions opened and not yet dropped, so shutdown can wait for them to finish.
     live_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Failed logins by source address, in memory (`lockout`).
+    sources: Arc<Mutex<lockout::Sources>>,
 }
 
 impl std::fmt::Debug for Access {
@@ -150,6 +159,7 @@ impl Access {
             token_key: None,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             live_sessions: Arc::default(),
+            sources: Arc::default(),
         }
     }
 
@@ -186,6 +196,10 @@ impl Access {
         let now = self.now();
         let checked = self.check_request(requester, target, duration, reason);
         let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            let checked = match self.ensure_unlocked(tx, requester)? {
+                Ok(()) => checked,
+                Err(refusal) => Err(refusal),
+            };
             let (duration, reason) = match checked {
                 Ok(valid) => valid,
                 Err(refusal) => {
@@ -271,6 +285,9 @@ impl Access {
     pub fn approve(&self, approver: &str, request_id: &str) -> Result<Approved, AccessError> {
         let now = self.now();
         let outcome: Decided<Approved> = self.store.write(|tx| {
+            if let Err(refusal) = self.ensure_unlocked(tx, approver)? {
+                return self.refuse_decision(tx, approver, request_id, None, refusal, now);
+            }
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
                 Err(refusal) => {
@@ -370,6 +387,9 @@ impl Access {
     ) -> Result<AccessRequest, AccessError> {
         let now = self.now();
         let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            if let Err(refusal) = self.ensure_unlocked(tx, approver)? {
+                return self.refuse_decision(tx, approver, request_id, None, refusal, now);
+            }
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
                 Err(refusal) => {
@@ -412,6 +432,9 @@ impl Access {
     pub fn cancel(&self, requester: &str, request_id: &str) -> Result<AccessRequest, AccessError> {
         let now = self.now();
         let outcome: Decided<AccessRequest> = self.store.write(|tx| {
+            if let Err(refusal) = self.ensure_unlocked(tx, requester)? {
+                return self.refuse_decision(tx, requester, request_id, None, refusal, now);
+            }
             let request = match self.pending_request(tx, request_id, now)? {
                 Ok(request) => request,
                 Err(refusal) => {
@@ -472,6 +495,11 @@ impl Access {
                 Ok(reason) => reason,
                 Err(refusal) => return refuse(refusal),
             };
+            if let Actor::User(name) = actor
+                && let Err(refusal) = self.ensure_unlocked(tx, name)?
+            {
+                return refuse(refusal);
+            }
             let Some(grant) = tx.grant(grant_id)? else {
                 return refuse(AccessError::UnknownGrant(grant_id.to_string()));
             };
@@ -539,33 +567,6 @@ impl Access {
         let now = self.now();
         self.store.write(|tx| tx.append_audit(event, now))?;
         Ok(())
-    }
-
-    /// Audits and counts a failed authentication of `user` from `source` (the counter feeds the
-    /// lockout of a later issue). Returns how many failures in a row that source has now.
-    pub fn record_auth_failure(
-        &self,
-        user: &str,
-        source: &str,
-        protocol: &'static str,
-        why: &str,
-    ) -> Result<u32, AccessError> {
-        let now = self.now();
-        let count = self.store.write(|tx| {
-            let count = tx.record_failed_auth(user, source, now)?;
-            tx.append_audit(
-                &AuditEvent::AuthFailed {
-                    user: user.to_string(),
-                    source: source.to_string(),
-                    protocol,
-                    why: why.to_string(),
-                    failures: count,
-                },
-                now,
-            )?;
-            Ok(count)
-        })?;
-        Ok(count)
     }
 
     /// Audits a successful login and resets the failure counter of that user and source.

@@ -135,6 +135,9 @@ pub enum AuditEvent {
         grant_id: String,
         protocol: &'static str,
         source: String,
+        /// What the client asked to change in the target session, as forwarded (PostgreSQL
+        /// startup parameters, SSH environment variables); in the detail only when any.
+        parameters: Vec<(String, String)>,
     },
     SessionEnded {
         session_id: String,
@@ -179,8 +182,10 @@ pub enum AuditEvent {
         session_id: String,
         user: String,
         target: String,
-        /// `simple` or `extended`.
+        /// `simple`, `extended` or `function`.
         protocol: &'static str,
+        /// Set for a fastpath function call.
+        function_oid: Option<u32>,
         sql: std::sync::Arc<str>,
         /// The CommandComplete tags, in order: each command and its row count.
         tags: Vec<String>,
@@ -214,6 +219,45 @@ pub enum AuditEvent {
         path: String,
         why: String,
     },
+    /// A user locked (issue #17): at one address after too many failures (`source`, until
+    /// `until`), or everywhere by an operator (`source` and `until` absent).
+    UserLocked {
+        user: String,
+        by: Actor,
+        source: Option<String>,
+        until: Option<OffsetDateTime>,
+        reason: String,
+    },
+    UserUnlocked {
+        user: String,
+        by: Actor,
+    },
+    /// Failed logins of one user from this many addresses (issue #17): someone may be guessing.
+    UserTargeted {
+        user: String,
+        sources: u32,
+    },
+    /// Refusals from one address in one minute past the first few, folded into one event so a
+    /// flood costs the store a bounded number of writes (issue #17).
+    SourceRefused {
+        source: String,
+        failures: u32,
+        /// The login names tried, at most `MAX_NAMES_KEPT` of them.
+        names: Vec<String>,
+    },
+    /// A connection refused when accepted: its address is not in `[access] ip_allow`.
+    ConnectionRefused {
+        source: String,
+        protocol: &'static str,
+    },
+    /// A database access token was issued (issue #17).
+    TokenIssued {
+        user: String,
+        target: String,
+        grant_id: String,
+        jti: String,
+        expires_at: OffsetDateTime,
+    },
 }
 
 /// An event flattened to the columns every record has.
@@ -239,6 +283,7 @@ impl AuditEvent {
                 user,
                 target,
                 protocol,
+                function_oid,
                 sql,
                 tags,
                 rows,
@@ -248,6 +293,7 @@ impl AuditEvent {
                 event_type: "pg.query",
                 detail: pg_query_detail(&PgQueryDetail {
                     duration_ms,
+                    function_oid,
                     protocol,
                     rows,
                     sql: &sql,
@@ -436,12 +482,17 @@ impl AuditEvent {
                 grant_id,
                 protocol,
                 source,
+                parameters,
             } => {
                 entry.actor = Some(user.clone());
                 entry.target = Some(target.clone());
                 entry.grant_id = Some(grant_id.clone());
                 entry.session_id = Some(session_id.clone());
                 detail = json!({ "protocol": protocol, "source": source });
+                if !parameters.is_empty() {
+                    detail["parameters"] =
+                        json!(crate::recording::querylog::NameValues(parameters));
+                }
             }
             AuditEvent::SessionEnded {
                 session_id,
@@ -538,6 +589,54 @@ impl AuditEvent {
             AuditEvent::ServerStopped => {
                 entry.actor = Some(Actor::System.label());
             }
+            AuditEvent::UserLocked {
+                user,
+                by,
+                source,
+                until,
+                reason,
+            } => {
+                entry.actor = Some(by.label());
+                detail = json!({ "user": user, "reason": reason,
+                    "scope": if source.is_some() { "source" } else { "everywhere" } });
+                if let Some(source) = source {
+                    detail["source"] = json!(source);
+                }
+                if let Some(until) = until {
+                    detail["until"] = json!(rfc3339(*until));
+                }
+            }
+            AuditEvent::UserUnlocked { user, by } => {
+                entry.actor = Some(by.label());
+                detail = json!({ "user": user });
+            }
+            AuditEvent::UserTargeted { user, sources } => {
+                entry.actor = Some(user.clone());
+                detail = json!({ "sources": sources });
+            }
+            AuditEvent::SourceRefused {
+                source,
+                failures,
+                names,
+            } => {
+                detail = json!({ "source": source, "failures": failures, "names": names });
+            }
+            AuditEvent::ConnectionRefused { source, protocol } => {
+                detail = json!({ "source": source, "protocol": protocol,
+                    "why": "address not in [access] ip_allow" });
+            }
+            AuditEvent::TokenIssued {
+                user,
+                target,
+                grant_id,
+                jti,
+                expires_at,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.grant_id = Some(grant_id.clone());
+                detail = json!({ "jti": jti, "expires_at": rfc3339(*expires_at) });
+            }
         }
         entry.detail = detail.to_string();
         entry
@@ -571,6 +670,12 @@ impl AuditEvent {
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
             AuditEvent::WebhookRejected { .. } => "webhook.rejected",
+            AuditEvent::UserLocked { .. } => "user.locked",
+            AuditEvent::UserUnlocked { .. } => "user.unlocked",
+            AuditEvent::UserTargeted { .. } => "user.targeted",
+            AuditEvent::SourceRefused { .. } => "source.refused",
+            AuditEvent::ConnectionRefused { .. } => "connection.refused",
+            AuditEvent::TokenIssued { .. } => "token.issued",
         }
     }
 }
@@ -759,6 +864,8 @@ fn pg_query_detail(detail: &PgQueryDetail<'_>) -> String {
 #[derive(serde::Serialize)]
 struct PgQueryDetail<'a> {
     duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_oid: Option<u32>,
     protocol: &'a str,
     rows: Option<u64>,
     sql: &'a str,
@@ -839,6 +946,7 @@ mod tests {
             user: "alice".to_string(),
             target: "prod-db".to_string(),
             protocol: "extended",
+            function_oid: None,
             sql: "select $1 \"→\"\n".into(),
             tags: vec!["SELECT 1".to_string()],
             rows: Some(1),

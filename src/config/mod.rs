@@ -106,6 +106,37 @@ pub struct AccessConfig {
     pub max_duration: Duration,
     pub pending_request_ttl: Duration,
     pub expiry_warning: Duration,
+    /// Addresses any connection may come from (issue #17), checked when it is accepted; a
+    /// user's own `ip_allow` applies as well. `None`: any address.
+    pub ip_allow: Option<Vec<IpNet>>,
+    /// Consecutive failed logins of one user from one address that lock the user there.
+    pub lockout_after: u32,
+    /// How long such a lock lasts.
+    pub lockout_for: Duration,
+}
+
+impl AccessConfig {
+    /// Does the global allow list let `address` connect?
+    pub fn source_allowed(&self, address: std::net::IpAddr) -> bool {
+        allows(self.ip_allow.as_deref(), address)
+    }
+}
+
+impl User {
+    /// Does the user's own allow list let them log in from `address`?
+    pub fn source_allowed(&self, address: std::net::IpAddr) -> bool {
+        allows(self.ip_allow.as_deref(), address)
+    }
+}
+
+/// `None` allows every address; a list, the addresses in its networks.
+fn allows(networks: Option<&[IpNet]>, address: std::net::IpAddr) -> bool {
+    // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+    let address = match address {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    networks.is_none_or(|networks| networks.iter().any(|network| network.contains(&address)))
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +224,9 @@ pub struct PostgresTarget {
     pub password: Option<SecretSource>,
     pub tls: PostgresTls,
     pub record_parameters: bool,
+    /// Startup parameters that change identity or auditing (`role`, `log_*`, ...) which this
+    /// target lets clients send anyway, lowercase (issue #17); every other such one is refused.
+    pub allowed_startup_parameters: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -610,6 +644,24 @@ impl Validator {
         server
     }
 
+    /// Parses a list of addresses and CIDR networks, naming each bad one by its index.
+    fn networks(&mut self, key: &str, networks: &[String]) -> Vec<IpNet> {
+        networks
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| match parse_network(text) {
+                Some(network) => Some(network),
+                None => {
+                    self.problem(
+                        format!("{key}[{index}]"),
+                        format!("{text:?} is not an IP address or CIDR network"),
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+
     fn access(&mut self, raw: RawAccess) -> AccessConfig {
         let hour = Duration::from_secs(3_600);
         let access = AccessConfig {
@@ -624,6 +676,25 @@ impl Validator {
                 "access.expiry_warning",
                 raw.expiry_warning,
                 Duration::from_secs(5 * 60),
+            ),
+            ip_allow: raw
+                .ip_allow
+                .map(|networks| self.networks("access.ip_allow", &networks)),
+            lockout_after: match raw.lockout_after {
+                None => 5,
+                Some(count) if (1..=1000).contains(&count) => count as u32,
+                Some(count) => {
+                    self.problem(
+                        "access.lockout_after",
+                        format!("{count} is not between 1 and 1000"),
+                    );
+                    5
+                }
+            },
+            lockout_for: self.duration(
+                "access.lockout_for",
+                raw.lockout_for,
+                Duration::from_secs(30 * 60),
             ),
         };
         if access.default_duration > access.max_duration {
@@ -713,22 +784,9 @@ impl Validator {
                 }
             }
             let user_roles = self.role_refs(&format!("{key}.roles"), user.roles, roles);
-            let ip_allow = user.ip_allow.map(|networks| {
-                networks
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(net_index, text)| match parse_network(text) {
-                        Some(network) => Some(network),
-                        None => {
-                            self.problem(
-                                format!("{key}.ip_allow[{net_index}]"),
-                                format!("{text:?} is not an IP address or CIDR network"),
-                            );
-                            None
-                        }
-                    })
-                    .collect()
-            });
+            let ip_allow = user
+                .ip_allow
+                .map(|networks| self.networks(&format!("{key}.ip_allow"), &networks));
             if let Some(slack_id) = &user.slack_user_id
                 && slack_id.trim().is_empty()
             {
@@ -829,6 +887,17 @@ impl Validator {
             let kind = self.target_kind(&key, &target, &ssh_names);
             let on_recording_failure = match target.on_recording_failure.as_deref() {
                 None | Some("end") => RecordingFailurePolicy::End,
+                // Issue #17: the query log is a database session's whole record, so a database
+                // session never runs without it; say so at load rather than ignore the key.
+                Some("continue") if target.kind == "postgres" => {
+                    self.problem(
+                        format!("{key}.on_recording_failure"),
+                        "\"continue\" is not offered for database targets: a session whose \
+                         query log cannot be written always ends"
+                            .to_string(),
+                    );
+                    RecordingFailurePolicy::End
+                }
                 Some("continue") => RecordingFailurePolicy::Continue,
                 Some(other) => {
                     self.problem(
@@ -869,6 +938,10 @@ impl Validator {
                 ("container", target.container.is_some()),
                 ("runtime", target.runtime.is_some()),
                 ("record_parameters", target.record_parameters.is_some()),
+                (
+                    "allowed_startup_parameters",
+                    target.allowed_startup_parameters.is_some(),
+                ),
             ],
             "postgres" => &[
                 ("private_key_file", target.private_key_file.is_some()),
@@ -899,6 +972,10 @@ impl Validator {
                     target.allow_port_forwarding.is_some(),
                 ),
                 ("record_parameters", target.record_parameters.is_some()),
+                (
+                    "allowed_startup_parameters",
+                    target.allowed_startup_parameters.is_some(),
+                ),
             ],
             _ => &[],
         };
@@ -926,6 +1003,12 @@ impl Validator {
                 password: self.password(key, target),
                 tls: self.postgres_tls(key, target),
                 record_parameters: target.record_parameters.unwrap_or(true),
+                allowed_startup_parameters: target
+                    .allowed_startup_parameters
+                    .iter()
+                    .flatten()
+                    .map(|name| name.to_ascii_lowercase().replace('-', "_"))
+                    .collect(),
             }),
             "container" => {
                 let host = self.required(key, "host", target.host.as_deref());

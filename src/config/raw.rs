@@ -60,6 +60,9 @@ pub struct RawAccess {
     pub max_duration: Option<String>,
     pub pending_request_ttl: Option<String>,
     pub expiry_warning: Option<String>,
+    pub ip_allow: Option<Vec<String>>,
+    pub lockout_after: Option<i64>,
+    pub lockout_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +105,7 @@ pub struct RawTarget {
     pub allow_port_forwarding: Option<bool>,
     pub record_input: Option<bool>,
     pub record_parameters: Option<bool>,
+    pub allowed_startup_parameters: Option<Vec<String>>,
     pub slack_channel: Option<String>,
     pub on_recording_failure: Option<String>,
 }

@@ -219,9 +219,15 @@ pub fn bind_message(body: &[u8]) -> Result<Bind, CodecError> {
 pub struct BindView<'a> {
     pub portal: &'a [u8],
     pub statement: &'a [u8],
+    pub arguments: Arguments<'a>,
+}
+
+/// Format codes and values as a `Bind` and a `FunctionCall` carry them, checked whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arguments<'a> {
     /// The format codes, two bytes each.
     codes: &'a [u8],
-    /// The parameter values as on the wire: a length (-1 for NULL), then the bytes.
+    /// The values as on the wire: a length (-1 for NULL), then the bytes.
     values: &'a [u8],
     count: usize,
 }
@@ -231,28 +237,52 @@ pub fn bind_view(body: &[u8]) -> Result<BindView<'_>, CodecError> {
     let mut body = body;
     let portal = cstr(&mut body).ok_or(malformed.clone())?;
     let statement = cstr(&mut body).ok_or(malformed.clone())?;
-    let formats = read_i16(&mut body).ok_or(malformed.clone())?;
-    let formats = usize::try_from(formats).map_err(|_| malformed.clone())?;
-    if body.len() < formats * 2 {
-        return Err(malformed);
-    }
-    let (codes, rest) = body.split_at(formats * 2);
-    body = rest;
-    let count = read_i16(&mut body).ok_or(malformed.clone())?;
-    let count = usize::try_from(count).map_err(|_| malformed.clone())?;
-    let values = body;
-    for _ in 0..count {
-        let length = read_i32(&mut body).ok_or(malformed.clone())?;
-        if let Ok(length) = usize::try_from(length) {
-            if body.len() < length {
-                return Err(malformed);
-            }
-            body = &body[length..];
-        }
-    }
+    let arguments = arguments(&mut body).ok_or(malformed)?;
     Ok(BindView {
         portal,
         statement,
+        arguments,
+    })
+}
+
+/// A `FunctionCall` ('F', the fastpath libpq's large objects and `PQfn` use): the function's
+/// OID and its arguments.
+pub fn function_call(body: &[u8]) -> Result<(u32, Arguments<'_>), CodecError> {
+    let malformed = CodecError::Malformed("FunctionCall");
+    let mut body = body;
+    let oid = read_i32(&mut body).ok_or(malformed.clone())?;
+    let arguments = arguments(&mut body).ok_or(malformed)?;
+    Ok((oid as u32, arguments))
+}
+
+/// The result of a `FunctionCallResponse` ('V'): `None` for NULL.
+pub fn function_result(body: &[u8]) -> Result<Option<&[u8]>, CodecError> {
+    let malformed = CodecError::Malformed("FunctionCallResponse");
+    let mut body = body;
+    let length = read_i32(&mut body).ok_or(malformed.clone())?;
+    match usize::try_from(length) {
+        Ok(length) => body.get(..length).map(Some).ok_or(malformed),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Reads format codes, then values, checking every length.
+fn arguments<'a>(body: &mut &'a [u8]) -> Option<Arguments<'a>> {
+    let formats = usize::try_from(read_i16(body)?).ok()?;
+    if body.len() < formats * 2 {
+        return None;
+    }
+    let (codes, rest) = body.split_at(formats * 2);
+    *body = rest;
+    let count = usize::try_from(read_i16(body)?).ok()?;
+    let values = *body;
+    for _ in 0..count {
+        let length = read_i32(body)?;
+        if let Ok(length) = usize::try_from(length) {
+            *body = body.get(length..)?;
+        }
+    }
+    Some(Arguments {
         codes,
         values: &values[..values.len() - body.len()],
         count,
@@ -260,9 +290,16 @@ pub fn bind_view(body: &[u8]) -> Result<BindView<'_>, CodecError> {
 }
 
 impl<'a> BindView<'a> {
-    /// Each parameter's value (`None` for NULL) and whether it is in binary format: no codes
-    /// means all text, one code is for every parameter, otherwise one per parameter.
+    /// Each parameter's value (`None` for NULL) and whether it is in binary format.
     pub fn parameters(&self) -> impl Iterator<Item = (Option<&'a [u8]>, bool)> + use<'a> {
+        self.arguments.values()
+    }
+}
+
+impl<'a> Arguments<'a> {
+    /// Each value (`None` for NULL) and whether it is in binary format: no codes means all
+    /// text, one code is for every value, otherwise one per value.
+    pub fn values(&self) -> impl Iterator<Item = (Option<&'a [u8]>, bool)> + use<'a> {
         let codes = self.codes;
         let code = move |index: usize| {
             let at = if codes.len() == 2 { 0 } else { index * 2 };
@@ -504,6 +541,8 @@ mod tests {
                         Some((frame.tag, frame.body))
                     );
                     let _ = bind_view(frame.body).map(|bind| bind.parameters().count());
+                    let _ = function_call(frame.body).map(|(_, call)| call.values().count());
+                    let _ = function_result(frame.body);
                 }
                 assert!(again.is_empty());
                 assert!(matches!(decode_message(&mut whole, MAX_MESSAGE), Ok(None)));

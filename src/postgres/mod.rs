@@ -11,6 +11,7 @@
 
 pub mod codec;
 mod observe;
+mod startup;
 pub mod tls;
 mod upstream;
 
@@ -27,10 +28,12 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::Access;
+use crate::access::lockout::Failure;
 use crate::audit::AuditEvent;
 use crate::config::TargetKind;
 use crate::recording::FLUSH_INTERVAL;
-use crate::recording::querylog::{QueryLog, Statement};
+use crate::recording::querylog::{QueryLog, Statement, StatementDetail, StatementProtocol};
+use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::queries::{QueryRecording, QueryWriter};
 use crate::session::{Notice, Session, SessionRefusal};
 use codec::{CodecError, MAX_MESSAGE, MAX_STARTUP, Startup, backend};
@@ -71,6 +74,17 @@ pub async fn serve(
                 continue;
             }
         };
+        if !access.config().access.source_allowed(peer.ip()) {
+            // Issue #17: `[access] ip_allow` is checked before anything is read.
+            drop(tcp);
+            let (access, source) = (access.clone(), peer.ip().to_string());
+            tokio::task::spawn_blocking(move || {
+                if access.connection_refused(&source, "postgres").is_err() {
+                    tracing::error!("cannot audit a refused postgres connection");
+                }
+            });
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let (access, acceptor, cancels, writer) = (
             access.clone(),
@@ -131,6 +145,8 @@ struct Authenticated {
 struct Ready {
     wire: Wire,
     session: Session,
+    /// The startup parameters sent to the target, for the query log's first record.
+    forwarded: Vec<(String, String)>,
     upstream: upstream::Upstream,
     log: QueryLog,
     cancel_key: (i32, i32),
@@ -269,14 +285,15 @@ impl Client {
             Err(_) => return None,
         };
         let checked = {
-            let (access, user, target, source) = (
+            let (access, user, target, source, parameters) = (
                 self.access.clone(),
                 user.clone(),
                 target_name.clone(),
-                self.source.clone(),
+                self.peer.ip(),
+                parameters.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                check_token(&access, &user, &target, &token, &source)
+                check_token(&access, &user, &target, &token, source, &parameters)
             })
             .await
         };
@@ -288,15 +305,22 @@ impl Client {
             }),
             Ok(Err(refusal)) => {
                 let (code, message) = match refusal {
-                    TokenRefusal::BadToken(why) => {
-                        self.failed(&user, why).await;
-                        (
-                            "28P01",
-                            format!("invalid or expired access token; get one with: {token_hint}"),
-                        )
+                    TokenRefusal::Login(Refused { refusal, delay }) => {
+                        // Repeated failures from one address are answered later and later.
+                        tokio::time::sleep(delay).await;
+                        match refusal {
+                            LoginRefusal::UnknownUser(_) | LoginRefusal::BadProof(_) => (
+                                "28P01",
+                                format!(
+                                    "invalid or expired access token; get one with: {token_hint}"
+                                ),
+                            ),
+                            LoginRefusal::Bastion => ("58000", refusal.to_string()),
+                            other => ("28000", other.to_string()),
+                        }
                     }
                     TokenRefusal::NoGrant(why) => {
-                        self.failed(&user, &why).await;
+                        self.audit_refused(&user, &target_name, &why).await;
                         let hint = crate::commands::request_hint(
                             &self.access,
                             &user,
@@ -304,6 +328,11 @@ impl Client {
                             config.server.ssh_listen.port(),
                         );
                         ("28000", format!("{why}; request access with: {hint}"))
+                    }
+                    TokenRefusal::Startup(refusal) => {
+                        let why = refusal.to_string();
+                        self.audit_refused(&user, &target_name, &why).await;
+                        ("42501", why)
                     }
                     TokenRefusal::Bastion => (
                         "58000",
@@ -320,7 +349,8 @@ impl Client {
         }
     }
 
-    /// Audits a failed authentication and counts it against the user.
+    /// Audits a refusal before any credential was checked (plaintext, unknown target) as a
+    /// failed login from this address, and waits as long as the gate says.
     async fn failed(&self, user: &str, why: &str) {
         let (access, user, source, why) = (
             self.access.clone(),
@@ -328,12 +358,28 @@ impl Client {
             self.source.clone(),
             why.to_string(),
         );
-        let recorded = tokio::task::spawn_blocking(move || {
-            access.record_auth_failure(&user, &source, "postgres", &why)
+        let counted = tokio::task::spawn_blocking(move || {
+            access.login_failed(&user, &source, "postgres", &why, Failure::Other)
         })
         .await;
-        if !matches!(recorded, Ok(Ok(_))) {
-            tracing::error!("cannot audit a failed postgres authentication");
+        match counted {
+            Ok(Ok(delay)) => tokio::time::sleep(delay).await,
+            _ => tracing::error!("cannot audit a failed postgres authentication"),
+        }
+    }
+
+    /// Audits a session refused after the login (no grant, a refused startup parameter).
+    async fn audit_refused(&self, user: &str, target: &str, why: &str) {
+        let event = AuditEvent::SessionRefused {
+            user: user.to_string(),
+            target: target.to_string(),
+            source: self.source.clone(),
+            why: why.to_string(),
+        };
+        let access = self.access.clone();
+        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!("cannot audit a refused database session");
         }
     }
 
@@ -412,6 +458,7 @@ impl Client {
         Some(Ready {
             wire,
             session,
+            forwarded,
             upstream,
             log,
             cancel_key,
@@ -441,6 +488,7 @@ impl Client {
         let Ready {
             wire,
             session,
+            forwarded,
             upstream,
             log,
             cancel_key,
@@ -448,7 +496,16 @@ impl Client {
         } = ready;
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let recording = Arc::new(self.writer.recording(session.clone(), log));
-        let unrecorded: Arc<Mutex<Vec<Statement>>> = Arc::default();
+        // Issue #17: what the client changed in the target session is the log's first record.
+        let unrecorded: Arc<Mutex<Vec<Statement>>> = Arc::new(Mutex::new(vec![Statement {
+            protocol: StatementProtocol::Startup,
+            started: Some(std::time::Instant::now()),
+            finished: Some(std::time::Instant::now()),
+            detail: Some(Box::new(StatementDetail::Startup {
+                parameters: forwarded,
+            })),
+            ..Statement::default()
+        }]));
         let (client_read, client_write) = tokio::io::split(wire.stream);
         let (upstream_read, upstream_write) = tokio::io::split(upstream.stream);
         let (control, controls) = mpsc::channel(4);
@@ -504,7 +561,17 @@ impl Client {
                         break reason;
                     }
                 },
-                _ = &mut up => break "closed",
+                tracked = &mut up => match tracked {
+                    Ok(()) => break "closed",
+                    Err(limit) => {
+                        // Fail closed (issue #17): a message past the tracking limits is not
+                        // forwarded, so nothing runs that the log would show as unknown.
+                        let _ = control.try_send(Control::Refuse(limit.to_string()));
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
+                        upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
+                        break "tracking_limit";
+                    }
+                },
                 ended = &mut down => match ended {
                     Ok(()) => break "closed",
                     Err(reason) => {
@@ -593,29 +660,42 @@ fn watch_lost(session: &Session) -> Notice {
 
 /// Why a token did not open a session.
 enum TokenRefusal {
-    /// Bad signature, malformed, expired, or another user's token: 28P01.
-    BadToken(&'static str),
-    /// A valid token whose grant is not active, or for another target: 28000.
+    /// The admission gate refused the login (bad token, address, lock): 28P01 or 28000.
+    Login(Refused),
+    /// A valid login whose grant is not active, or a token for another target: 28000.
     NoGrant(String),
+    /// A startup parameter that changes identity or auditing: 42501.
+    Startup(startup::StartupRefusal),
     Bastion,
 }
 
-/// Checks the token against the key, the user, the target and the live grant, then opens the
-/// session. Runs on a blocking thread.
+/// Checks the token (the credential), runs the admission gate, then the target, the live grant
+/// and the startup parameters, and opens the session. Runs on a blocking thread.
 fn check_token(
     access: &Access,
     user: &str,
     target: &str,
     token: &str,
-    source: &str,
+    source: std::net::IpAddr,
+    parameters: &[(String, String)],
 ) -> Result<Session, TokenRefusal> {
     let key = access.token_key().ok_or(TokenRefusal::Bastion)?;
-    let claims = key
-        .verify(token, access.now())
-        .map_err(|_| TokenRefusal::BadToken("invalid or expired token"))?;
-    if claims.sub != user {
-        return Err(TokenRefusal::BadToken("token of another user"));
-    }
+    let claims = key.verify(token, access.now());
+    let proof = match &claims {
+        Err(_) => Proof::Invalid("invalid or expired token"),
+        Ok(claims) if claims.sub != user => Proof::Invalid("token of another user"),
+        Ok(_) => Proof::Valid,
+    };
+    admit::login(
+        access,
+        user,
+        source,
+        Protocol::Postgres,
+        proof,
+        Some(target),
+    )
+    .map_err(TokenRefusal::Login)?;
+    let claims = claims.map_err(|_| TokenRefusal::Bastion)?;
     if claims.target != target {
         return Err(TokenRefusal::NoGrant(format!(
             "this token is for {}, not {target}",
@@ -631,16 +711,18 @@ fn check_token(
             claims.grant
         )));
     }
-    match Session::open(access, user, target, "postgres", source) {
-        Ok(session) => {
-            if access
-                .record_login(user, source, "postgres", Some(target))
-                .is_err()
-            {
-                tracing::error!("cannot audit a postgres login");
-            }
-            Ok(session)
-        }
+    let allowed = match access.config().target(target).map(|target| &target.kind) {
+        Some(TargetKind::Postgres(postgres)) => postgres.allowed_startup_parameters.as_slice(),
+        _ => &[],
+    };
+    startup::check(parameters, allowed).map_err(TokenRefusal::Startup)?;
+    let asked = parameters
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database" | "replication"))
+        .cloned()
+        .collect();
+    match Session::open(access, user, target, "postgres", &source.to_string(), asked) {
+        Ok(session) => Ok(session),
         Err(SessionRefusal::NoGrant { target }) => Err(TokenRefusal::NoGrant(format!(
             "no active grant for {target}"
         ))),
@@ -692,41 +774,61 @@ const HAND_OVER: usize = 4096;
 enum Control {
     Warn(String),
     End(String),
+    /// A client message passed a tracking limit (54000): end the session with this error.
+    Refuse(String),
     /// A second passed: hand the finished statements to the query writer, and end the session
     /// if its recording failed.
     Tick,
 }
 
+/// Reads the client and forwards whole messages upstream after the tracker saw them. Ends with
+/// the limit a message would have passed (that message is not forwarded; the relay tells the
+/// client and ends the session), or `Ok` when either side closed.
 async fn client_to_upstream(
     mut client: tokio::io::ReadHalf<Box<dyn Stream>>,
     mut buffer: BytesMut,
     mut upstream: tokio::io::WriteHalf<Box<dyn Stream>>,
     tracker: Arc<Mutex<Tracker>>,
     session: Session,
-) {
+) -> Result<(), observe::Limit> {
     loop {
         // Whole messages go on as they came, read in place: nothing is copied or allocated per
         // message (what the tracker keeps aside).
         let Ok(whole) = codec::whole_messages(&buffer, MAX_MESSAGE) else {
-            return;
+            return Ok(());
         };
         if whole > 0 {
-            if let Ok(mut tracker) = tracker.lock() {
-                for message in codec::frames(&buffer[..whole]) {
-                    tracker.client_sent(&message);
-                }
+            let (passed, refused) = match tracker.lock() {
+                Ok(mut tracker) => track_client(&mut tracker, &buffer[..whole]),
+                Err(_) => (0, Some(observe::Limit::Held)),
+            };
+            session.count_in(passed);
+            if upstream.write_all(&buffer[..passed]).await.is_err() {
+                return Ok(());
             }
-            session.count_in(whole);
-            if upstream.write_all(&buffer[..whole]).await.is_err() {
-                return;
+            if let Some(limit) = refused {
+                return Err(limit);
             }
             buffer.advance(whole);
         }
         match client.read_buf(&mut buffer).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Ok(()),
             Ok(_) => {}
         }
     }
+}
+
+/// Feeds whole client messages to the tracker: how many bytes may go on, and the limit the
+/// next message would pass, if one would.
+fn track_client(tracker: &mut Tracker, messages: &[u8]) -> (usize, Option<observe::Limit>) {
+    let mut passed = 0;
+    for message in codec::frames(messages) {
+        if let Err(limit) = tracker.client_sent(&message) {
+            return (passed, Some(limit));
+        }
+        passed += 5 + message.body.len();
+    }
+    (passed, None)
 }
 
 async fn upstream_to_client(
@@ -779,6 +881,11 @@ async fn upstream_to_client(
                 }
                 Some(Control::End(message)) => {
                     let _ = client.write_all(&backend::error("FATAL", "57P01", &message)).await;
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+                Some(Control::Refuse(message)) => {
+                    let _ = client.write_all(&backend::error("FATAL", "54000", &message)).await;
                     let _ = client.shutdown().await;
                     return Ok(());
                 }

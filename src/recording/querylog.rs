@@ -18,20 +18,125 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sha2::Digest;
 
 use super::{Finalized, HashedFile, RecordingError};
 
 /// Bind parameters longer than this are cut, with the original length noted.
 pub const MAX_PARAMETER: usize = 256;
 
+/// SQL text longer than this is kept (in memory and in the log) cut at this many bytes, with
+/// `sql_sha256` of the whole text in its record (issue #17: a client cannot grow the bastion's
+/// memory by preparing huge statements).
+pub const MAX_SQL: usize = 1 << 20;
+
+/// SQL text as a front end keeps it: cut past `MAX_SQL` at a character boundary, with the
+/// SHA-256 (hex) of the whole text when cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SqlText {
+    pub text: Arc<str>,
+    pub sha256: Option<Arc<str>>,
+}
+
+impl SqlText {
+    pub fn new(whole: &str) -> SqlText {
+        if whole.len() <= MAX_SQL {
+            return SqlText {
+                text: Arc::from(whole),
+                sha256: None,
+            };
+        }
+        let mut end = MAX_SQL;
+        while !whole.is_char_boundary(end) {
+            end -= 1;
+        }
+        let digest = sha2::Sha256::digest(whole.as_bytes());
+        SqlText {
+            text: Arc::from(&whole[..end]),
+            sha256: Some(Arc::from(hex::encode(digest))),
+        }
+    }
+
+    /// Bytes held in memory.
+    pub fn weight(&self) -> usize {
+        self.text.len()
+    }
+}
+
+/// Which message a record comes from: a closed set, written as its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatementProtocol {
+    /// A simple `Query`.
+    #[default]
+    Simple,
+    /// An extended-protocol `Execute`.
+    Extended,
+    /// A fastpath `FunctionCall` (issue #17: libpq's large objects and `PQfn`).
+    Function,
+    /// The session's startup parameters, its first record (issue #17).
+    Startup,
+}
+
+impl StatementProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementProtocol::Simple => "simple",
+            StatementProtocol::Extended => "extended",
+            StatementProtocol::Function => "function",
+            StatementProtocol::Startup => "startup",
+        }
+    }
+
+    /// Does a record of this kind carry a list of bound values?
+    fn has_parameters(self) -> bool {
+        matches!(
+            self,
+            StatementProtocol::Extended | StatementProtocol::Function
+        )
+    }
+}
+
+/// What a record carries besides SQL, for the kinds that are not SQL statements. Boxed in the
+/// statement: rare, and a statement is moved thousands of times a second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementDetail {
+    /// A fastpath call: the function's OID and, once answered, its result.
+    Function {
+        oid: u32,
+        /// The client asked for the result in binary (shown as hex).
+        binary_result: bool,
+        result: Option<FunctionResult>,
+    },
+    /// Startup parameters as forwarded to the target, in the order the client sent them.
+    Startup { parameters: Vec<(String, String)> },
+}
+
+/// A fastpath call's result: its length (`None` for NULL) and at most `MAX_PARAMETER` bytes of
+/// it, shown as text, or as hex when the result is binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionResult {
+    pub length: Option<u64>,
+    pub head: String,
+}
+
+/// Name-value pairs serialized as one JSON object, in their order.
+pub struct NameValues<'a>(pub &'a [(String, String)]);
+
+impl Serialize for NameValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
 /// One finished statement.
 #[derive(Debug, Clone, Default)]
 pub struct Statement {
-    /// `simple` or `extended`.
-    pub protocol: &'static str,
+    pub protocol: StatementProtocol,
     /// Shared with the prepared statement and portal it came from: a prepared statement runs
     /// thousands of times a second, and its text is not copied for each run.
     pub sql: Arc<str>,
+    /// The SHA-256 of the whole SQL text when `sql` was cut at `MAX_SQL`.
+    pub sql_sha256: Option<Arc<str>>,
     /// Text forms of the bind parameters (`None` for SQL NULL), as sent; shared with the portal.
     pub parameters: Parameters,
     pub started: Option<Instant>,
@@ -45,6 +150,8 @@ pub struct Statement {
     pub sqlstate: Option<String>,
     pub error: Option<String>,
     pub copy_bytes: u64,
+    /// Set for the records that are not SQL (function calls, startup).
+    pub detail: Option<Box<StatementDetail>>,
 }
 
 impl Statement {
@@ -90,6 +197,11 @@ impl Parameters {
     pub fn is_empty(&self) -> bool {
         self.0.as_deref().is_none_or(<[u8]>::is_empty)
     }
+
+    /// Bytes held in memory.
+    pub fn weight(&self) -> usize {
+        self.0.as_deref().map_or(0, <[u8]>::len)
+    }
 }
 
 impl std::fmt::Debug for Parameters {
@@ -125,19 +237,38 @@ impl ParametersBuilder<'_> {
         self.bytes.extend_from_slice(&NULL.to_be_bytes());
     }
 
+    /// A value, kept cut at `MAX_PARAMETER` bytes with its length noted: a 60 MB bytea is
+    /// logged as its first bytes, and the front end does not hold the rest (issue #17).
     pub fn value(&mut self, value: &[u8]) {
-        self.value_with(|bytes| bytes.extend_from_slice(value));
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        self.bytes
+            .extend_from_slice(&value[..value.len().min(MAX_PARAMETER)]);
+        self.seal(at, value.len());
     }
 
-    /// A value written by `write` (a front end that shows a binary value as text, say). A value
-    /// of 4 GiB or more is cut there (front ends cap their messages far below).
+    /// A value written by `write` (a front end that shows a binary value as text, say), cut
+    /// like `value`.
     pub fn value_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; 4]);
         write(self.bytes);
-        let length = (self.bytes.len() - at - 4).min(NULL as usize - 1);
-        self.bytes.truncate(at + 4 + length);
-        self.bytes[at..at + 4].copy_from_slice(&(length as u32).to_be_bytes());
+        let length = self.bytes.len() - at - 4;
+        self.seal(at, length);
+    }
+
+    /// Writes the length of the value that starts at `at`, first cutting it past
+    /// `MAX_PARAMETER` bytes with its whole `length` noted.
+    fn seal(&mut self, at: usize, length: usize) {
+        if length > MAX_PARAMETER {
+            self.bytes.truncate(at + 4 + MAX_PARAMETER);
+            let kept = String::from_utf8_lossy(&self.bytes[at + 4..]).into_owned();
+            self.bytes.truncate(at + 4);
+            self.bytes
+                .extend_from_slice(format!("{kept}… ({length} bytes)").as_bytes());
+        }
+        let written = (self.bytes.len() - at - 4) as u32;
+        self.bytes[at..at + 4].copy_from_slice(&written.to_be_bytes());
     }
 
     pub fn finish(self) -> Parameters {
@@ -164,12 +295,40 @@ struct Record<'a> {
     t: f64,
     protocol: &'static str,
     sql: &'a str,
-    params: Option<Params<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sql_sha256: Option<&'a str>,
+    params: Option<RecordParams<'a>>,
     duration_ms: f64,
     tags: &'a [String],
     rows: Option<u64>,
     error: Option<RecordError<'a>>,
     copy_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_oid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Option<RecordResult<'a>>>,
+}
+
+/// A function call's result in its record: `null` for a call that failed or never finished.
+#[derive(Serialize)]
+struct RecordResult<'a> {
+    length: Option<u64>,
+    head: &'a str,
+}
+
+/// `params`: bound values in order, or the startup parameters as one object.
+enum RecordParams<'a> {
+    Values(Params<'a>),
+    Startup(NameValues<'a>),
+}
+
+impl Serialize for RecordParams<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RecordParams::Values(values) => values.serialize(serializer),
+            RecordParams::Startup(pairs) => pairs.serialize(serializer),
+        }
+    }
 }
 
 /// A statement's parameters as the record shows them, serialized straight from the shared
@@ -217,9 +376,37 @@ impl QueryLog {
             .started
             .map(|at| at.saturating_duration_since(self.started))
             .unwrap_or_else(|| self.started.elapsed());
-        let params = (statement.protocol == "extended").then_some(Params {
-            parameters: &statement.parameters,
-            recorded: self.record_parameters,
+        let (mut function_oid, mut result) = (None, None);
+        let params = match statement.detail.as_deref() {
+            Some(StatementDetail::Startup { parameters }) => {
+                Some(RecordParams::Startup(NameValues(parameters)))
+            }
+            Some(StatementDetail::Function {
+                oid,
+                result: answer,
+                ..
+            }) => {
+                function_oid = Some(*oid);
+                result = Some(answer.as_ref().map(|answer| RecordResult {
+                    length: answer.length,
+                    head: if self.record_parameters {
+                        &answer.head
+                    } else {
+                        "<redacted>"
+                    },
+                }));
+                None
+            }
+            None => None,
+        }
+        .or_else(|| {
+            statement
+                .protocol
+                .has_parameters()
+                .then_some(RecordParams::Values(Params {
+                    parameters: &statement.parameters,
+                    recorded: self.record_parameters,
+                }))
         });
         let error = match (&statement.sqlstate, &statement.error) {
             (None, None) => None,
@@ -230,14 +417,17 @@ impl QueryLog {
         };
         let record = Record {
             t: round_millis(at.as_secs_f64()),
-            protocol: statement.protocol,
+            protocol: statement.protocol.as_str(),
             sql: &statement.sql,
+            sql_sha256: statement.sql_sha256.as_deref(),
             params,
             duration_ms: round_millis(statement.duration().as_secs_f64() * 1000.0),
             tags: &statement.tags,
             rows: statement.rows,
             error,
             copy_bytes: statement.copy_bytes,
+            function_oid,
+            result,
         };
         self.line.clear();
         serde_json::to_writer(&mut self.line, &record).map_err(|error| RecordingError::Write {
@@ -262,13 +452,9 @@ fn round_millis(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
+/// A parameter as kept: already cut by `ParametersBuilder`.
 fn parameter(bytes: &[u8]) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_PARAMETER)]);
-    if bytes.len() > MAX_PARAMETER {
-        Cow::Owned(format!("{text}… ({} bytes)", bytes.len()))
-    } else {
-        text
-    }
+    String::from_utf8_lossy(bytes)
 }
 
 #[cfg(test)]
@@ -285,7 +471,7 @@ mod tests {
             let path = dir.path().join(format!("{record}.pg.jsonl"));
             let mut log = QueryLog::create(path.clone(), record)?;
             log.write(&Statement {
-                protocol: "extended",
+                protocol: StatementProtocol::Extended,
                 sql: "select $1, $2, $3".into(),
                 parameters: vec![Some(b"42".to_vec()), None, Some(vec![b'x'; 1000])].into(),
                 tags: vec!["SELECT 1".into()],
@@ -350,7 +536,7 @@ mod tests {
         let path = dir.path().join("e.pg.jsonl");
         let mut log = QueryLog::create(path.clone(), true)?;
         log.write(&Statement {
-            protocol: "simple",
+            protocol: StatementProtocol::Simple,
             sql: "select 1/0".into(),
             sqlstate: Some("22012".into()),
             error: Some("division by zero".into()),

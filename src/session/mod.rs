@@ -8,6 +8,7 @@
 //! **Architecture Invariant:** nothing here knows SSH, PostgreSQL, HTTP or SQL; a session exists
 //! only while its grant is active, and the watch ends it when the grant ends however it ends.
 
+pub mod admit;
 pub mod casts;
 pub mod queries;
 
@@ -24,7 +25,7 @@ use crate::audit::AuditEvent;
 use crate::config::{RecordingFailurePolicy, Target};
 use crate::ids::IdKind;
 use crate::recording::asciicast::Header;
-use crate::recording::querylog::{QueryLog, Statement};
+use crate::recording::querylog::{QueryLog, Statement, StatementDetail, StatementProtocol};
 use crate::recording::{Capture, Finalized, Recorder, RecordingError, dated_path, recording_path};
 use crate::store::{RecordingRow, SessionRow, SessionTotals, StoreError};
 
@@ -129,13 +130,16 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// Checks the grant and records the start. Call on a blocking thread (it writes the store).
+    /// Checks the grant and records the start, with what the client asked to change in the
+    /// target session (`parameters`, as forwarded). Call on a blocking thread (it writes the
+    /// store).
     pub fn open(
         access: &Access,
         user: &str,
         target_name: &str,
         protocol: &'static str,
         source: &str,
+        parameters: Vec<(String, String)>,
     ) -> Result<Session, SessionRefusal> {
         let target = access
             .config()
@@ -173,6 +177,7 @@ impl Session {
                     grant_id: grant.id.clone(),
                     protocol,
                     source: source.to_string(),
+                    parameters,
                 },
                 now,
             )?;
@@ -294,23 +299,30 @@ impl Session {
     /// Counts finished statements and makes their `pg.query` events (the query writer stores
     /// them, see `queries`).
     fn query_events(&self, statements: Vec<Statement>) -> Vec<AuditEvent> {
-        self.inner
-            .statements
-            .fetch_add(statements.len() as u64, Ordering::Relaxed);
-        statements
+        let events: Vec<AuditEvent> = statements
             .into_iter()
+            // The startup record's parameters are in `session.started` already.
+            .filter(|statement| statement.protocol != StatementProtocol::Startup)
             .map(|statement| AuditEvent::PgQuery {
                 session_id: self.inner.id.clone(),
                 user: self.inner.user.clone(),
                 target: self.inner.target.name.clone(),
-                protocol: statement.protocol,
+                protocol: statement.protocol.as_str(),
+                function_oid: match statement.detail.as_deref() {
+                    Some(StatementDetail::Function { oid, .. }) => Some(*oid),
+                    _ => None,
+                },
                 duration_ms: statement.duration().as_secs_f64() * 1000.0,
                 sql: statement.sql,
                 tags: statement.tags,
                 rows: statement.rows,
                 sqlstate: statement.sqlstate,
             })
-            .collect()
+            .collect();
+        self.inner
+            .statements
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        events
     }
 
     fn insert_recording_row(

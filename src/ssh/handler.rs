@@ -32,6 +32,7 @@ use crate::config::TargetKind;
 use crate::recording::Capture;
 use crate::recording::asciicast::{DEFAULT_SIZE, Header};
 use crate::session::SessionRefusal;
+use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::casts::CastWriter;
 
 /// Makes one `Connection` per accepted TCP connection.
@@ -72,6 +73,7 @@ impl russh::server::Server for SshServer {
             grant_missing: false,
             authenticated: Arc::new(AtomicBool::new(false)),
             attempted: None,
+            locked: None,
             channels: HashMap::new(),
         }
     }
@@ -98,6 +100,9 @@ pub struct Connection {
     authenticated: Arc<AtomicBool>,
     /// The last login name a key was offered for, to audit a connection that never authenticated.
     attempted: Option<String>,
+    /// Set when the client proved its key but the account is locked (issue #17): SSH cannot say
+    /// why at authentication, so the login is taken and every channel is told this and closed.
+    locked: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
@@ -165,8 +170,8 @@ impl Connection {
         self.authenticated.clone()
     }
 
-    /// Is `key` one of the configured keys of the user named in `login`, connecting from an
-    /// address the user is allowed to use?
+    /// Is `key` one of the configured keys of the user named in `login`? The proof of the
+    /// login; everything else about it (address, lock, audit) is the admission gate's.
     fn key_allowed(&self, login: &str, key: &PublicKey) -> Result<Login, &'static str> {
         let login = Login::parse(login).ok_or("malformed login")?;
         let user = self
@@ -180,14 +185,6 @@ impl Connection {
             .any(|known| known.key_data() == key.key_data())
         {
             return Err("public key not configured for this user");
-        }
-        if let Some(networks) = &user.ip_allow {
-            let allowed = self
-                .peer
-                .is_some_and(|peer| networks.iter().any(|network| network.contains(&peer.ip())));
-            if !allowed {
-                return Err("source address not in the user's ip_allow");
-            }
         }
         Ok(login)
     }
@@ -211,16 +208,21 @@ impl Drop for Connection {
         let Some(user) = self.attempted.take() else {
             return;
         };
-        let access = self.access.clone();
-        let source = self.source.clone();
+        let (access, Some(peer)) = (self.access.clone(), self.peer) else {
+            return;
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn_blocking(move || {
                 let user = Login::parse(&user).map_or(user, |login| login.user);
-                if let Err(error) =
-                    access.record_auth_failure(&user, &source, "ssh", "no accepted public key")
-                {
-                    tracing::error!(%error, "cannot audit a failed ssh authentication");
-                }
+                // The gate audits and counts the failure.
+                let _ = admit::login(
+                    &access,
+                    &user,
+                    peer.ip(),
+                    Protocol::Ssh,
+                    Proof::Invalid("no accepted public key"),
+                    None,
+                );
             });
         }
     }
@@ -277,25 +279,52 @@ impl russh::server::Handler for Connection {
                 return Ok(self.reject(user));
             }
         };
+        let Some(peer) = self.peer else {
+            return Ok(Auth::reject());
+        };
         // The client has proven its key: the handshake deadline is for slow or silent clients,
         // not for the bastion's own audit write (slow under a burst of logins). Re-armed below if
-        // the login cannot be audited.
+        // the login is refused.
         self.authenticated.store(true, Ordering::SeqCst);
         let access = self.access.clone();
-        let (name, source, target) = (
-            login.user.clone(),
-            self.source.clone(),
-            login.target.clone(),
-        );
-        let recorded = tokio::task::spawn_blocking(move || {
-            access.record_login(&name, &source, "ssh", target.as_deref())
+        let (name, target) = (login.user.clone(), login.target.clone());
+        let admitted = tokio::task::spawn_blocking(move || {
+            admit::login(
+                &access,
+                &name,
+                peer.ip(),
+                Protocol::Ssh,
+                Proof::Valid,
+                target.as_deref(),
+            )
         })
         .await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            // Fail closed: a login that cannot be audited does not happen.
-            tracing::error!(source = %self.source, "cannot audit an ssh login; refusing it");
-            self.authenticated.store(false, Ordering::SeqCst);
-            return Ok(Auth::reject());
+        // The gate audited the outcome, failures included: nothing is left for `Drop`.
+        self.attempted = None;
+        match admitted {
+            Ok(Ok(())) => {}
+            Ok(Err(Refused {
+                refusal:
+                    refusal @ (LoginRefusal::LockedAtSource { .. }
+                    | LoginRefusal::LockedEverywhere { .. }),
+                ..
+            })) => {
+                // Taken, so the engineer reads why on every channel; nothing else opens.
+                tracing::info!(source = %self.source, "ssh login of a locked account");
+                self.locked = Some(refusal.to_string());
+                return Ok(Auth::Accept);
+            }
+            Ok(Err(Refused { delay, .. })) => {
+                self.authenticated.store(false, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                return Ok(Auth::reject());
+            }
+            Err(_) => {
+                // Fail closed: a login that cannot be checked or audited does not happen.
+                tracing::error!(source = %self.source, "cannot admit an ssh login; refusing it");
+                self.authenticated.store(false, Ordering::SeqCst);
+                return Ok(Auth::reject());
+            }
         }
         tracing::info!(user = %login.user, target = ?login.target, source = %self.source,
             "ssh login");
@@ -309,6 +338,12 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.locked.is_some() && self.channels.is_empty() {
+            // One channel, to say why the account is locked.
+            self.channels.insert(channel.id(), ChannelState::default());
+            reply.accept().await;
+            return Ok(());
+        }
         let Some(login) = self.login.clone() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -692,6 +727,9 @@ impl russh::server::Handler for Connection {
         if self.relayed(channel) {
             return self.start_relayed(channel, Start::Shell, session).await;
         }
+        if self.locked.is_some() {
+            return self.tell_locked(channel, session);
+        }
         self.start(channel, None, session)
     }
 
@@ -705,6 +743,9 @@ impl russh::server::Handler for Connection {
             return self
                 .start_relayed(channel, Start::Exec(data.to_vec()), session)
                 .await;
+        }
+        if self.locked.is_some() {
+            return self.tell_locked(channel, session);
         }
         let line = String::from_utf8_lossy(data).into_owned();
         self.start(channel, Some(line), session)
@@ -720,6 +761,9 @@ impl russh::server::Handler for Connection {
             return self
                 .start_relayed(channel, Start::Subsystem(name.to_string()), session)
                 .await;
+        }
+        if self.locked.is_some() {
+            return self.tell_locked(channel, session);
         }
         match &self.login {
             Some(Login {
@@ -738,6 +782,32 @@ enum Start {
 }
 
 impl Connection {
+    /// Tells a locked account's channel why, and closes it.
+    fn tell_locked(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(why) = self.locked.clone() else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        let pty = self
+            .channels
+            .get(&channel)
+            .is_some_and(|state| state.pty.is_some());
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let output = CommandOutput {
+                stdout: String::new(),
+                stderr: format!("error: {why}\n"),
+                exit_code: 1,
+            };
+            finish(&handle, channel, output, pty).await;
+        });
+        Ok(())
+    }
+
     fn upstream_of(&self, channel: ChannelId) -> Option<&ChannelWriteHalf<client::Msg>> {
         self.channels
             .get(&channel)
@@ -1090,7 +1160,7 @@ impl Reach {
         let (name, target_name, source) =
             (user.to_string(), target.to_string(), self.source.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            crate::session::Session::open(&access, &name, &target_name, "ssh", &source)
+            crate::session::Session::open(&access, &name, &target_name, "ssh", &source, Vec::new())
         })
         .await;
         let opened = match opened {

@@ -56,6 +56,7 @@ pub async fn serve(
     });
     let port = listener.local_addr()?.port();
     let limits = access.config().limits.clone();
+    let gatekeeper = access.clone();
     let casts = crate::session::casts::CastWriter::start()?;
     let mut server = handler::SshServer::new(access, port, Arc::new(client_key), casts);
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -73,6 +74,17 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        if !gatekeeper.config().access.source_allowed(peer.ip()) {
+            // Issue #17: `[access] ip_allow` is checked before anything is read.
+            drop(socket);
+            let (access, source) = (gatekeeper.clone(), peer.ip().to_string());
+            tokio::task::spawn_blocking(move || {
+                if access.connection_refused(&source, "ssh").is_err() {
+                    tracing::error!("cannot audit a refused ssh connection");
+                }
+            });
+            continue;
+        }
         let _ = socket.set_nodelay(true);
         // A second handle on the socket, to shut it down under a session that will not end.
         let (socket, killer) = match split_killer(socket) {

@@ -134,6 +134,18 @@ const MIGRATIONS: &[&str] = &[
         audit_seq INTEGER NOT NULL
     ) STRICT;
     ",
+    // 4: lockout (issue #17). A user locked at one address after too many failures until
+    // `locked_until`; an operator's lock of a user everywhere until lifted.
+    "
+    ALTER TABLE failed_auth ADD COLUMN locked_until INTEGER;
+
+    CREATE TABLE user_locks (
+        user      TEXT PRIMARY KEY,
+        locked_at INTEGER NOT NULL,
+        locked_by TEXT NOT NULL,
+        reason    TEXT NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

@@ -728,7 +728,8 @@ impl Tx<'_> {
         Ok(Ok(()))
     }
 
-    /// Counts a failed authentication of `user` from `source`; returns the count in the current run.
+    /// Counts a failed authentication of `user` from `source` and returns how many in a row
+    /// that is. A lock there that has run out starts the count again.
     pub fn record_failed_auth(
         &self,
         user: &str,
@@ -738,7 +739,11 @@ impl Tx<'_> {
         let count: i64 = self.transaction.query_row(
             "INSERT INTO failed_auth (user, source, count, first_at, last_at)
              VALUES (?1, ?2, 1, ?3, ?3)
-             ON CONFLICT (user, source) DO UPDATE SET count = count + 1, last_at = excluded.last_at
+             ON CONFLICT (user, source) DO UPDATE SET
+                 count = CASE WHEN locked_until <= excluded.last_at THEN 1 ELSE count + 1 END,
+                 locked_until = CASE WHEN locked_until <= excluded.last_at THEN NULL
+                                     ELSE locked_until END,
+                 last_at = excluded.last_at
              RETURNING count",
             params![user, source, at.unix_timestamp()],
             |row| row.get(0),
@@ -754,6 +759,110 @@ impl Tx<'_> {
         )?;
         Ok(())
     }
+
+    /// Locks `user` at `source` until `until`.
+    pub fn lock_at_source(
+        &self,
+        user: &str,
+        source: &str,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "UPDATE failed_auth SET locked_until = ?3 WHERE user = ?1 AND source = ?2",
+            params![user, source, until.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+
+    /// Until when `user` is locked at `source`, if they are at `now`.
+    pub fn locked_at_source(
+        &self,
+        user: &str,
+        source: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let until: Option<i64> = self
+            .transaction
+            .query_row(
+                "SELECT locked_until FROM failed_auth
+                 WHERE user = ?1 AND source = ?2 AND locked_until > ?3",
+                params![user, source, now.unix_timestamp()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        until.map(timestamp).transpose()
+    }
+
+    /// How many addresses `user` has failed from since their last success there.
+    pub fn failing_sources(&self, user: &str) -> Result<u32, StoreError> {
+        let count: i64 = self.transaction.query_row(
+            "SELECT count(*) FROM failed_auth WHERE user = ?1",
+            [user],
+            |row| row.get(0),
+        )?;
+        Ok(count.clamp(0, u32::MAX as i64) as u32)
+    }
+
+    /// Locks `user` everywhere (an operator's lock). `false`: they were locked already.
+    pub fn lock_user(&self, lock: &UserLock) -> Result<bool, StoreError> {
+        let changed = self.transaction.execute(
+            "INSERT INTO user_locks (user, locked_at, locked_by, reason) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user) DO NOTHING",
+            params![
+                lock.user,
+                lock.locked_at.unix_timestamp(),
+                lock.locked_by,
+                lock.reason
+            ],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// The operator's lock of `user`, if any.
+    pub fn user_lock(&self, user: &str) -> Result<Option<UserLock>, StoreError> {
+        let row: Option<(String, i64, String, String)> = self
+            .transaction
+            .query_row(
+                "SELECT user, locked_at, locked_by, reason FROM user_locks WHERE user = ?1",
+                [user],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(user, locked_at, locked_by, reason)| {
+            Ok(UserLock {
+                user,
+                locked_at: timestamp(locked_at)?,
+                locked_by,
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    /// Lifts every lock of `user`: the operator's, and those at single addresses with their
+    /// counts. Returns whether there was any.
+    pub fn unlock_user(&self, user: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let everywhere = self
+            .transaction
+            .execute("DELETE FROM user_locks WHERE user = ?1", [user])?;
+        let at_sources = self.transaction.execute(
+            "DELETE FROM failed_auth WHERE user = ?1 AND locked_until > ?2",
+            params![user, now.unix_timestamp()],
+        )?;
+        self.transaction
+            .execute("DELETE FROM failed_auth WHERE user = ?1", [user])?;
+        Ok(everywhere + at_sources > 0)
+    }
+}
+
+/// An operator's lock of a user everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLock {
+    pub user: String,
+    pub locked_at: OffsetDateTime,
+    /// The actor's label.
+    pub locked_by: String,
+    pub reason: String,
 }
 
 /// A session row as the session core writes it.

@@ -120,6 +120,11 @@ impl Bastion {
 
     /// Like `start_with`, with extra `[server]` lines.
     pub fn start_configured(server: &str, targets: impl FnOnce(&str) -> String) -> Bastion {
+        Bastion::start_full(server, "", targets)
+    }
+
+    /// Like `start_configured`, with extra `[access]` lines too.
+    pub fn start_full(server: &str, access: &str, targets: impl FnOnce(&str) -> String) -> Bastion {
         if std::env::var_os("PORTCULLIS_TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug,russh=info")
@@ -137,6 +142,9 @@ impl Bastion {
         let config = TestConfig::new("");
         if !server.is_empty() {
             config.add_server_lines(server);
+        }
+        if !access.is_empty() {
+            config.add_access_lines(access);
         }
         std::fs::create_dir_all(config.state_dir()).expect("state dir");
         let client_key = portcullis::keys::load_or_create(

@@ -539,6 +539,13 @@ impl TestConfig {
         std::fs::write(&self.path, text).expect("write config");
     }
 
+    /// Adds `lines` to the generated `[access]` section.
+    pub fn add_access_lines(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.path).expect("read config");
+        let text = text.replacen("[access]\n", &format!("[access]\n{lines}\n"), 1);
+        std::fs::write(&self.path, text).expect("write config");
+    }
+
     /// Replaces everything after the generated `[server]` and `[access]` sections.
     pub fn rewrite(&self, body: &str) {
         let text = std::fs::read_to_string(&self.path).expect("read config");

@@ -1,0 +1,160 @@
+//! The admission gate (issue #17): the one place the login sequence runs, for every front end.
+//!
+//! identity → source address allowed (`[access] ip_allow`, checked when the connection is
+//! accepted, and the user's own `ip_allow`: both must allow) → not locked → the credential the
+//! front end verified → login audited (fails closed). The front end checks the credential
+//! itself (an SSH signature, a token's signature), because only it speaks the protocol, and
+//! hands the gate the outcome; what follows (target, grant, session) is `Session::open`. Every
+//! refusal is audited and counted here, and returned as a `LoginRefusal` the front end only
+//! words for its protocol.
+//!
+//! **Architecture Invariant:** no front end audits a login or a failed login itself, or
+//! decides a lockout; the two front ends cannot drift apart because neither holds the sequence.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::access::lockout::{Failure, Lock};
+use crate::access::{Access, AccessError};
+
+/// The front ends, as audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Ssh,
+    Postgres,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Ssh => "ssh",
+            Protocol::Postgres => "postgres",
+        }
+    }
+}
+
+/// What the front end found of the client's credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Verified (a key signature, a token's signature and claims).
+    Valid,
+    /// Missing or wrong, with why (audited, never shown as more than "refused").
+    Invalid(&'static str),
+}
+
+/// Why a login was refused. Who caused it decides the wording: all but `Bastion` are the
+/// client's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginRefusal {
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    #[error("{user} may not log in from {address}")]
+    AddressNotAllowed { user: String, address: String },
+    #[error(
+        "account {user} is locked at {address} until {} after too many failed logins; \
+         try again then, or ask an operator to run: portcullis unlock {user}",
+        crate::clock::rfc3339(*until)
+    )]
+    LockedAtSource {
+        user: String,
+        address: String,
+        until: OffsetDateTime,
+    },
+    #[error(
+        "account {user} is locked by an operator; ask an operator to run: portcullis unlock {user}"
+    )]
+    LockedEverywhere { user: String },
+    #[error("invalid credential: {0}")]
+    BadProof(&'static str),
+    #[error("the bastion cannot check or record this login, so it is refused")]
+    Bastion,
+}
+
+/// A refusal and how long the front end waits before answering it (repeated failures from one
+/// address are answered later and later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: LoginRefusal,
+    pub delay: Duration,
+}
+
+/// Runs the sequence for a login of `user` from `source` with `proof`; `target` is what the
+/// login names, if anything (audited with it). Call on a blocking thread: it writes the store.
+pub fn login(
+    access: &Access,
+    user: &str,
+    source: IpAddr,
+    protocol: Protocol,
+    proof: Proof,
+    target: Option<&str>,
+) -> Result<(), Refused> {
+    let address = source.to_string();
+    let refuse = |refusal: LoginRefusal, failure: Failure| -> Refused {
+        let why = refusal.to_string();
+        match access.login_failed(user, &address, protocol.as_str(), &why, failure) {
+            Ok(delay) => Refused { refusal, delay },
+            Err(error) => {
+                tracing::error!(%error, "cannot audit a failed login");
+                Refused {
+                    refusal,
+                    delay: Duration::ZERO,
+                }
+            }
+        }
+    };
+    let config = access.config();
+    let Some(configured) = config.user(user) else {
+        return Err(refuse(
+            LoginRefusal::UnknownUser(user.to_string()),
+            Failure::Other,
+        ));
+    };
+    if !config.access.source_allowed(source) || !configured.source_allowed(source) {
+        return Err(refuse(
+            LoginRefusal::AddressNotAllowed {
+                user: user.to_string(),
+                address: address.clone(),
+            },
+            Failure::Other,
+        ));
+    }
+    match access.lock_of(user, &address) {
+        Ok(None) => {}
+        Ok(Some(Lock::AtSource { until })) => {
+            return Err(refuse(
+                LoginRefusal::LockedAtSource {
+                    user: user.to_string(),
+                    address: address.clone(),
+                    until,
+                },
+                Failure::Other,
+            ));
+        }
+        Ok(Some(Lock::Everywhere { .. })) => {
+            return Err(refuse(
+                LoginRefusal::LockedEverywhere {
+                    user: user.to_string(),
+                },
+                Failure::Other,
+            ));
+        }
+        Err(error) => return Err(bastion(error)),
+    }
+    if let Proof::Invalid(why) = proof {
+        return Err(refuse(LoginRefusal::BadProof(why), Failure::Credential));
+    }
+    // Fail closed: a login that cannot be audited does not happen.
+    access
+        .record_login(user, &address, protocol.as_str(), target)
+        .map_err(bastion)
+}
+
+fn bastion(error: AccessError) -> Refused {
+    tracing::error!(%error, "cannot check or audit a login; refusing it");
+    Refused {
+        refusal: LoginRefusal::Bastion,
+        delay: Duration::ZERO,
+    }
+}
