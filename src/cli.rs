@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Lock a user everywhere: refused at every login and decision, their grants revoked (which
+    /// ends their live sessions)
+    Lock {
+        user: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift every lock of a user (an operator's, and those after failed logins)
+    Unlock { user: String },
     /// Read and verify the audit log
     Audit {
         #[command(subcommand)]
@@ -233,6 +242,41 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 Ok(grant) => output.print(
                     grant_json(&grant),
                     format!("revoked {} ({} on {})", grant.id, grant.user, grant.target),
+                ),
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Lock { user, reason } => {
+            let actor = Actor::Operator(operator_name());
+            match access.lock_user(&actor, &user, &reason) {
+                Ok(revoked) => output.print(
+                    json!({ "user": user, "locked": true, "revoked_grants": revoked }),
+                    format!(
+                        "locked {user}; revoked grants: {}",
+                        if revoked.is_empty() {
+                            "none".to_string()
+                        } else {
+                            revoked.join(", ")
+                        }
+                    ),
+                ),
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Unlock { user } => {
+            let actor = Actor::Operator(operator_name());
+            match access.unlock_user(&actor, &user) {
+                Ok(()) => output.print(
+                    json!({ "user": user, "locked": false }),
+                    format!("unlocked {user}"),
                 ),
                 Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
                 Err(refusal) => {

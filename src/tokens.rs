@@ -92,6 +92,15 @@ impl TokenKey {
 
     /// A token for `grant`, valid until the grant's end.
     pub fn issue(&self, grant: &Grant, now: OffsetDateTime) -> Result<String, TokenError> {
+        self.issue_with_id(grant, now).map(|(token, _)| token)
+    }
+
+    /// A token and its `jti`, the id its issue is audited under (issue #17).
+    pub fn issue_with_id(
+        &self,
+        grant: &Grant,
+        now: OffsetDateTime,
+    ) -> Result<(String, String), TokenError> {
         let mut jti = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut jti);
         let claims = Claims {
@@ -103,8 +112,9 @@ impl TokenKey {
             exp: grant.ends_at.unix_timestamp(),
             jti: hex::encode(jti),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|_| TokenError::Invalid)
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok((token, claims.jti))
     }
 
     /// The claims of a well-signed HS256 token for our audience that has not expired at `now`.

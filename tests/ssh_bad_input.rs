@@ -9,7 +9,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::bastion::{Bastion, UNREACHED_TARGETS};
@@ -92,37 +91,14 @@ fn garbage_silence_and_stalls_are_disconnected() {
     still_serving(&bastion);
 }
 
-struct AcceptAny;
-
-impl russh::client::Handler for AcceptAny {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 #[test]
 fn hundreds_of_channels_are_capped_per_connection() {
     let bastion = bastion();
-    let key = russh::keys::load_secret_key(bastion.key("alice"), None).expect("alice's key");
-    let port = bastion.port();
-    let opened = bastion.runtime.block_on(async move {
-        let config = Arc::new(russh::client::Config::default());
-        let mut handle = russh::client::connect(config, ("127.0.0.1", port), AcceptAny)
+    let opened = bastion.runtime.block_on(async {
+        let handle = bastion
+            .russh_client("alice", "alice")
             .await
-            .expect("connect");
-        let authenticated = handle
-            .authenticate_publickey(
-                "alice",
-                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
-            )
-            .await
-            .expect("authenticate");
-        assert!(authenticated.success());
+            .expect("alice logs in");
         let mut channels = Vec::new();
         let mut refused = 0;
         for _ in 0..300 {

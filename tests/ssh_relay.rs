@@ -1046,3 +1046,212 @@ fn a_subsystem_the_target_refuses_is_refused_promptly() {
     assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("subsystem request failed"), "{stderr}");
 }
+
+/// The `file.operation` details audited so far.
+fn file_operations(bastion: &Bastion) -> Vec<Value> {
+    bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "file.operation")
+        .map(|event| event["detail"].clone())
+        .collect()
+}
+
+#[test]
+fn issue_17_data_sent_before_the_command_is_recorded_as_input() {
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let marker = sshd.dir.path().join("ran-early-input");
+    let early = format!("echo early-bytes > {}\n", marker.display());
+    let exit = bastion.runtime.block_on(async {
+        let handle = bastion
+            .russh_client("alice", "alice+web-1")
+            .await
+            .expect("alice logs in");
+        let mut channel = handle.channel_open_session().await.expect("a channel");
+        // The attack: data first, then the command that reads it from stdin.
+        channel.data(early.as_bytes()).await.expect("early data");
+        channel.exec(true, "sh").await.expect("exec");
+        channel.eof().await.expect("eof");
+        let mut status = None;
+        while let Some(message) = channel.wait().await {
+            if let russh::ChannelMsg::ExitStatus { exit_status } = message {
+                status = Some(exit_status);
+            }
+        }
+        status
+    });
+    assert_eq!(exit, Some(0));
+    // It ran, so it must be in the recording as input.
+    assert!(marker.exists(), "the early bytes reached the command");
+    let input: String = wait_for("the recording", Duration::from_secs(10), || {
+        recordings(&bastion).into_iter().next()
+    })
+    .1
+    .iter()
+    .filter(|line| line[1] == "i")
+    .filter_map(|line| line[2].as_str().map(str::to_string))
+    .collect();
+    assert!(input.contains("early-bytes"), "{input:?}");
+}
+
+#[test]
+fn issue_17_subsystems_other_than_sftp_are_refused_and_audited() {
+    // The target would serve this one: relayed, it would run unrecorded.
+    let (bastion, _sshd) = bastion_and_configured_sshd(None, "", "Subsystem echoer /bin/cat\n");
+    bastion.grant("alice", "web-1", hour());
+    let mut child = bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .args(["-s", "echoer"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"unrecorded bytes\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).is_empty());
+    let refused = bastion.wait_for_event("subsystem.refused");
+    assert_eq!(refused["detail"]["name"], "echoer", "{refused}");
+}
+
+#[test]
+fn issue_17_sftp_rename_chmod_chown_and_links_are_audited() {
+    let (bastion, sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let dir = sshd.dir.path();
+    std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+    let uid = run(Command::new("id").arg("-u")).1.trim().to_string();
+    let local = tempfile::tempdir().unwrap();
+    let batch = local.path().join("batch");
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        &batch,
+        format!(
+            "rename {a} {b}\nchmod 600 {b}\nchown {uid} {b}\nln {b} {hard}\nln -s {b} {soft}\n",
+            a = path("a.txt"),
+            b = path("b.txt"),
+            hard = path("hard.txt"),
+            soft = path("soft.txt"),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(require_binary("sftp", &[], "openssh-client"));
+    command
+        .args(support::client_options(
+            &bastion.known_hosts,
+            &bastion.key("alice"),
+        ))
+        .arg("-b")
+        .arg(&batch)
+        .args(["-P", &bastion.port().to_string(), "alice+web-1@127.0.0.1"]);
+    let (code, _, stderr) = run(&mut command);
+    assert_eq!(code, 0, "sftp: {stderr}");
+    assert!(dir.join("hard.txt").exists() && dir.join("soft.txt").exists());
+    let operations = wait_for("the sftp operations", Duration::from_secs(10), || {
+        let operations = file_operations(&bastion);
+        operations
+            .iter()
+            .any(|op| op["operation"] == "symlink")
+            .then_some(operations)
+    });
+    let has = |operation: &str, path: &str, check: &dyn Fn(&Value) -> bool| {
+        operations
+            .iter()
+            .any(|op| op["operation"] == operation && op["path"] == path && check(op))
+    };
+    assert!(
+        has("rename", &path("a.txt"), &|op| op["to"] == path("b.txt")),
+        "{operations:#?}"
+    );
+    assert!(
+        has("setstat", &path("b.txt"), &|op| op["attributes"]
+            == "mode=600"),
+        "{operations:#?}"
+    );
+    assert!(
+        has("setstat", &path("b.txt"), &|op| op["attributes"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("uid={uid}"))),
+        "{operations:#?}"
+    );
+    assert!(
+        has("hardlink", &path("hard.txt"), &|op| op["to"]
+            == path("b.txt")),
+        "{operations:#?}"
+    );
+    assert!(
+        has("symlink", &path("soft.txt"), &|op| op["to"]
+            == path("b.txt")),
+        "{operations:#?}"
+    );
+}
+
+#[test]
+fn issue_17_a_locked_user_is_told_and_their_grants_and_sessions_end() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let child = live_session(&bastion);
+    let (code, stdout, stderr) = run(&mut bastion.config.portcullis(&[
+        "lock",
+        "alice",
+        "--reason",
+        "laptop stolen",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let locked: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(locked["revoked_grants"].as_array().unwrap().len(), 1);
+    // The live session is cut within the second the revoke is seen.
+    let (status, _) = finish(child);
+    assert_ne!(status, Some(0));
+    for login in ["alice", "alice+web-1"] {
+        let (code, _, stderr) = bastion.ssh_with(&bastion.key("alice"), login, &["targets"]);
+        assert_eq!(code, 1, "{login}");
+        assert!(
+            stderr.contains("locked by an operator"),
+            "{login}: {stderr}"
+        );
+    }
+    // Decisions are refused too (Slack clicks go through the same core).
+    assert!(matches!(
+        bastion.access().request("alice", "web-1", None, "again"),
+        Err(portcullis::access::AccessError::Locked(_))
+    ));
+    let (code, _, stderr) = run(&mut bastion.config.portcullis(&["unlock", "alice"]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = bastion.ssh("alice", &["targets"]);
+    assert_eq!(code, 0, "{stderr}");
+    let types = bastion.audit_types();
+    assert!(types.contains(&"user.locked".to_string()));
+    assert!(types.contains(&"user.unlocked".to_string()));
+}
+
+#[test]
+fn issue_17_failed_ssh_logins_count_towards_the_lock_at_that_address() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    for _ in 0..5 {
+        // bob's key under alice's name: a failed login from 127.0.0.1.
+        let (code, _, _) = bastion.ssh_with(&bastion.key("bob"), "alice", &["targets"]);
+        assert_eq!(code, 255);
+    }
+    wait_for("the lock", Duration::from_secs(10), || {
+        bastion
+            .audit_types()
+            .contains(&"user.locked".to_string())
+            .then_some(())
+    });
+    let (code, _, stderr) = bastion.ssh("alice", &["targets"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is locked at 127.0.0.1 until"), "{stderr}");
+    // bob, at the same address, is not locked.
+    let (code, _, stderr) = bastion.ssh("bob", &["targets"]);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -170,10 +170,14 @@ pub enum AuditEvent {
         session_id: String,
         user: String,
         target: String,
-        /// `file`, `remove`, `rename`, `mkdir`, `rmdir`, or `untracked`.
+        /// `read`, `write`, `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`,
+        /// `hardlink`, `copy`, `extended`, or `untracked`.
         operation: &'static str,
         path: String,
         to: Option<String>,
+        /// For `setstat`: what was set (`mode=600 uid=0`); for `copy`: `length=N`. In the
+        /// detail only when set.
+        attributes: Option<String>,
         bytes_read: u64,
         bytes_written: u64,
     },
@@ -249,6 +253,13 @@ pub enum AuditEvent {
     ConnectionRefused {
         source: String,
         protocol: &'static str,
+    },
+    /// A subsystem other than SFTP asked for on a target session, refused (issue #17).
+    SubsystemRefused {
+        session_id: String,
+        user: String,
+        target: String,
+        name: String,
     },
     /// A database access token was issued (issue #17).
     TokenIssued {
@@ -543,6 +554,7 @@ impl AuditEvent {
                 operation,
                 path,
                 to,
+                attributes,
                 bytes_read,
                 bytes_written,
             } => {
@@ -551,6 +563,9 @@ impl AuditEvent {
                 entry.session_id = Some(session_id.clone());
                 detail = json!({ "operation": operation, "path": path, "to": to,
                     "bytes_read": bytes_read, "bytes_written": bytes_written });
+                if let Some(attributes) = attributes {
+                    detail["attributes"] = json!(attributes);
+                }
             }
             // Written once, in `into_entry` (the query writer's path).
             AuditEvent::PgQuery { .. } => return self.clone().into_entry(),
@@ -625,6 +640,17 @@ impl AuditEvent {
                 detail = json!({ "source": source, "protocol": protocol,
                     "why": "address not in [access] ip_allow" });
             }
+            AuditEvent::SubsystemRefused {
+                session_id,
+                user,
+                target,
+                name,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                detail = json!({ "name": name });
+            }
             AuditEvent::TokenIssued {
                 user,
                 target,
@@ -676,6 +702,7 @@ impl AuditEvent {
             AuditEvent::SourceRefused { .. } => "source.refused",
             AuditEvent::ConnectionRefused { .. } => "connection.refused",
             AuditEvent::TokenIssued { .. } => "token.issued",
+            AuditEvent::SubsystemRefused { .. } => "subsystem.refused",
         }
     }
 }

@@ -67,6 +67,17 @@ impl RecordingHealth {
     }
 }
 
+/// A file operation as audited, whatever protocol carried it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileOperation {
+    pub operation: &'static str,
+    pub path: String,
+    pub to: Option<String>,
+    pub attributes: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
 /// Why a session could not start; the front end words it for its protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionRefusal {
@@ -438,24 +449,31 @@ impl Session {
         }
     }
 
-    /// Audits a file operation of a transfer. Call on a blocking thread.
-    pub fn file_operation(
-        &self,
-        operation: &'static str,
-        path: String,
-        to: Option<String>,
-        bytes_read: u64,
-        bytes_written: u64,
-    ) {
+    /// Audits a refused subsystem request. Call on a blocking thread.
+    pub fn subsystem_refused(&self, name: &str) {
+        let event = AuditEvent::SubsystemRefused {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            name: name.to_string(),
+        };
+        if let Err(error) = self.inner.access.record(&event) {
+            tracing::error!(%error, "cannot audit a refused subsystem");
+        }
+    }
+
+    /// Audits a file operation (SFTP, scp). Call on a blocking thread.
+    pub fn file_operation(&self, operation: FileOperation) {
         let event = AuditEvent::FileOperation {
             session_id: self.inner.id.clone(),
             user: self.inner.user.clone(),
             target: self.inner.target.name.clone(),
-            operation,
-            path,
-            to,
-            bytes_read,
-            bytes_written,
+            operation: operation.operation,
+            path: operation.path,
+            to: operation.to,
+            attributes: operation.attributes,
+            bytes_read: operation.bytes_read,
+            bytes_written: operation.bytes_written,
         };
         if let Err(error) = self.inner.access.record(&event) {
             tracing::error!(%error, "cannot audit a file operation");

@@ -162,7 +162,19 @@ struct ChannelState {
     transfer: relay::SharedTransfer,
     /// What the client sends, when the bastion serves this channel itself (prompt, waiting).
     input: Option<mpsc::Sender<ClientEvent>>,
+    /// A relayed channel's shell, exec or subsystem started on the target (a forward from the
+    /// start). Until then its data and EOF are held (issue #17): data sent before the command
+    /// would otherwise reach its stdin unrecorded.
+    started: bool,
+    /// Data the client sent before the command started, recorded and sent once it does.
+    early: Vec<u8>,
+    /// EOF the client sent before the command started, sent after `early`.
+    early_eof: bool,
 }
+
+/// Data a client may send on a channel before its command starts; past it the channel closes.
+/// OpenSSH sends none; russh's window lets a client send 2 MiB.
+const MAX_EARLY: usize = 2 * 1024 * 1024;
 
 impl Connection {
     /// A flag that turns true once this connection has authenticated.
@@ -435,6 +447,7 @@ impl russh::server::Handler for Connection {
                     to_target: Some(to_target),
                     upstream: Some(write),
                     forward: Some(forward.clone()),
+                    started: true,
                     ..ChannelState::default()
                 };
                 if let Some(live) = &self.target {
@@ -513,7 +526,12 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(to_target) = self
+        if let Some(state) = self.channels.get_mut(&channel)
+            && state.to_target.is_some()
+            && !state.started
+        {
+            state.early_eof = true;
+        } else if let Some(to_target) = self
             .channels
             .get(&channel)
             .and_then(|state| state.to_target.as_ref())
@@ -536,42 +554,22 @@ impl russh::server::Handler for Connection {
             let _ = input.send(ClientEvent::Data(data.to_vec())).await;
             return Ok(());
         }
-        let Some(live) = &self.target else {
+        let Some(state) = self.channels.get_mut(&channel) else {
             return Ok(());
         };
-        let Some(state) = self.channels.get(&channel) else {
-            return Ok(());
-        };
-        let Some(upstream) = &state.upstream else {
-            return Ok(());
-        };
-        live.session.count_in(data.len());
-        if let Some(forward) = &state.forward {
-            forward
-                .bytes_up
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        if state.record_input
-            && let Some(cast) = state.recorder.get()
-            && !cast.input(data).await
-        {
-            let pty = state.pty_flag.load(Ordering::Relaxed);
-            let _ = upstream.close().await;
-            relay::cut(
-                &session.handle(),
-                channel,
-                pty,
-                "recording failed; the session was ended",
-            )
-            .await;
+        if state.upstream.is_some() && !state.started {
+            if state.early.len() + data.len() > MAX_EARLY {
+                tracing::info!(source = %self.source, "channel closed: too much data before its command");
+                if let Some(upstream) = &state.upstream {
+                    let _ = upstream.close().await;
+                }
+                let _ = session.close(channel);
+                return Ok(());
+            }
+            state.early.extend_from_slice(data);
             return Ok(());
         }
-        relay::observe_transfer(&live.session, &state.transfer, data, true).await;
-        if let Some(to_target) = &state.to_target
-            && !to_target.data(data).await
-        {
-            tracing::debug!("upstream channel closed while writing");
-        }
+        self.forward_input(channel, data, session).await;
         Ok(())
     }
 
@@ -782,6 +780,65 @@ enum Start {
 }
 
 impl Connection {
+    /// Counts, records and observes what the client sent on a started relayed channel, then
+    /// sends it to the target.
+    async fn forward_input(&self, channel: ChannelId, data: &[u8], session: &mut Session) {
+        let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) else {
+            return;
+        };
+        let Some(upstream) = &state.upstream else {
+            return;
+        };
+        live.session.count_in(data.len());
+        if let Some(forward) = &state.forward {
+            forward
+                .bytes_up
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if state.record_input
+            && let Some(cast) = state.recorder.get()
+            && !cast.input(data).await
+        {
+            let pty = state.pty_flag.load(Ordering::Relaxed);
+            let _ = upstream.close().await;
+            relay::cut(
+                &session.handle(),
+                channel,
+                pty,
+                "recording failed; the session was ended",
+            )
+            .await;
+            return;
+        }
+        relay::observe_transfer(&live.session, &state.transfer, data, true).await;
+        if let Some(to_target) = &state.to_target
+            && !to_target.data(data).await
+        {
+            tracing::debug!("upstream channel closed while writing");
+        }
+    }
+
+    /// The command started on the target: what the client sent before goes now, recorded.
+    async fn release_early(&mut self, channel: ChannelId, session: &mut Session) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        state.started = true;
+        let early = std::mem::take(&mut state.early);
+        let eof = std::mem::take(&mut state.early_eof);
+        if !early.is_empty() {
+            self.forward_input(channel, &early, session).await;
+        }
+        if eof
+            && let Some(to_target) = self
+                .channels
+                .get(&channel)
+                .and_then(|state| state.to_target.as_ref())
+        {
+            to_target.eof().await;
+        }
+    }
+
     /// Tells a locked account's channel why, and closes it.
     fn tell_locked(
         &mut self,
@@ -919,6 +976,16 @@ impl Connection {
         let Some(upstream) = &state.upstream else {
             return session.channel_failure(channel);
         };
+        if let Start::Subsystem(name) = &start
+            && (name != "sftp" || live.container.is_some())
+        {
+            // Issue #17: only SFTP is observed, so any other subsystem would run unrecorded; and
+            // file transfer into containers is not offered (it would land on the host).
+            let (session_core, name) = (live.session.clone(), name.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || session_core.subsystem_refused(&name)).await;
+            return session.channel_failure(channel);
+        }
         let command = match &start {
             Start::Exec(command) => Some(String::from_utf8_lossy(command).into_owned()),
             _ => None,
@@ -960,9 +1027,8 @@ impl Connection {
                 upstream.exec(true, command).await
             }
             (None, Start::Subsystem(name)) => {
-                if name == "sftp"
-                    && let Ok(mut slot) = state.transfer.lock()
-                {
+                // Only `sftp` gets here (`start_relayed` refuses the others).
+                if let Ok(mut slot) = state.transfer.lock() {
                     *slot = Some(relay::Transfer::Sftp(SftpObserver::default()));
                 }
                 upstream.request_subsystem(true, name).await
@@ -985,12 +1051,13 @@ impl Connection {
                 );
                 upstream.exec(true, line).await
             }
-            // File transfer into containers is not offered: refuse rather than land on the host.
+            // Refused above.
             (Some(_), Start::Subsystem(_)) => return session.channel_failure(channel),
         };
         if forwarded.is_err() {
             return session.channel_failure(channel);
         }
+        self.release_early(channel, session).await;
         Ok(())
     }
 

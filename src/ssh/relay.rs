@@ -96,29 +96,7 @@ pub async fn audit_file_ops(session: &Session, ops: Vec<FileOp>) {
     let session = session.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for op in ops {
-            match op {
-                FileOp::File {
-                    path,
-                    write,
-                    bytes_read,
-                    bytes_written,
-                } => session.file_operation(
-                    if write { "write" } else { "read" },
-                    path,
-                    None,
-                    bytes_read,
-                    bytes_written,
-                ),
-                FileOp::Remove { path } => session.file_operation("remove", path, None, 0, 0),
-                FileOp::Rename { from, to } => {
-                    session.file_operation("rename", from, Some(to), 0, 0)
-                }
-                FileOp::Mkdir { path } => session.file_operation("mkdir", path, None, 0, 0),
-                FileOp::Rmdir { path } => session.file_operation("rmdir", path, None, 0, 0),
-                FileOp::Untracked { why } => {
-                    session.file_operation("untracked", why.to_string(), None, 0, 0)
-                }
-            }
+            session.file_operation(op.into_record());
         }
     })
     .await;

@@ -1,12 +1,17 @@
 //! A sans-IO observer of the SFTP protocol (v3, as OpenSSH speaks it), for the audit log.
 //!
 //! It sees both directions of an `sftp` subsystem channel as they pass and turns them into file
-//! operations: a file opened and closed with its read and written byte totals, removes, renames,
-//! directories made and removed. File content is counted, never kept. It only observes: the bytes
+//! operations: a file opened and closed with its read and written byte totals, removes, renames
+//! (plain and `posix-rename@openssh.com`), directories made and removed, attribute changes
+//! (setstat, fsetstat, `lsetstat@openssh.com`: chmod, chown, utime, truncate), symbolic and hard
+//! links, server-side copies (`copy-data`), and any other extension request by name (issue #17:
+//! nothing that changes the target goes unaudited). File content is counted, never kept. It only observes: the bytes
 //! are relayed whatever it thinks of them, and a stream it cannot follow (a packet over the size
 //! limit, a malformed packet) makes it stop and say so once, without ever panicking.
 
 use std::collections::HashMap;
+
+use crate::session::FileOperation;
 
 /// Packets larger than this are not SFTP as any client sends it; tracking stops.
 const MAX_PACKET: usize = 1024 * 1024;
@@ -18,7 +23,11 @@ const FXP_WRITE: u8 = 6;
 const FXP_REMOVE: u8 = 13;
 const FXP_MKDIR: u8 = 14;
 const FXP_RMDIR: u8 = 15;
+const FXP_SETSTAT: u8 = 9;
+const FXP_FSETSTAT: u8 = 10;
 const FXP_RENAME: u8 = 18;
+const FXP_SYMLINK: u8 = 20;
+const FXP_EXTENDED: u8 = 200;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
 const FXP_DATA: u8 = 103;
@@ -47,10 +56,89 @@ pub enum FileOp {
     Rmdir {
         path: String,
     },
+    /// Attributes set on a path (or an open file's path): `size=`, `uid=`, `gid=`, `mode=`,
+    /// `atime=`, `mtime=`.
+    SetStat {
+        path: String,
+        attributes: String,
+    },
+    /// A symbolic link at `link` pointing to `target`.
+    Symlink {
+        link: String,
+        target: String,
+    },
+    /// A hard link `link` to the existing `existing`.
+    Hardlink {
+        existing: String,
+        link: String,
+    },
+    /// A server-side copy between two open files (`copy-data`): `length` 0 means to the end.
+    Copy {
+        from: String,
+        to: String,
+        length: u64,
+    },
+    /// An extension request not followed otherwise, by name.
+    Extended {
+        name: String,
+    },
     /// The stream stopped being followable; later operations are not audited individually.
     Untracked {
         why: &'static str,
     },
+}
+
+impl FileOp {
+    /// The operation as the session core audits it.
+    pub fn into_record(self) -> FileOperation {
+        let (operation, path, to) = match self {
+            FileOp::File {
+                path,
+                write,
+                bytes_read,
+                bytes_written,
+            } => {
+                return FileOperation {
+                    operation: if write { "write" } else { "read" },
+                    path,
+                    bytes_read,
+                    bytes_written,
+                    ..FileOperation::default()
+                };
+            }
+            FileOp::SetStat { path, attributes } => {
+                return FileOperation {
+                    operation: "setstat",
+                    path,
+                    attributes: Some(attributes),
+                    ..FileOperation::default()
+                };
+            }
+            FileOp::Copy { from, to, length } => {
+                return FileOperation {
+                    operation: "copy",
+                    path: from,
+                    to: Some(to),
+                    attributes: Some(format!("length={length}")),
+                    ..FileOperation::default()
+                };
+            }
+            FileOp::Remove { path } => ("remove", path, None),
+            FileOp::Rename { from, to } => ("rename", from, Some(to)),
+            FileOp::Mkdir { path } => ("mkdir", path, None),
+            FileOp::Rmdir { path } => ("rmdir", path, None),
+            FileOp::Symlink { link, target } => ("symlink", link, Some(target)),
+            FileOp::Hardlink { existing, link } => ("hardlink", link, Some(existing)),
+            FileOp::Extended { name } => ("extended", name, None),
+            FileOp::Untracked { why } => ("untracked", why.to_string(), None),
+        };
+        FileOperation {
+            operation,
+            path,
+            to,
+            ..FileOperation::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -207,8 +295,74 @@ impl SftpObserver {
             FXP_RMDIR => Some(FileOp::Rmdir {
                 path: reader.text()?,
             }),
+            FXP_SETSTAT => Some(FileOp::SetStat {
+                path: reader.text()?,
+                attributes: attributes(&mut reader)?,
+            }),
+            FXP_FSETSTAT => {
+                let handle = reader.string()?;
+                Some(FileOp::SetStat {
+                    path: self.path_of(handle),
+                    attributes: attributes(&mut reader)?,
+                })
+            }
+            // OpenSSH sends the target first and the link second (the reverse of the draft).
+            FXP_SYMLINK => Some(FileOp::Symlink {
+                target: reader.text()?,
+                link: reader.text()?,
+            }),
+            FXP_EXTENDED => self.extended(&mut reader)?,
             _ => None,
         })
+    }
+
+    /// An extension request: the ones that change the target are followed, the read-only ones
+    /// OpenSSH sends are passed over, and any other is audited by name. `None`: malformed.
+    fn extended(&mut self, reader: &mut Reader<'_>) -> Option<Option<FileOp>> {
+        let name = reader.text()?;
+        Some(Some(match name.as_str() {
+            "limits@openssh.com"
+            | "expand-path@openssh.com"
+            | "statvfs@openssh.com"
+            | "fstatvfs@openssh.com"
+            | "home-directory"
+            | "users-groups-by-id@openssh.com"
+            | "fsync@openssh.com"
+            | "check-file-name"
+            | "check-file-handle" => return Some(None),
+            "posix-rename@openssh.com" => FileOp::Rename {
+                from: reader.text()?,
+                to: reader.text()?,
+            },
+            "hardlink@openssh.com" => FileOp::Hardlink {
+                existing: reader.text()?,
+                link: reader.text()?,
+            },
+            "lsetstat@openssh.com" => FileOp::SetStat {
+                path: reader.text()?,
+                attributes: attributes(reader)?,
+            },
+            "copy-data" => {
+                let from = reader.string()?;
+                let _offset = reader.u64()?;
+                let length = reader.u64()?;
+                let to = reader.string()?;
+                FileOp::Copy {
+                    from: self.path_of(from),
+                    to: self.path_of(to),
+                    length,
+                }
+            }
+            _ => FileOp::Extended { name },
+        }))
+    }
+
+    /// The path an open handle was opened with, or the handle as hex.
+    fn path_of(&self, handle: &[u8]) -> String {
+        self.open.get(handle).map_or_else(
+            || format!("<handle {}>", hex::encode(handle)),
+            |file| file.path.clone(),
+        )
     }
 
     fn server_packet(&mut self, packet: &[u8]) -> Option<Option<FileOp>> {
@@ -250,6 +404,39 @@ impl SftpObserver {
         }
         Some(None)
     }
+}
+
+/// SFTP v3 ATTRS as text: the fields the flags say are present.
+fn attributes(reader: &mut Reader<'_>) -> Option<String> {
+    const SIZE: u32 = 0x1;
+    const UIDGID: u32 = 0x2;
+    const PERMISSIONS: u32 = 0x4;
+    const ACMODTIME: u32 = 0x8;
+    const EXTENDED: u32 = 0x8000_0000;
+    let flags = reader.u32()?;
+    let mut parts = Vec::new();
+    if flags & SIZE != 0 {
+        parts.push(format!("size={}", reader.u64()?));
+    }
+    if flags & UIDGID != 0 {
+        parts.push(format!("uid={}", reader.u32()?));
+        parts.push(format!("gid={}", reader.u32()?));
+    }
+    if flags & PERMISSIONS != 0 {
+        parts.push(format!("mode={:o}", reader.u32()? & 0o7777));
+    }
+    if flags & ACMODTIME != 0 {
+        parts.push(format!("atime={}", reader.u32()?));
+        parts.push(format!("mtime={}", reader.u32()?));
+    }
+    if flags & EXTENDED != 0 {
+        let count = reader.u32()?;
+        for _ in 0..count.min(64) {
+            parts.push(format!("{}=…", reader.text()?));
+            reader.string()?;
+        }
+    }
+    Some(parts.join(" "))
 }
 
 /// Reads SFTP's big-endian integers and length-prefixed strings; `None` past the end.
@@ -383,6 +570,105 @@ mod tests {
                 bytes_read: 300,
                 bytes_written: 0
             }]
+        );
+    }
+
+    #[test]
+    fn issue_17_attribute_changes_links_copies_and_extensions_are_operations() {
+        let mut observer = SftpObserver::default();
+        let mut mode = 0x4u32.to_be_bytes().to_vec();
+        mode.extend_from_slice(&0o100600u32.to_be_bytes());
+        let mut owner = 0x2u32.to_be_bytes().to_vec();
+        owner.extend_from_slice(&1000u32.to_be_bytes());
+        owner.extend_from_slice(&1001u32.to_be_bytes());
+        let extended = |name: &[u8], rest: &[&[u8]]| {
+            let mut body = vec![string(name)];
+            body.extend(rest.iter().map(|part| part.to_vec()));
+            let parts: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
+            packet(FXP_EXTENDED, Some(9), &parts)
+        };
+        let cases: Vec<(Vec<u8>, FileOp)> = vec![
+            (
+                packet(FXP_SETSTAT, Some(1), &[&string(b"/etc/app.conf"), &mode]),
+                FileOp::SetStat {
+                    path: "/etc/app.conf".into(),
+                    attributes: "mode=600".into(),
+                },
+            ),
+            (
+                packet(FXP_SETSTAT, Some(2), &[&string(b"/srv/x"), &owner]),
+                FileOp::SetStat {
+                    path: "/srv/x".into(),
+                    attributes: "uid=1000 gid=1001".into(),
+                },
+            ),
+            (
+                packet(FXP_FSETSTAT, Some(3), &[&string(b"h9"), &mode]),
+                FileOp::SetStat {
+                    path: "<handle 6839>".into(),
+                    attributes: "mode=600".into(),
+                },
+            ),
+            (
+                packet(
+                    FXP_SYMLINK,
+                    Some(4),
+                    &[&string(b"/etc/shadow"), &string(b"/tmp/s")],
+                ),
+                FileOp::Symlink {
+                    target: "/etc/shadow".into(),
+                    link: "/tmp/s".into(),
+                },
+            ),
+            (
+                extended(
+                    b"posix-rename@openssh.com",
+                    &[&string(b"/a"), &string(b"/b")],
+                ),
+                FileOp::Rename {
+                    from: "/a".into(),
+                    to: "/b".into(),
+                },
+            ),
+            (
+                extended(b"hardlink@openssh.com", &[&string(b"/a"), &string(b"/c")]),
+                FileOp::Hardlink {
+                    existing: "/a".into(),
+                    link: "/c".into(),
+                },
+            ),
+            (
+                extended(
+                    b"copy-data",
+                    &[
+                        &string(b"h1"),
+                        &0u64.to_be_bytes(),
+                        &0u64.to_be_bytes(),
+                        &string(b"h2"),
+                        &0u64.to_be_bytes(),
+                    ],
+                ),
+                FileOp::Copy {
+                    from: "<handle 6831>".into(),
+                    to: "<handle 6832>".into(),
+                    length: 0,
+                },
+            ),
+            (
+                extended(b"vendor-wipe@example.com", &[&string(b"/")]),
+                FileOp::Extended {
+                    name: "vendor-wipe@example.com".into(),
+                },
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(observer.client(&bytes), [expected]);
+        }
+        // The read-only extensions OpenSSH sends are passed over.
+        assert!(
+            observer
+                .client(&extended(b"statvfs@openssh.com", &[&string(b"/")]))
+                .is_empty()
         );
     }
 

@@ -258,6 +258,29 @@ impl Bastion {
         command
     }
 
+    /// A russh client logged in as `login` with `user`'s key, for what OpenSSH never sends
+    /// (issue #17). `None` when the login is refused.
+    pub async fn russh_client(
+        &self,
+        user: &str,
+        login: &str,
+    ) -> Option<russh::client::Handle<AcceptAnyHostKey>> {
+        let key = russh::keys::load_secret_key(self.key(user), None).expect("the user's key");
+        let config = Arc::new(russh::client::Config::default());
+        let mut handle =
+            russh::client::connect(config, ("127.0.0.1", self.port()), AcceptAnyHostKey)
+                .await
+                .expect("connect");
+        let authenticated = handle
+            .authenticate_publickey(
+                login,
+                russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+            )
+            .await
+            .expect("authenticate");
+        authenticated.success().then_some(handle)
+    }
+
     /// `ssh -p PORT login@127.0.0.1 args...` with `key` only, stdin closed.
     pub fn ssh_with(&self, key: &Path, login: &str, args: &[&str]) -> (i32, String, String) {
         run(self
@@ -291,6 +314,20 @@ impl Bastion {
             .iter()
             .filter_map(|event| event["type"].as_str().map(str::to_string))
             .collect()
+    }
+}
+
+/// A russh client handler that trusts the bastion's host key (the test started it).
+pub struct AcceptAnyHostKey;
+
+impl russh::client::Handler for AcceptAnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
     }
 }
 
