@@ -368,21 +368,7 @@ fn token(
         Some(crate::config::TargetKind::Postgres(_)) => {}
         Some(_) => return Err(AccessError::NotADatabase(target.to_string())),
     }
-    let key = access.token_key().ok_or(AccessError::NoTokenKey)?;
-    let grant = access
-        .active_grant(user, target)?
-        .ok_or_else(|| AccessError::NoActiveGrant(target.to_string()))?;
-    let (token, jti) = key
-        .issue_with_id(&grant, access.now())
-        .map_err(|_| AccessError::NoTokenKey)?;
-    // Issue #17: a token that cannot be audited is not handed out.
-    access.record(&crate::audit::AuditEvent::TokenIssued {
-        user: user.to_string(),
-        target: target.to_string(),
-        grant_id: grant.id.clone(),
-        jti,
-        expires_at: grant.ends_at,
-    })?;
+    let (token, grant) = access.issue_token(user, target)?;
     let (host, port) = &access.config().server.postgres_public_address;
     let line = [host.as_str(), &port.to_string(), target, user, &token]
         .map(pgpass_field)

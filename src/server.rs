@@ -189,7 +189,12 @@ impl Server {
             }
         }
         let access = self.access.clone();
-        tokio::task::spawn_blocking(move || access.record(&AuditEvent::ServerStopped)).await??;
+        tokio::task::spawn_blocking(move || {
+            // Refusals counted in the last minute are not lost with the process.
+            access.flush_failures(true)?;
+            access.record(&AuditEvent::ServerStopped)
+        })
+        .await??;
         tracing::info!("stopped");
         Ok(())
     }
@@ -224,6 +229,7 @@ async fn expiry_task(access: Access, mut shutdown: watch::Receiver<bool>) {
             let now = worker.now();
             worker.sweep()?;
             worker.announce_ended_since(scan_from)?;
+            worker.flush_failures(false)?;
             Ok::<_, crate::access::AccessError>(now)
         })
         .await;

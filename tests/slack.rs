@@ -710,3 +710,53 @@ fn two_slack_approvals_open_a_real_session_and_a_revoke_click_cuts_it() {
     assert_ne!(output.status.code(), Some(0));
     assert!(stderr.contains("grant revoked by bob"), "{stderr}");
 }
+
+#[test]
+fn issue_17_failed_logins_alert_once_a_minute_per_address_escaped() {
+    let slack = FakeSlack::start();
+    let (bastion, _secrets) = bastion_with_slack(&format!(
+        "api_url = \"{}\"\nalerts_channel = \"CALERTS\"\n",
+        slack.api_url()
+    ));
+    // Names chosen to ping the channel and show a link, were they not escaped (stock ssh
+    // refuses such names, so a russh client sends them).
+    for name in [
+        "<!channel>",
+        "<https://evil.example|click>",
+        "mallory",
+        "mallory",
+    ] {
+        let refused = bastion
+            .runtime
+            .block_on(async { bastion.russh_client("bob", name).await.is_none() });
+        assert!(refused, "{name}");
+    }
+    wait_for("the failures counted", Duration::from_secs(10), || {
+        (bastion
+            .audit_types()
+            .iter()
+            .filter(|kind| *kind == "auth_failed")
+            .count()
+            == 4)
+            .then_some(())
+    });
+    assert!(
+        slack.calls("chat.postMessage").is_empty(),
+        "not one alert each"
+    );
+    bastion.advance(Duration::from_secs(61));
+    let alert = wait_for("the folded alert", Duration::from_secs(15), || {
+        slack
+            .calls("chat.postMessage")
+            .into_iter()
+            .find(|call| call["channel"] == "CALERTS")
+    });
+    let text = alert["text"].as_str().unwrap();
+    assert!(text.contains("4 refused logins from 127.0.0.1"), "{text}");
+    assert!(text.contains("&lt;!channel&gt;"), "{text}");
+    assert!(
+        !text.contains("<!channel>") && !text.contains("<https://"),
+        "{text}"
+    );
+    assert_eq!(slack.calls("chat.postMessage").len(), 1);
+}

@@ -74,6 +74,18 @@ const CONFINED: &[(&str, &[&str], &[&str])] = &[
         &["src/store/", "src/postgres/"],
     ),
     ("HTTP", &["axum", "hyper"], &["src/web/"]),
+    // Issue #17: only the core builds audit events; front ends say what happened through it.
+    (
+        "audit events",
+        &["AuditEvent::"],
+        &[
+            "src/audit/",
+            "src/access/",
+            "src/session/",
+            "src/store/",
+            "src/server.rs",
+        ],
+    ),
 ];
 
 #[test]

@@ -173,6 +173,26 @@ impl Access {
         self.token_key.as_ref()
     }
 
+    /// A database access token for `user`'s active grant on `target`, audited as
+    /// `token.issued` with its id (issue #17); a token that cannot be audited is not issued.
+    pub fn issue_token(&self, user: &str, target: &str) -> Result<(String, Grant), AccessError> {
+        let key = self.token_key().ok_or(AccessError::NoTokenKey)?;
+        let grant = self
+            .active_grant(user, target)?
+            .ok_or_else(|| AccessError::NoActiveGrant(target.to_string()))?;
+        let (token, jti) = key
+            .issue_with_id(&grant, self.now())
+            .map_err(|_| AccessError::NoTokenKey)?;
+        self.record(&AuditEvent::TokenIssued {
+            user: user.to_string(),
+            target: target.to_string(),
+            grant_id: grant.id.clone(),
+            jti,
+            expires_at: grant.ends_at,
+        })?;
+        Ok((token, grant))
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

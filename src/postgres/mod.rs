@@ -29,7 +29,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access::Access;
 use crate::access::lockout::Failure;
-use crate::audit::AuditEvent;
 use crate::config::TargetKind;
 use crate::recording::FLUSH_INTERVAL;
 use crate::recording::querylog::{QueryLog, Statement, StatementDetail, StatementProtocol};
@@ -370,17 +369,13 @@ impl Client {
 
     /// Audits a session refused after the login (no grant, a refused startup parameter).
     async fn audit_refused(&self, user: &str, target: &str, why: &str) {
-        let event = AuditEvent::SessionRefused {
+        let refusal = admit::Refusal::Session {
             user: user.to_string(),
             target: target.to_string(),
             source: self.source.clone(),
             why: why.to_string(),
         };
-        let access = self.access.clone();
-        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!("cannot audit a refused database session");
-        }
+        admit::refused(&self.access, refusal).await;
     }
 
     /// Connects upstream with the injected credential and hands the client its session start.
@@ -404,7 +399,8 @@ impl Client {
                     "target {} refused the bastion: {error}",
                     session.target().name
                 );
-                self.refused_session(&session, &why).await;
+                self.audit_refused(session.user(), &session.target().name, &why)
+                    .await;
                 end_session(&session, "target_unreachable").await;
                 refuse(&mut wire, "08001", &why).await;
                 return None;
@@ -464,17 +460,6 @@ impl Client {
             cancel_key,
             cancel,
         })
-    }
-
-    async fn refused_session(&self, session: &Session, why: &str) {
-        let event = AuditEvent::SessionRefused {
-            user: session.user().to_string(),
-            target: session.target().name.clone(),
-            source: self.source.clone(),
-            why: why.to_string(),
-        };
-        let access = self.access.clone();
-        let _ = tokio::task::spawn_blocking(move || access.record(&event)).await;
     }
 
     fn forget(&self, key: (i32, i32)) {

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use crate::access::lockout::{Failure, Lock};
 use crate::access::{Access, AccessError};
+use crate::audit::AuditEvent;
 
 /// The front ends, as audited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,63 @@ pub fn login(
     access
         .record_login(user, &address, protocol.as_str(), target)
         .map_err(bastion)
+}
+
+/// A refusal after the login, which the core audits: the front ends only say which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A target session refused (no grant, unreachable target, a refused startup parameter).
+    Session {
+        user: String,
+        target: String,
+        source: String,
+        why: String,
+    },
+    /// A port forward refused.
+    Forward {
+        user: String,
+        target: String,
+        destination: String,
+        why: String,
+    },
+    /// An HTTP request to an approval endpoint that failed verification.
+    Webhook { path: String, why: String },
+}
+
+/// Audits a refusal off the runtime. `false` when it could not be written (the refusal stands).
+pub async fn refused(access: &Access, refusal: Refusal) -> bool {
+    let event = match refusal {
+        Refusal::Session {
+            user,
+            target,
+            source,
+            why,
+        } => AuditEvent::SessionRefused {
+            user,
+            target,
+            source,
+            why,
+        },
+        Refusal::Forward {
+            user,
+            target,
+            destination,
+            why,
+        } => AuditEvent::PortForwardRefused {
+            user,
+            target,
+            destination,
+            why,
+        },
+        Refusal::Webhook { path, why } => AuditEvent::WebhookRejected { path, why },
+    };
+    let access = access.clone();
+    let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
+    let written = matches!(recorded, Ok(Ok(())));
+    if !written {
+        tracing::error!("cannot audit a refusal");
+    }
+    written
 }
 
 fn bastion(error: AccessError) -> Refused {

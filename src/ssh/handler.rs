@@ -26,7 +26,6 @@ use super::sftp::SftpObserver;
 use super::upstream::{self, Upstream};
 use super::wait;
 use crate::access::Access;
-use crate::audit::AuditEvent;
 use crate::commands::{self, CommandOutput};
 use crate::config::TargetKind;
 use crate::recording::Capture;
@@ -470,7 +469,7 @@ impl russh::server::Handler for Connection {
                 reply.accept().await;
             }
             Err(why) => {
-                let event = AuditEvent::PortForwardRefused {
+                let refusal = admit::Refusal::Forward {
                     user: self
                         .login
                         .as_ref()
@@ -484,8 +483,7 @@ impl russh::server::Handler for Connection {
                     destination,
                     why: why.to_string(),
                 };
-                let access = self.access.clone();
-                let _ = tokio::task::spawn_blocking(move || access.record(&event)).await;
+                admit::refused(&self.access, refusal).await;
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)
                     .await;
@@ -1319,17 +1317,13 @@ impl Reach {
     }
 
     async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
-        let event = AuditEvent::SessionRefused {
+        let refusal = admit::Refusal::Session {
             user: user.to_string(),
             target: target.to_string(),
             source: self.source.clone(),
             why: why.to_string(),
         };
-        let access = self.access.clone();
-        let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!("cannot audit a refused session");
-        }
+        admit::refused(&self.access, refusal).await;
     }
 }
 

@@ -191,12 +191,16 @@ pub struct Tx<'a> {
     alert: bool,
 }
 
-/// The audit events that are security alerts.
-const ALERTING_EVENTS: [&str; 6] = [
-    "auth_failed",
+/// The audit events that are security alerts. Failed logins alert once per address and minute
+/// (`source.refused`), not once each (issue #17).
+const ALERTING_EVENTS: [&str; 9] = [
+    "source.refused",
+    "user.locked",
+    "user.targeted",
     "decision_refused",
     "revoke_refused",
     "session_refused",
+    "subsystem.refused",
     "recording.failed",
     "webhook.rejected",
 ];

@@ -36,7 +36,7 @@ use slack_morphism::events::{
 use slack_morphism::signature_verifier::SlackEventSignatureVerifier;
 
 use crate::access::{Access, Approved};
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::Actor;
 use crate::web::slack_notify::{Api, mrkdwn};
 
 /// Slack's requests are small; anything larger is refused before any verification work.
@@ -404,15 +404,11 @@ async fn verify(
     match checked {
         Ok(text) => Ok(text),
         Err(why) => {
-            let access = slack.inner.access.clone();
-            let event = AuditEvent::WebhookRejected {
+            let refusal = crate::session::admit::Refusal::Webhook {
                 path: path.to_string(),
                 why: why.to_string(),
             };
-            let recorded = tokio::task::spawn_blocking(move || access.record(&event)).await;
-            if !matches!(recorded, Ok(Ok(()))) {
-                tracing::error!("cannot audit a rejected slack request");
-            }
+            crate::session::admit::refused(&slack.inner.access, refusal).await;
             tracing::warn!(path, why, "slack request rejected");
             Err((StatusCode::UNAUTHORIZED, why).into_response())
         }

@@ -269,6 +269,23 @@ fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
         .as_deref()
         .map_or_else(|| "-".to_string(), |actor| mention(access, actor));
     let detail: Value = serde_json::from_str(&record.detail).unwrap_or(Value::Null);
+    if let (Some(source), Some(failures)) = (detail["source"].as_str(), detail["failures"].as_u64())
+        && record.event_type == "source.refused"
+    {
+        let names: Vec<String> = detail["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(mrkdwn)
+            .collect();
+        return format!(
+            ":warning: {failures} refused logins from {} in a minute, as: {} (audit #{})",
+            mrkdwn(source),
+            names.join(", "),
+            record.seq
+        );
+    }
     let why = detail["why"]
         .as_str()
         .or_else(|| detail["error"].as_str())
