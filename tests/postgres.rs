@@ -1652,3 +1652,77 @@ fn issue_17_five_bad_tokens_lock_the_user_at_that_address_until_unlocked() {
         "connected"
     );
 }
+
+#[test]
+fn issue_17_a_slow_target_is_not_cut_by_the_handshake_deadline_and_its_session_ends() {
+    // A "database" that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().take(4) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "unused").unwrap();
+    let bastion = Bastion::start_configured("postgres_allow_plaintext = true", |_| {
+        format!(
+            "[limits]\nhandshake_timeout = \"1s\"\nupstream_connect_timeout = \"3s\"\n\n\
+             [[targets]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"{address}\"\n\
+             database = \"postgres\"\nlogin = \"x\"\npassword_file = \"{}\"\ntls = \"disable\"\n\
+             requestable_by = [\"engineer\"]\napprovers = [\"leader\"]\n",
+            password_file.display()
+        )
+    });
+    let runtime = client_runtime();
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    let error = connect(&runtime, &bastion, "alice", "prod-db", &alice)
+        .err()
+        .unwrap();
+    let database_error = error.as_db_error().unwrap();
+    assert_eq!(database_error.code().code(), "08001", "{error}");
+    assert!(database_error.message().contains("within 3s"), "{error}");
+    let ended = bastion.wait_for_event("session.ended");
+    assert_eq!(ended["detail"]["reason"], "target_unreachable", "{ended}");
+}
+
+#[test]
+fn issue_17_cancel_requests_with_unknown_keys_are_audited_folded_and_slowed() {
+    let (bastion, _postgres) = bastion_and_postgres("");
+    let mut cancel = vec![0, 0, 0, 16];
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&1234i32.to_be_bytes());
+    cancel.extend_from_slice(&5678i32.to_be_bytes());
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        assert!(raw_exchange(bastion.postgres_port(), &cancel).is_empty());
+    }
+    // The 4th, 5th and 6th wait 0.25, 0.5 and 1 s before the bastion closes them.
+    assert!(started.elapsed() >= Duration::from_millis(1_700));
+    let audited = |kind: &str| {
+        bastion
+            .audit()
+            .into_iter()
+            .filter(|event| event["type"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let one_by_one = wait_for("the first refusals", Duration::from_secs(10), || {
+        let events = audited("connection.refused");
+        (events.len() == 5).then_some(events)
+    });
+    assert!(
+        one_by_one[0]["detail"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("cancel")
+    );
+    bastion.advance(Duration::from_secs(61));
+    let folded = wait_for("the folded refusals", Duration::from_secs(10), || {
+        audited("source.refused").into_iter().next()
+    });
+    assert_eq!(folded["detail"]["failures"], 6, "{folded}");
+}

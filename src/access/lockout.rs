@@ -46,6 +46,25 @@ pub enum Lock {
     Everywhere { by: String, reason: String },
 }
 
+/// Why a connection was refused before any login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// Its address is not in `[access] ip_allow`.
+    AddressNotAllowed,
+    /// A PostgreSQL CancelRequest whose key no live session holds.
+    UnknownCancelKey,
+}
+
+impl ConnectionRefusal {
+    /// As audited (and in the names of a folded `source.refused`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionRefusal::AddressNotAllowed => "(address not in ip_allow)",
+            ConnectionRefusal::UnknownCancelKey => "(cancel with an unknown key)",
+        }
+    }
+}
+
 /// What a failure counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -238,31 +257,35 @@ impl Access {
         Ok(delay)
     }
 
-    /// A connection refused when accepted (its address is not in `[access] ip_allow`):
-    /// audited the way failed logins are, folded per address and minute.
+    /// A connection refused before any login (its address is not in `[access] ip_allow`, a
+    /// cancel request with a key nobody holds): audited the way failed logins are, folded per
+    /// address and minute. Returns how long to wait before answering it.
     pub fn connection_refused(
         &self,
         source: &str,
         protocol: &'static str,
-    ) -> Result<(), AccessError> {
+        why: ConnectionRefusal,
+    ) -> Result<Duration, AccessError> {
         let now = self.now();
         let mut events = Vec::new();
-        let (individually, _) =
-            self.sources
-                .lock()
-                .map_err(|_| poisoned())?
-                .count(source, "-", now, &mut events);
+        let (individually, delay) = self.sources.lock().map_err(|_| poisoned())?.count(
+            source,
+            why.label(),
+            now,
+            &mut events,
+        );
         if individually {
             events.push(AuditEvent::ConnectionRefused {
                 source: source.to_string(),
                 protocol,
+                why: why.label(),
             });
         }
         if !events.is_empty() {
             self.store
                 .write(|tx| tx.append_audits(&events, now).map(|_| ()))?;
         }
-        Ok(())
+        Ok(delay)
     }
 
     /// Audits the folded failures of every address whose minute ended (of all, at shutdown).

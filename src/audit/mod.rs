@@ -249,10 +249,12 @@ pub enum AuditEvent {
         /// The login names tried, at most `MAX_NAMES_KEPT` of them.
         names: Vec<String>,
     },
-    /// A connection refused when accepted: its address is not in `[access] ip_allow`.
+    /// A connection refused before any login: its address is not in `[access] ip_allow`, or
+    /// a cancel request carried a key no live session holds.
     ConnectionRefused {
         source: String,
         protocol: &'static str,
+        why: &'static str,
     },
     /// A subsystem other than SFTP asked for on a target session, refused (issue #17).
     SubsystemRefused {
@@ -636,9 +638,12 @@ impl AuditEvent {
             } => {
                 detail = json!({ "source": source, "failures": failures, "names": names });
             }
-            AuditEvent::ConnectionRefused { source, protocol } => {
-                detail = json!({ "source": source, "protocol": protocol,
-                    "why": "address not in [access] ip_allow" });
+            AuditEvent::ConnectionRefused {
+                source,
+                protocol,
+                why,
+            } => {
+                detail = json!({ "source": source, "protocol": protocol, "why": why });
             }
             AuditEvent::SubsystemRefused {
                 session_id,

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::Access;
+use crate::access::lockout::ConnectionRefusal;
 use crate::access::lockout::Failure;
 use crate::config::TargetKind;
 use crate::recording::FLUSH_INTERVAL;
@@ -78,7 +79,10 @@ pub async fn serve(
             drop(tcp);
             let (access, source) = (access.clone(), peer.ip().to_string());
             tokio::task::spawn_blocking(move || {
-                if access.connection_refused(&source, "postgres").is_err() {
+                if access
+                    .connection_refused(&source, "postgres", ConnectionRefusal::AddressNotAllowed)
+                    .is_err()
+                {
                     tracing::error!("cannot audit a refused postgres connection");
                 }
             });
@@ -100,12 +104,13 @@ pub async fn serve(
                 cancels,
                 writer,
             };
-            let ready =
-                tokio::time::timeout(deadline, client.establish(Box::new(tcp), &acceptor)).await;
-            match ready {
-                Ok(Some(ready)) => client.relay(ready).await,
-                Ok(None) => {}
-                Err(_) => tracing::info!(peer = %client.peer, "postgres startup timed out"),
+            // Issue #17: the handshake deadline covers only what the client controls before it
+            // is authenticated; the upstream login has its own (`upstream_connect_timeout`), so
+            // a slow target still ends the session it opened, audited.
+            if let Some(authenticated) = client.admit(Box::new(tcp), &acceptor, deadline).await
+                && let Some(ready) = client.open_upstream(authenticated).await
+            {
+                client.relay(ready).await;
             }
         });
     }
@@ -133,6 +138,17 @@ struct Started {
     tls: bool,
 }
 
+/// The client said who it is, which target, and presented its token; nothing is checked yet.
+struct Presented {
+    wire: Wire,
+    parameters: Vec<(String, String)>,
+    user: String,
+    target_name: String,
+    token: String,
+    /// The command that gets a token, for the refusal.
+    token_hint: String,
+}
+
 /// Authenticated, with an open session on the target's grant.
 struct Authenticated {
     wire: Wire,
@@ -153,10 +169,28 @@ struct Ready {
 }
 
 impl Client {
-    async fn establish(&self, stream: Box<dyn Stream>, acceptor: &TlsAcceptor) -> Option<Ready> {
-        let started = self.startup(stream, acceptor).await?;
-        let authenticated = self.authenticate(started).await?;
-        self.open_upstream(authenticated).await
+    /// TLS, the startup packet and the token within `deadline` (what a client controls before
+    /// it is authenticated), then the checks, which the deadline does not cut: a session they
+    /// open is always ended and audited.
+    async fn admit(
+        &self,
+        stream: Box<dyn Stream>,
+        acceptor: &TlsAcceptor,
+        deadline: Duration,
+    ) -> Option<Authenticated> {
+        let presented = tokio::time::timeout(deadline, async {
+            let started = self.startup(stream, acceptor).await?;
+            self.present(started).await
+        })
+        .await;
+        match presented {
+            Ok(Some(presented)) => self.authenticate(presented).await,
+            Ok(None) => None,
+            Err(_) => {
+                tracing::info!(peer = %self.peer, "postgres startup timed out");
+                None
+            }
+        }
     }
 
     /// TLS, GSS refusal, cancel requests, and the startup packet.
@@ -217,12 +251,28 @@ impl Client {
             .and_then(|cancels| cancels.get(&(pid, secret)).cloned());
         match target {
             Some(target) => upstream::cancel(&target.address, target.pid, target.secret).await,
-            None => tracing::info!(peer = %self.peer, "cancel request with an unknown key ignored"),
+            None => {
+                // Issue #17: guessing keys is audited (folded per address and minute) and slowed.
+                let (access, source) = (self.access.clone(), self.source.clone());
+                let counted = tokio::task::spawn_blocking(move || {
+                    access.connection_refused(
+                        &source,
+                        "postgres",
+                        ConnectionRefusal::UnknownCancelKey,
+                    )
+                })
+                .await;
+                match counted {
+                    Ok(Ok(delay)) => tokio::time::sleep(delay).await,
+                    _ => tracing::error!("cannot audit a refused cancel request"),
+                }
+            }
         }
     }
 
-    /// The token check, the grant check and the session: the security sequence for Postgres.
-    async fn authenticate(&self, started: Started) -> Option<Authenticated> {
+    /// Who the client says it is, which target, and its token: everything read from the client
+    /// before the bastion checks anything.
+    async fn present(&self, started: Started) -> Option<Presented> {
         let Started {
             mut wire,
             parameters,
@@ -283,6 +333,28 @@ impl Client {
             }
             Err(_) => return None,
         };
+        Some(Presented {
+            wire,
+            parameters,
+            user,
+            target_name,
+            token,
+            token_hint,
+        })
+    }
+
+    /// The token, the admission gate, the grant and the session: the security sequence, run
+    /// once the client has said everything (no client stall can interrupt it).
+    async fn authenticate(&self, presented: Presented) -> Option<Authenticated> {
+        let Presented {
+            mut wire,
+            parameters,
+            user,
+            target_name,
+            token,
+            token_hint,
+        } = presented;
+        let config = self.access.config();
         let checked = {
             let (access, user, target, source, parameters) = (
                 self.access.clone(),

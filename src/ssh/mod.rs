@@ -23,6 +23,7 @@ use russh::keys::PrivateKey;
 use russh::server::Server as _;
 
 use crate::access::Access;
+use crate::access::lockout::ConnectionRefusal;
 pub use login::Login;
 
 /// Input writer tasks alive in this process (for the resource test of issue #3).
@@ -79,7 +80,10 @@ pub async fn serve(
             drop(socket);
             let (access, source) = (gatekeeper.clone(), peer.ip().to_string());
             tokio::task::spawn_blocking(move || {
-                if access.connection_refused(&source, "ssh").is_err() {
+                if access
+                    .connection_refused(&source, "ssh", ConnectionRefusal::AddressNotAllowed)
+                    .is_err()
+                {
                     tracing::error!("cannot audit a refused ssh connection");
                 }
             });
