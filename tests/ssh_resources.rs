@@ -26,3 +26,29 @@ fn a_refused_channel_leaves_no_input_writer_behind() {
         (portcullis::ssh::input_writers() == 0).then_some(())
     });
 }
+
+/// Issue #17: a connection with no channel left (an idle ControlMaster, `ssh -N`) inside the
+/// expiry-warning window: the warning has nobody to go to. The grant supervisor re-armed it and
+/// was woken again at once, spinning a core; it must wake about once a second at most.
+#[test]
+fn issue_17_the_grant_supervisor_does_not_spin_without_channels() {
+    let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
+    bastion.grant("alice", "web-1", Duration::from_secs(3_600));
+    bastion.runtime.block_on(async {
+        let handle = bastion
+            .russh_client("alice", "alice+web-1")
+            .await
+            .expect("alice logs in");
+        let mut channel = handle.channel_open_session().await.expect("a channel");
+        channel.exec(true, "true").await.expect("exec");
+        while channel.wait().await.is_some() {}
+        // Into the 5-minute warning window, with no channel to warn.
+        bastion.advance(Duration::from_secs(56 * 60));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = portcullis::ssh::supervisor_wakeups();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let woken = portcullis::ssh::supervisor_wakeups() - before;
+        assert!(woken <= 5, "woken {woken} times in 3 s");
+        drop(handle);
+    });
+}

@@ -502,6 +502,8 @@ impl Session {
             ended: self.inner.access.subscribe_ended(),
             stopping: self.inner.access.subscribe_stopping(),
             warned: false,
+            quiet_until: None,
+            tick: None,
             ticks: 0,
         }
     }
@@ -572,8 +574,16 @@ pub struct GrantWatch {
     ended: broadcast::Receiver<GrantEnded>,
     stopping: tokio::sync::watch::Receiver<bool>,
     warned: bool,
+    /// A re-armed warning is not given again before this (issue #17: with nobody to warn, the
+    /// supervisor re-armed it and was woken at once, again and again).
+    quiet_until: Option<tokio::time::Instant>,
+    /// Kept across calls: a fresh interval ticks at once, so each call would check at once.
+    tick: Option<tokio::time::Interval>,
     ticks: u64,
 }
+
+/// How long a re-armed warning waits before it is given again.
+const REWARN_AFTER: Duration = Duration::from_secs(1);
 
 use crate::access::model::GrantEnded;
 
@@ -589,7 +599,23 @@ impl GrantWatch {
         let inner = &self.session.inner;
         let target = inner.target.name.clone();
         let grant_id = inner.grant.id.clone();
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = self.tick.take().unwrap_or_else(|| {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        let notice = self.wait(&mut tick, target, grant_id).await;
+        self.tick = Some(tick);
+        notice
+    }
+
+    async fn wait(
+        &mut self,
+        tick: &mut tokio::time::Interval,
+        target: String,
+        grant_id: String,
+    ) -> Notice {
+        let inner = &self.session.inner;
         let mut stopping = self.stopping.clone();
         loop {
             tokio::select! {
@@ -634,7 +660,10 @@ impl GrantWatch {
                         return self.ended_notice(GrantState::Expired).await;
                     }
                     let warning = inner.access.config().access.expiry_warning;
-                    if !self.warned && now + warning >= inner.grant.ends_at {
+                    let quiet = self
+                        .quiet_until
+                        .is_some_and(|until| tokio::time::Instant::now() < until);
+                    if !self.warned && !quiet && now + warning >= inner.grant.ends_at {
                         self.warned = true;
                         let ends_at = inner.grant.ends_at;
                         return Notice::Warning(ExpiryWarning {
@@ -648,9 +677,10 @@ impl GrantWatch {
         }
     }
 
-    /// Gives the warning again later: nobody was there to see it.
+    /// Gives the warning again later (in a second): nobody was there to see it.
     pub fn rearm_warning(&mut self) {
         self.warned = false;
+        self.quiet_until = Some(tokio::time::Instant::now() + REWARN_AFTER);
     }
 
     /// The grant's state if the store says it is no longer active (fails closed on errors).

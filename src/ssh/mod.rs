@@ -31,6 +31,11 @@ pub fn input_writers() -> usize {
     relay::input_writers()
 }
 
+/// Notices grant supervisors woke for in this process (for the resource test of issue #17).
+pub fn supervisor_wakeups() -> u64 {
+    relay::supervisor_wakeups()
+}
+
 /// Serves SSH on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

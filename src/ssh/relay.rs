@@ -124,6 +124,13 @@ enum Input {
 /// Input writer tasks alive, counted so a test can see that none is left behind.
 static INPUT_WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Times a grant supervisor woke for a notice, process-wide (for the resource test of issue #17).
+static SUPERVISOR_WAKEUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn supervisor_wakeups() -> u64 {
+    SUPERVISOR_WAKEUPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn input_writers() -> usize {
     INPUT_WRITERS.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -445,6 +452,7 @@ pub async fn supervise(
             notice = watch.next() => notice,
             _ = &mut stop => return,
         };
+        SUPERVISOR_WAKEUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let channels: Vec<(ChannelId, bool)> = live
             .lock()
             .map(|channels| channels.iter().map(|(id, pty)| (*id, *pty)).collect())
