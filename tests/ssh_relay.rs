@@ -484,6 +484,12 @@ fn locale_and_terminal_env_reach_the_target_and_nothing_else() {
         .stdin(Stdio::null()));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "lang=C.UTF-8 sneaky=unset");
+    // Issue #17: what was forwarded is in the recording; what was refused is not.
+    let (_, lines) = wait_for("the recording", Duration::from_secs(10), || {
+        recordings(&bastion).into_iter().next()
+    });
+    assert_eq!(lines[0]["env"]["LANG"], "C.UTF-8", "{}", lines[0]);
+    assert!(lines[0]["env"].get("PORTCULLIS_SNEAKY").is_none());
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct Header {
     /// The command, for exec channels.
     pub command: Option<String>,
     pub term: Option<String>,
+    /// Environment variables the client set on the target, shown in the header's `env` after
+    /// the terminal type.
+    pub env: Vec<(String, String)>,
 }
 
 /// The width and height used when the client gave none (exec without a pty, or a zero size).
@@ -57,8 +60,15 @@ pub fn header_line(header: &Header) -> String {
     if let Some(command) = &header.command {
         object.insert("command".into(), json!(command));
     }
+    let mut env = Map::new();
     if let Some(term) = &header.term {
-        object.insert("env".into(), json!({ "TERM": term }));
+        env.insert("TERM".into(), json!(term));
+    }
+    for (name, value) in &header.env {
+        env.insert(name.clone(), json!(value));
+    }
+    if !env.is_empty() {
+        object.insert("env".into(), Value::Object(env));
     }
     format!("{}\n", Value::Object(object))
 }
@@ -427,12 +437,14 @@ mod tests {
             title: "alice → web-1".to_string(),
             command: Some("uptime".to_string()),
             term: Some("xterm-256color".to_string()),
+            env: vec![("LANG".to_string(), "C.UTF-8".to_string())],
         };
         let line = header_line(&header);
         let value: Value = serde_json::from_str(&line).unwrap_or_default();
         assert_eq!(value["version"], 2);
         assert_eq!(value["timestamp"], 1_700_000_000);
         assert_eq!(value["env"]["TERM"], "xterm-256color");
+        assert_eq!(value["env"]["LANG"], "C.UTF-8");
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
 
         let cases = [

@@ -385,6 +385,7 @@ mod tests {
             title: "alice → web-1".into(),
             command: None,
             term: None,
+            env: Vec::new(),
         }
     }
 

@@ -167,9 +167,14 @@ struct ChannelState {
     started: bool,
     /// Data the client sent before the command started, recorded and sent once it does.
     early: Vec<u8>,
+    /// Environment variables forwarded to the target, for the recording's header.
+    env: Vec<(String, String)>,
     /// EOF the client sent before the command started, sent after `early`.
     early_eof: bool,
 }
+
+/// Environment variables kept for a channel's recording header (a client may send any number).
+const MAX_ENV: usize = 64;
 
 /// Data a client may send on a channel before its command starts; past it the channel closes.
 /// OpenSSH sends none; russh's window lets a client send 2 MiB.
@@ -634,6 +639,13 @@ impl russh::server::Handler for Connection {
                 {
                     return session.channel_failure(channel);
                 }
+                if let Some(state) = self.channels.get_mut(&channel)
+                    && state.env.len() < MAX_ENV
+                {
+                    state
+                        .env
+                        .push((variable_name.to_string(), variable_value.to_string()));
+                }
                 Ok(())
             }
             None if allowed => session.channel_success(channel),
@@ -990,12 +1002,16 @@ impl Connection {
         };
         // SFTP and scp traffic is not a terminal: it is audited per file operation, not cast.
         if !matches!(start, Start::Subsystem(_)) {
+            let plan = RecordingPlan {
+                index: state.index,
+                pty: state.pty.as_ref(),
+                command,
+                env: state.env.clone(),
+            };
             let started = start_recording(
                 &self.access,
                 &live.session,
-                state.index,
-                state.pty.as_ref(),
-                command,
+                plan,
                 &state.recorder,
                 &self.casts,
             )
@@ -1341,16 +1357,32 @@ pub(super) enum RecordingStart {
     Broken,
 }
 
+/// What a channel's recording starts with.
+pub(super) struct RecordingPlan<'a> {
+    /// The channel's index within the session.
+    pub index: u32,
+    pub pty: Option<&'a Pty>,
+    /// For exec channels.
+    pub command: Option<String>,
+    /// Environment variables forwarded to the target (issue #17: everything that changes the
+    /// session is in its record).
+    pub env: Vec<(String, String)>,
+}
+
 /// Opens the asciicast recording of a shell or exec channel and puts it in `recorder`.
 pub(super) async fn start_recording(
     access: &Access,
     session: &crate::session::Session,
-    index: u32,
-    pty: Option<&Pty>,
-    command: Option<String>,
+    plan: RecordingPlan<'_>,
     recorder: &SharedRecorder,
     casts: &CastWriter,
 ) -> RecordingStart {
+    let RecordingPlan {
+        index,
+        pty,
+        command,
+        env,
+    } = plan;
     let capture = Capture {
         input: record_input(session.target()),
         terminal: pty.is_some(),
@@ -1366,6 +1398,7 @@ pub(super) async fn start_recording(
         title: session.title(),
         command,
         term: pty.map(|pty| pty.term.clone()),
+        env,
     };
     let recording_session = session.clone();
     let created = tokio::task::spawn_blocking(move || {

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::container;
 use super::handler::{
-    LiveTarget, Pty, Reach, RecordingStart, UNRECORDABLE, record_input, start_recording,
+    LiveTarget, Pty, Reach, RecordingPlan, RecordingStart, UNRECORDABLE, record_input,
+    start_recording,
 };
 use super::prompt::{Action, ClientEvent, Filed, LineEditor, file_and_wait, say};
 use super::relay::{self, SharedRecorder, SharedTransfer};
@@ -170,12 +171,16 @@ impl Dialog {
         let requested = write
             .request_pty(false, &pty.term, pty.width, pty.height, 0, 0, &pty.modes)
             .await;
+        let plan = RecordingPlan {
+            index,
+            pty: Some(pty),
+            command: None,
+            env: Vec::new(),
+        };
         let started = start_recording(
             &self.reach.access,
             &live.session,
-            index,
-            Some(pty),
-            None,
+            plan,
             &recorder,
             &self.reach.casts,
         )
