@@ -737,9 +737,9 @@ fn check_token(
     parameters: &[(String, String)],
 ) -> Result<Session, TokenRefusal> {
     let key = access.token_key().ok_or(TokenRefusal::Bastion)?;
-    let claims = key.verify(token, access.now());
+    let claims = key.verify_signature(token);
     let proof = match &claims {
-        Err(_) => Proof::Invalid("invalid or expired token"),
+        Err(_) => Proof::Invalid("invalid token"),
         Ok(claims) if claims.sub != user => Proof::Invalid("token of another user"),
         Ok(_) => Proof::Valid,
     };
@@ -753,6 +753,12 @@ fn check_token(
     )
     .map_err(TokenRefusal::Login)?;
     let claims = claims.map_err(|_| TokenRefusal::Bastion)?;
+    if claims.exp <= access.now().unix_timestamp() {
+        return Err(TokenRefusal::NoGrant(format!(
+            "this token expired with its grant ({})",
+            claims.grant
+        )));
+    }
     if claims.target != target {
         return Err(TokenRefusal::NoGrant(format!(
             "this token is for {}, not {target}",
