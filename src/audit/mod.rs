@@ -144,7 +144,9 @@ pub enum AuditEvent {
         user: String,
         target: String,
         grant_id: String,
-        reason: String,
+        reason: &'static str,
+        /// Who caused the end: `client`, `target`, `bastion` or `grant`.
+        cause: &'static str,
         bytes_in: u64,
         bytes_out: u64,
     },
@@ -513,6 +515,7 @@ impl AuditEvent {
                 target,
                 grant_id,
                 reason,
+                cause,
                 bytes_in,
                 bytes_out,
             } => {
@@ -520,7 +523,8 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.grant_id = Some(grant_id.clone());
                 entry.session_id = Some(session_id.clone());
-                detail = json!({ "reason": reason, "bytes_in": bytes_in, "bytes_out": bytes_out });
+                detail = json!({ "reason": reason, "cause": cause, "bytes_in": bytes_in,
+                    "bytes_out": bytes_out });
             }
             AuditEvent::RecordingFinalized {
                 session_id,

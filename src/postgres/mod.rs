@@ -35,7 +35,7 @@ use crate::recording::FLUSH_INTERVAL;
 use crate::recording::querylog::{QueryLog, Statement, StatementDetail, StatementProtocol};
 use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::queries::{QueryRecording, QueryWriter};
-use crate::session::{Notice, Session, SessionRefusal};
+use crate::session::{EndReason, Notice, Session, SessionRefusal};
 use codec::{CodecError, MAX_MESSAGE, MAX_STARTUP, Startup, backend};
 use observe::Tracker;
 use upstream::Stream;
@@ -473,7 +473,7 @@ impl Client {
                 );
                 self.audit_refused(session.user(), &session.target().name, &why)
                     .await;
-                end_session(&session, "target_unreachable").await;
+                end_session(&session, EndReason::TargetUnreachable).await;
                 refuse(&mut wire, "08001", &why).await;
                 return None;
             }
@@ -485,7 +485,7 @@ impl Client {
                 // Fail closed: a database session that cannot be recorded does not run. The
                 // `continue` policy is not offered here: the query log is the session record.
                 let _ = session.recording_failed(&error);
-                end_session(&session, "recording_failed").await;
+                end_session(&session, EndReason::RecordingFailed).await;
                 let message =
                     "this session cannot be recorded, so it cannot run; tell the bastion operators";
                 refuse(&mut wire, "58030", message).await;
@@ -520,7 +520,7 @@ impl Client {
         hello.put_slice(&[b'Z', 0, 0, 0, 5, b'I']);
         if wire.stream.write_all(&hello).await.is_err() {
             self.forget(cancel_key);
-            end_session(&session, "closed").await;
+            end_session(&session, EndReason::Closed).await;
             return None;
         }
         Some(Ready {
@@ -619,18 +619,18 @@ impl Client {
                     }
                 },
                 tracked = &mut up => match tracked {
-                    Ok(()) => break "closed",
+                    Ok(()) => break EndReason::Closed,
                     Err(limit) => {
                         // Fail closed (issue #17): a message past the tracking limits is not
                         // forwarded, so nothing runs that the log would show as unknown.
                         let _ = control.try_send(Control::Refuse(limit.to_string()));
                         let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
                         upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
-                        break "tracking_limit";
+                        break EndReason::TrackingLimit;
                     }
                 },
                 ended = &mut down => match ended {
-                    Ok(()) => break "closed",
+                    Ok(()) => break EndReason::Closed,
                     Err(reason) => {
                         // A statement may still run upstream: it must not finish unrecorded.
                         upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
@@ -711,7 +711,7 @@ fn watch_lost(session: &Session) -> Notice {
             "access to {} ended: the bastion cannot check the grant",
             session.target().name
         ),
-        reason: "bastion_error",
+        reason: EndReason::BastionError,
     }
 }
 
@@ -900,7 +900,7 @@ async fn upstream_to_client(
     mut client: tokio::io::WriteHalf<Box<dyn Stream>>,
     mut controls: mpsc::Receiver<Control>,
     recording: Recording,
-) -> Result<(), &'static str> {
+) -> Result<(), EndReason> {
     let Recording {
         session,
         tracker,
@@ -910,7 +910,7 @@ async fn upstream_to_client(
     } = recording;
     loop {
         let Ok(whole) = codec::whole_messages(&buffer, MAX_MESSAGE) else {
-            return Err("target_protocol_error");
+            return Err(EndReason::TargetProtocolError);
         };
         // Only tracking here, before the answer goes on: the query writer serializes, hashes,
         // writes and audits off this path (`session::queries`).
@@ -921,7 +921,7 @@ async fn upstream_to_client(
                 }
                 (batch.len() >= HAND_OVER).then(|| take_batch(&mut batch))
             }
-            _ => return Err("recording_failed"),
+            _ => return Err(EndReason::RecordingFailed),
         };
         if whole > 0 {
             session.count_out(whole);
@@ -957,7 +957,7 @@ async fn upstream_to_client(
                     if recording.must_end() {
                         let message = "recording failed; the session was ended";
                         let _ = client.write_all(&backend::error("FATAL", "58030", message)).await;
-                        return Err("recording_failed");
+                        return Err(EndReason::RecordingFailed);
                     }
                     let batch = unrecorded
                         .lock()
@@ -1022,7 +1022,7 @@ async fn refuse(wire: &mut Wire, code: &str, message: &str) {
     let _ = wire.stream.shutdown().await;
 }
 
-async fn end_session(session: &Session, reason: &'static str) {
+async fn end_session(session: &Session, reason: EndReason) {
     let session = session.clone();
     let _ = tokio::task::spawn_blocking(move || session.end(reason)).await;
 }

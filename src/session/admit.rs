@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use crate::access::lockout::{Failure, Lock};
 use crate::access::{Access, AccessError};
 use crate::audit::AuditEvent;
+use crate::session::Cause;
 
 /// The front ends, as audited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,16 @@ pub enum LoginRefusal {
     BadProof(&'static str),
     #[error("the bastion cannot check or record this login, so it is refused")]
     Bastion,
+}
+
+impl LoginRefusal {
+    /// Who caused it: the client, but for a bastion that cannot check or record the login.
+    pub fn cause(&self) -> Cause {
+        match self {
+            LoginRefusal::Bastion => Cause::Bastion,
+            _ => Cause::Client,
+        }
+    }
 }
 
 /// A refusal and how long the front end waits before answering it (repeated failures from one

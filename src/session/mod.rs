@@ -67,6 +67,78 @@ impl RecordingHealth {
     }
 }
 
+/// Why a session ended: a closed set, written by name in `session.ended` with who caused it
+/// (issue #17: it decides what the user is told, what the audit says and whether to alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed the connection.
+    Closed,
+    /// Refused after it opened, by the bastion's configuration (a container's host that is not
+    /// an SSH target, a database target reached over SSH).
+    Refused,
+    TargetUnreachable,
+    /// The target sent what the bastion cannot follow.
+    TargetProtocolError,
+    RecordingFailed,
+    /// The client passed a per-connection limit of what the bastion tracks.
+    TrackingLimit,
+    GrantRevoked,
+    GrantExpired,
+    Shutdown,
+    /// The bastion could not keep the session time-boxed (its grant watch was lost).
+    BastionError,
+}
+
+/// Who caused a session's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Client,
+    Target,
+    Bastion,
+    /// The grant ended: revoked or expired.
+    Grant,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Refused => "refused",
+            EndReason::TargetUnreachable => "target_unreachable",
+            EndReason::TargetProtocolError => "target_protocol_error",
+            EndReason::RecordingFailed => "recording_failed",
+            EndReason::TrackingLimit => "tracking_limit",
+            EndReason::GrantRevoked => "grant_revoked",
+            EndReason::GrantExpired => "grant_expired",
+            EndReason::Shutdown => "shutdown",
+            EndReason::BastionError => "bastion_error",
+        }
+    }
+
+    pub fn cause(self) -> Cause {
+        match self {
+            EndReason::Closed | EndReason::TrackingLimit => Cause::Client,
+            EndReason::TargetUnreachable | EndReason::TargetProtocolError => Cause::Target,
+            EndReason::Refused
+            | EndReason::RecordingFailed
+            | EndReason::Shutdown
+            | EndReason::BastionError => Cause::Bastion,
+            EndReason::GrantRevoked | EndReason::GrantExpired => Cause::Grant,
+        }
+    }
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Client => "client",
+            Cause::Target => "target",
+            Cause::Bastion => "bastion",
+            Cause::Grant => "grant",
+        }
+    }
+}
+
 /// A file operation as audited, whatever protocol carried it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileOperation {
@@ -414,7 +486,7 @@ impl Session {
     }
 
     /// Ends the session once, with its byte counts and `reason`. Call on a blocking thread.
-    pub fn end(&self, reason: &str) {
+    pub fn end(&self, reason: EndReason) {
         if self.inner.ended.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -426,7 +498,8 @@ impl Session {
             user: self.inner.user.clone(),
             target: self.inner.target.name.clone(),
             grant_id: self.inner.grant.id.clone(),
-            reason: reason.to_string(),
+            reason: reason.as_str(),
+            cause: reason.cause().as_str(),
             bytes_in,
             bytes_out,
         };
@@ -436,14 +509,16 @@ impl Session {
                 bytes_out,
                 statements: self.inner.statements.load(Ordering::Relaxed),
             };
-            if tx.end_session(&self.inner.id, now, reason, totals)? {
+            if tx.end_session(&self.inner.id, now, reason.as_str(), totals)? {
                 tx.append_audit(&event, now)?;
             }
             Ok(())
         });
         match stored {
-            Ok(()) => tracing::info!(session = %self.inner.id, reason, bytes_in, bytes_out,
-                "session ended"),
+            Ok(()) => {
+                tracing::info!(session = %self.inner.id, reason = reason.as_str(), bytes_in, bytes_out,
+                "session ended")
+            }
             Err(error) => tracing::error!(session = %self.inner.id, %error,
                 "cannot record the end of a session"),
         }
@@ -522,10 +597,7 @@ pub enum Notice {
     /// `seconds_text` for PostgreSQL, as issues #3 and #4 fix them).
     Warning(ExpiryWarning),
     /// The grant ended; the text names why (`access to web-1 ended: grant revoked by bob`).
-    Ended {
-        message: String,
-        reason: &'static str,
-    },
+    Ended { message: String, reason: EndReason },
 }
 
 /// When a grant ends, told before it does.
@@ -634,7 +706,7 @@ impl GrantWatch {
                     Err(broadcast::error::RecvError::Closed) => {
                         return Notice::Ended {
                             message: format!("access to {target} ended: the bastion is shutting down"),
-                            reason: "shutdown",
+                            reason: EndReason::Shutdown,
                         };
                     }
                 },
@@ -643,7 +715,7 @@ impl GrantWatch {
                 () = stopped(&mut stopping) => {
                     return Notice::Ended {
                         message: format!("access to {target} ended: the bastion is shutting down"),
-                        reason: "shutdown",
+                        reason: EndReason::Shutdown,
                     };
                 }
                 _ = tick.tick() => {
@@ -712,12 +784,12 @@ impl GrantWatch {
                     .unwrap_or_else(|| "an approver".to_string());
                 Notice::Ended {
                     message: format!("access to {target} ended: grant revoked by {by}"),
-                    reason: "grant_revoked",
+                    reason: EndReason::GrantRevoked,
                 }
             }
             GrantState::Expired | GrantState::Active => Notice::Ended {
                 message: format!("access to {target} ended: grant expired"),
-                reason: "grant_expired",
+                reason: EndReason::GrantExpired,
             },
         }
     }

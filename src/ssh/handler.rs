@@ -30,9 +30,9 @@ use crate::commands::{self, CommandOutput};
 use crate::config::TargetKind;
 use crate::recording::Capture;
 use crate::recording::asciicast::{DEFAULT_SIZE, Header};
-use crate::session::SessionRefusal;
 use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::casts::CastWriter;
+use crate::session::{EndReason, SessionRefusal};
 
 /// Makes one `Connection` per accepted TCP connection.
 pub struct SshServer {
@@ -127,7 +127,7 @@ impl LiveTarget {
                 "en",
             )
             .await;
-        end_session(&self.session, "closed").await;
+        end_session(&self.session, EndReason::Closed).await;
     }
 }
 
@@ -1282,7 +1282,7 @@ impl Reach {
                         let why =
                             format!("the host of container target {target} is not an ssh target");
                         self.audit_refusal(user, target, &why).await;
-                        end_session(&opened, "refused").await;
+                        end_session(&opened, EndReason::Refused).await;
                         return Err(refused(why));
                     }
                 }
@@ -1291,7 +1291,7 @@ impl Reach {
                 let why =
                     format!("{target} is a PostgreSQL target: connect with psql to the bastion");
                 self.audit_refusal(user, target, &why).await;
-                end_session(&opened, "refused").await;
+                end_session(&opened, EndReason::Refused).await;
                 return Err(refused(why));
             }
         };
@@ -1326,7 +1326,7 @@ impl Reach {
                 let why = error.to_string();
                 tracing::warn!(target, %error, "cannot reach the target");
                 self.audit_refusal(user, target, &why).await;
-                end_session(&opened, "target_unreachable").await;
+                end_session(&opened, EndReason::TargetUnreachable).await;
                 Err(refused(why))
             }
         }
@@ -1427,7 +1427,7 @@ pub(super) fn record_input(target: &crate::config::Target) -> bool {
 }
 
 /// Ends a session from async code.
-async fn end_session(session: &crate::session::Session, reason: &'static str) {
+async fn end_session(session: &crate::session::Session, reason: EndReason) {
     let session = session.clone();
     let _ = tokio::task::spawn_blocking(move || session.end(reason)).await;
 }

@@ -479,7 +479,7 @@ pub async fn supervise(
                 }
                 let ended = session.clone();
                 let _ = tokio::task::spawn_blocking(move || ended.end(reason)).await;
-                tracing::info!(session = %session.id(), reason, "session cut");
+                tracing::info!(session = %session.id(), reason = reason.as_str(), "session cut");
                 return;
             }
         }
