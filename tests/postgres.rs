@@ -1726,3 +1726,33 @@ fn issue_17_cancel_requests_with_unknown_keys_are_audited_folded_and_slowed() {
     });
     assert_eq!(folded["detail"]["failures"], 6, "{folded}");
 }
+
+#[test]
+fn issue_17_review_a_stray_copy_done_cannot_hide_a_statement() {
+    let (bastion, postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    postgres.psql("create table victims (id int); insert into victims values (1), (2), (3)");
+    bastion.grant("alice", "prod-db", hour());
+    let mut client = RawClient::login(&bastion, &token(&bastion, "alice"), &[]).unwrap();
+    client.parse("", "select 1");
+    client.bind_execute("");
+    client.sync();
+    assert!(errors_in(&client.until_ready()).is_empty());
+    // A Sync, a CopyDone outside any COPY, then a new statement: the tracker once dropped the
+    // Sync and logged the delete as the old `select 1`.
+    client.sync();
+    client.send(b'c', b"");
+    client.parse("", "delete from victims");
+    client.bind_execute("");
+    client.sync();
+    client.until_ready();
+    let ran = client.until_ready();
+    assert!(errors_in(&ran).is_empty(), "{ran:?}");
+    client.send(b'X', b"");
+    assert_eq!(postgres.psql("select count(*) from victims"), "0");
+    let logged = wait_for("the delete in the query log", Duration::from_secs(10), || {
+        query_logs(&bastion)
+            .into_iter()
+            .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
+    });
+    assert_eq!(logged["sql"], "delete from victims", "{logged}");
+}

@@ -268,13 +268,14 @@ pub fn function_result(body: &[u8]) -> Result<Option<&[u8]>, CodecError> {
 
 /// Reads format codes, then values, checking every length.
 fn arguments<'a>(body: &mut &'a [u8]) -> Option<Arguments<'a>> {
-    let formats = usize::try_from(read_i16(body)?).ok()?;
+    // The server reads both counts as unsigned: up to 65535 (issue #17 review).
+    let formats = read_i16(body)? as u16 as usize;
     if body.len() < formats * 2 {
         return None;
     }
     let (codes, rest) = body.split_at(formats * 2);
     *body = rest;
-    let count = usize::try_from(read_i16(body)?).ok()?;
+    let count = read_i16(body)? as u16 as usize;
     let values = *body;
     for _ in 0..count {
         let length = read_i32(body)?;

@@ -914,15 +914,31 @@ async fn upstream_to_client(
         };
         // Only tracking here, before the answer goes on: the query writer serializes, hashes,
         // writes and audits off this path (`session::queries`).
-        let full = match (tracker.lock(), unrecorded.lock()) {
+        let (full, lost) = match (tracker.lock(), unrecorded.lock()) {
             (Ok(mut tracker), Ok(mut batch)) => {
                 for message in codec::frames(&buffer[..whole]) {
                     tracker.server_sent(&message, &mut batch);
                 }
-                (batch.len() >= HAND_OVER).then(|| take_batch(&mut batch))
+                (
+                    (batch.len() >= HAND_OVER).then(|| take_batch(&mut batch)),
+                    tracker.lost(),
+                )
             }
             _ => return Err(EndReason::RecordingFailed),
         };
+        if let Some(why) = lost {
+            // Fail closed (issue #17): the log could no longer say which SQL these answers are
+            // for, so they are not forwarded and the session ends.
+            tracing::warn!(session = %session.id(), why, "postgres statement tracking lost");
+            let message = "the bastion lost track of this session's statements, so it was ended";
+            let _ = client
+                .write_all(&backend::error("FATAL", "08P01", message))
+                .await;
+            if let Some(batch) = full {
+                recording.hand_over(batch).await;
+            }
+            return Err(EndReason::Untracked);
+        }
         if whole > 0 {
             session.count_out(whole);
             if client.write_all(&buffer[..whole]).await.is_err() {

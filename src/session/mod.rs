@@ -82,6 +82,9 @@ pub enum EndReason {
     RecordingFailed,
     /// The client passed a per-connection limit of what the bastion tracks.
     TrackingLimit,
+    /// The client's requests and the target's answers stopped matching as the bastion tracks
+    /// them, so what ran could no longer be recorded.
+    Untracked,
     GrantRevoked,
     GrantExpired,
     Shutdown,
@@ -108,6 +111,7 @@ impl EndReason {
             EndReason::TargetProtocolError => "target_protocol_error",
             EndReason::RecordingFailed => "recording_failed",
             EndReason::TrackingLimit => "tracking_limit",
+            EndReason::Untracked => "untracked",
             EndReason::GrantRevoked => "grant_revoked",
             EndReason::GrantExpired => "grant_expired",
             EndReason::Shutdown => "shutdown",
@@ -117,7 +121,7 @@ impl EndReason {
 
     pub fn cause(self) -> Cause {
         match self {
-            EndReason::Closed | EndReason::TrackingLimit => Cause::Client,
+            EndReason::Closed | EndReason::TrackingLimit | EndReason::Untracked => Cause::Client,
             EndReason::TargetUnreachable | EndReason::TargetProtocolError => Cause::Target,
             EndReason::Refused
             | EndReason::RecordingFailed
