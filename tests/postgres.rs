@@ -1450,13 +1450,16 @@ fn issue_17_large_object_fastpath_calls_are_recorded() {
             .contains(&hex_of(b"exfiltrated through a large object"))),
         "{calls:?}"
     );
-    let audited = bastion
-        .audit()
-        .into_iter()
-        .filter(|event| event["type"] == "pg.query")
-        .filter(|event| event["detail"]["protocol"] == "function")
-        .count();
-    assert!(audited >= 3, "every call is a pg.query event too");
+    // Every call is a pg.query event too (appended just after the log lines are written).
+    wait_for("the calls' audit events", Duration::from_secs(10), || {
+        let audited = bastion
+            .audit()
+            .into_iter()
+            .filter(|event| event["type"] == "pg.query")
+            .filter(|event| event["detail"]["protocol"] == "function")
+            .count();
+        (audited >= calls.len()).then_some(())
+    });
     assert!(oid.chars().all(|c| c.is_ascii_digit()), "{stdout}");
 }
 
@@ -1749,10 +1752,14 @@ fn issue_17_review_a_stray_copy_done_cannot_hide_a_statement() {
     assert!(errors_in(&ran).is_empty(), "{ran:?}");
     client.send(b'X', b"");
     assert_eq!(postgres.psql("select count(*) from victims"), "0");
-    let logged = wait_for("the delete in the query log", Duration::from_secs(10), || {
-        query_logs(&bastion)
-            .into_iter()
-            .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
-    });
+    let logged = wait_for(
+        "the delete in the query log",
+        Duration::from_secs(10),
+        || {
+            query_logs(&bastion)
+                .into_iter()
+                .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
+        },
+    );
     assert_eq!(logged["sql"], "delete from victims", "{logged}");
 }

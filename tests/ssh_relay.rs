@@ -1090,15 +1090,20 @@ fn issue_17_data_sent_before_the_command_is_recorded_as_input() {
     assert_eq!(exit, Some(0));
     // It ran, so it must be in the recording as input.
     assert!(marker.exists(), "the early bytes reached the command");
-    let input: String = wait_for("the recording", Duration::from_secs(10), || {
-        recordings(&bastion).into_iter().next()
-    })
-    .1
-    .iter()
-    .filter(|line| line[1] == "i")
-    .filter_map(|line| line[2].as_str().map(str::to_string))
-    .collect();
-    assert!(input.contains("early-bytes"), "{input:?}");
+    // The recording is flushed each second: wait for the input to be in it.
+    wait_for(
+        "the early input in the recording",
+        Duration::from_secs(10),
+        || {
+            let input: String = recordings(&bastion)
+                .into_iter()
+                .flat_map(|(_, lines)| lines)
+                .filter(|line| line[1] == "i")
+                .filter_map(|line| line[2].as_str().map(str::to_string))
+                .collect();
+            input.contains("early-bytes").then_some(())
+        },
+    );
 }
 
 #[test]

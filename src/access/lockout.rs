@@ -136,9 +136,11 @@ impl Sources {
         let delay = delay_after(window.failures);
         // Refusals from one address are answered one after another: parallel connections
         // queue behind each other rather than each getting the short delay.
-        let start = window.not_before.max(Instant::now());
-        window.not_before = start + delay;
-        let wait = window.not_before.saturating_duration_since(Instant::now());
+        // Capped: one address (an office behind NAT) never waits more than `MAX_DELAY`.
+        let now_instant = Instant::now();
+        let start = window.not_before.max(now_instant);
+        window.not_before = (start + delay).min(now_instant + MAX_DELAY);
+        let wait = window.not_before.saturating_duration_since(now_instant);
         (window.failures <= AUDITED_PER_WINDOW, wait)
     }
 
@@ -224,7 +226,8 @@ impl Access {
             let mut failures = 0;
             if counted {
                 failures = tx.record_failed_auth(user, source, now)?;
-                if failures == access.lockout_after {
+                // `>=`: a count kept from before `lockout_after` was lowered locks too.
+                if failures >= access.lockout_after {
                     let until = now + access.lockout_for;
                     tx.lock_at_source(user, source, until)?;
                     events.push(AuditEvent::UserLocked {

@@ -321,6 +321,11 @@ impl Access {
                     return self.refuse_decision(tx, approver, request_id, target, refusal, now);
                 }
             };
+            // A locked user's pending request never becomes a grant (issue #17 review).
+            if let Err(refusal) = self.ensure_unlocked(tx, &request.requester)? {
+                let target = Some(request.target.clone());
+                return self.refuse_decision(tx, approver, request_id, target, refusal, now);
+            }
             let approval = Approval {
                 approver: approver.to_string(),
                 at: now,

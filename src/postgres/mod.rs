@@ -495,12 +495,13 @@ impl Client {
         };
         let proxy_secret = loop {
             let secret = rand::random::<i32>();
-            let taken = self
-                .cancels
-                .lock()
-                .map(|cancels| cancels.contains_key(&(upstream.pid, secret)))
-                .unwrap_or(true);
-            if !taken {
+            let Ok(cancels) = self.cancels.lock() else {
+                // A poisoned map would make this loop forever; end the session instead.
+                end_session(&session, EndReason::BastionError).await;
+                refuse(&mut wire, "58000", "the bastion failed to open the session").await;
+                return None;
+            };
+            if !cancels.contains_key(&(upstream.pid, secret)) {
                 break secret;
             }
         };

@@ -3,7 +3,8 @@
 //! Every startup parameter the bastion forwards changes the target session, so each is recorded
 //! (in `session.started` and the query log's first record). Those that change who the session
 //! acts as or what the target audits (`role`, `session_authorization`,
-//! `session_replication_role`, `log_*`, `pgaudit.*`) are refused unless the target lists them in
+//! `session_replication_role`, `event_triggers`, the preload libraries, `log_*`, `pgaudit.*`,
+//! `track_*`, `debug_*`, `trace_*`, `pg_stat_statements.*`, `auto_explain.*`) are refused unless the target lists them in
 //! `allowed_startup_parameters`, whether they come as parameters or inside `options` as
 //! `-c name=value` / `--name=value`. `options` may carry only such settings: its other switches
 //! (`-d` sets the log level, for one) are refused too.
@@ -37,14 +38,32 @@ pub fn check(parameters: &[(String, String)], allowed: &[String]) -> Result<(), 
     Ok(())
 }
 
+/// Families of settings that decide what the target logs, traces or audits.
+const GUARDED_PREFIXES: [&str; 7] = [
+    "log_",
+    "pgaudit.",
+    "track_",
+    "debug_",
+    "trace_",
+    "pg_stat_statements.",
+    "auto_explain.",
+];
+
 fn check_name(name: &str, allowed: &[String]) -> Result<(), StartupRefusal> {
     // The server folds case, and `-c` folds dashes into underscores.
     let name = name.to_ascii_lowercase().replace('-', "_");
     let guarded = matches!(
         name.as_str(),
-        "role" | "session_authorization" | "session_replication_role"
-    ) || name.starts_with("log_")
-        || name.starts_with("pgaudit.");
+        "role"
+            | "session_authorization"
+            | "session_replication_role"
+            | "event_triggers"
+            | "session_preload_libraries"
+            | "local_preload_libraries"
+            | "dynamic_library_path"
+    ) || GUARDED_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
     if guarded && !allowed.contains(&name) {
         return Err(StartupRefusal::Guarded(name));
     }
@@ -66,7 +85,8 @@ fn option_settings(options: &str) -> Result<Vec<String>, StartupRefusal> {
                 }
                 in_word = true;
             }
-            character if character.is_ascii_whitespace() => {
+            // The server splits with C's isspace, which takes vertical tab too.
+            ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
                     in_word = false;

@@ -105,6 +105,12 @@ pub fn login(
     let address = source.to_string();
     let refuse = |refusal: LoginRefusal, failure: Failure| -> Refused {
         let why = refusal.to_string();
+        // Without a valid credential the client learns no more than that (issue #17 review:
+        // an address or lock refusal told a stranger the name was a user's).
+        let refusal = match proof {
+            Proof::Invalid(why) => LoginRefusal::BadProof(why),
+            Proof::Valid => refusal,
+        };
         match access.login_failed(user, &address, protocol.as_str(), &why, failure) {
             Ok(delay) => Refused { refusal, delay },
             Err(error) => {

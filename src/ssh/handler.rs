@@ -327,6 +327,9 @@ impl russh::server::Handler for Connection {
             })) => {
                 // Taken, so the engineer reads why on every channel; nothing else opens.
                 tracing::info!(source = %self.source, "ssh login of a locked account");
+                // Not authenticated as far as the handshake deadline goes: the connection is cut
+                // when it passes (issue #17 review: it stayed open until the idle timeout).
+                self.authenticated.store(false, Ordering::SeqCst);
                 self.locked = Some(refusal.to_string());
                 return Ok(Auth::Accept);
             }
@@ -820,7 +823,13 @@ impl Connection {
             .await;
             return;
         }
-        relay::observe_transfer(&live.session, &state.transfer, data, true).await;
+        if !relay::observe_transfer(&live.session, &state.transfer, data, true).await {
+            // Fail closed: what cannot be audited does not reach the target.
+            let pty = state.pty_flag.load(Ordering::Relaxed);
+            let _ = upstream.close().await;
+            relay::cut(&session.handle(), channel, pty, relay::UNFOLLOWABLE).await;
+            return;
+        }
         if let Some(to_target) = &state.to_target
             && !to_target.data(data).await
         {
@@ -986,6 +995,11 @@ impl Connection {
         let Some(upstream) = &state.upstream else {
             return session.channel_failure(channel);
         };
+        if state.started {
+            // One command per channel (issue #17 review: a second request replaced the
+            // channel's transfer observer, and an open upload went unaudited).
+            return session.channel_failure(channel);
+        }
         if let Start::Subsystem(name) = &start
             && (name != "sftp" || live.container.is_some())
         {
@@ -1033,10 +1047,13 @@ impl Connection {
             (None, Start::Shell) => upstream.request_shell(true).await,
             (None, Start::Exec(command)) => {
                 let line = String::from_utf8_lossy(&command);
-                if let Some((direction, root)) = ScpDirection::of_command(&line)
-                    && let Ok(mut slot) = state.transfer.lock()
-                {
-                    *slot = Some(relay::Transfer::Scp(ScpObserver::new(direction, root)));
+                if let Ok(mut slot) = state.transfer.lock() {
+                    if let Some((direction, root)) = ScpDirection::of_command(&line) {
+                        *slot = Some(relay::Transfer::Scp(ScpObserver::new(direction, root)));
+                    } else if runs_sftp_server(&line) {
+                        // The sftp subsystem by another name (issue #17 review).
+                        *slot = Some(relay::Transfer::Sftp(SftpObserver::default()));
+                    }
                 }
                 upstream.exec(true, command).await
             }
@@ -1415,6 +1432,13 @@ pub(super) async fn start_recording(
         Ok(Err(_)) => RecordingStart::Started,
         Err(_) => RecordingStart::Broken,
     }
+}
+
+/// Does this exec command run an SFTP server (`/usr/lib/openssh/sftp-server`, `sh -c
+/// 'exec sftp-server'`, `internal-sftp`)? A command that only names one (`man sftp-server`) gets
+/// the observer too, which ends it as an untrackable transfer: the safe side of a guess.
+fn runs_sftp_server(line: &str) -> bool {
+    line.contains("sftp-server") || line.contains("internal-sftp")
 }
 
 /// Does a target with this config record keystrokes?

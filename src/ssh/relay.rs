@@ -72,21 +72,29 @@ impl Transfer {
 pub type SharedTransfer = Arc<Mutex<Option<Transfer>>>;
 
 /// Feeds bytes to a channel's transfer observer, if it has one, and audits what they complete.
+/// `false` when the transfer can no longer be followed: the caller ends the channel (issue #17
+/// review: a stream the observer gave up on went on unaudited).
+#[must_use]
 pub async fn observe_transfer(
     session: &Session,
     transfer: &SharedTransfer,
     bytes: &[u8],
     from_client: bool,
-) {
+) -> bool {
     let ops = match transfer.lock() {
         Ok(mut slot) => match slot.as_mut() {
             Some(observer) => observer.observe(bytes, from_client),
-            None => return,
+            None => return true,
         },
-        Err(_) => return,
+        Err(_) => return false,
     };
+    let followed = !ops.iter().any(|op| matches!(op, FileOp::Untracked { .. }));
     audit_file_ops(session, ops).await;
+    followed
 }
+
+/// Told to the engineer when a file transfer could not be followed.
+pub const UNFOLLOWABLE: &str = "this file transfer could not be audited, so it was ended";
 
 /// Audits file operations on a blocking thread.
 pub async fn audit_file_ops(session: &Session, ops: Vec<FileOp>) {
@@ -312,7 +320,10 @@ pub async fn pump(
                     failed = Some("recording failed; the session was ended");
                     break;
                 }
-                observe_transfer(&session, &transfer, data, false).await;
+                if !observe_transfer(&session, &transfer, data, false).await {
+                    failed = Some(UNFOLLOWABLE);
+                    break;
+                }
             }
             ChannelMsg::ExtendedData { data, .. } => {
                 session.count_out(data.len());

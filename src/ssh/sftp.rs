@@ -31,7 +31,9 @@ const FXP_EXTENDED: u8 = 200;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
 const FXP_DATA: u8 = 103;
-const FXF_WRITE: u32 = 0x0000_0002;
+/// WRITE, APPEND, CREAT, TRUNC, EXCL: an open with any of them can change the file (a
+/// read-only open with TRUNC empties it).
+const FXF_CHANGES: u32 = 0x0000_003e;
 
 /// One audited file operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,11 +263,19 @@ impl SftpObserver {
             FXP_OPEN => {
                 let path = reader.text()?;
                 let flags = reader.u32()?;
-                self.opening.insert(id, (path, flags & FXF_WRITE != 0));
+                // A request id still waiting for its answer, reused: the answers could be
+                // matched to the wrong path (issue #17 review). OpenSSH never does it.
+                if self.opening.contains_key(&id) || self.reading.contains_key(&id) {
+                    return Some(Some(self.stop("an SFTP request id was reused")));
+                }
+                self.opening.insert(id, (path, flags & FXF_CHANGES != 0));
                 None
             }
             FXP_READ => {
                 let handle = reader.string()?.to_vec();
+                if self.opening.contains_key(&id) || self.reading.contains_key(&id) {
+                    return Some(Some(self.stop("an SFTP request id was reused")));
+                }
                 self.reading.insert(id, handle);
                 None
             }
@@ -670,6 +680,36 @@ mod tests {
                 .client(&extended(b"statvfs@openssh.com", &[&string(b"/")]))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn issue_17_review_reused_request_ids_stop_and_truncating_opens_are_writes() {
+        let mut observer = SftpObserver::default();
+        let open = |id: u32, path: &[u8], flags: u32| {
+            packet(
+                FXP_OPEN,
+                Some(id),
+                &[&string(path), &flags.to_be_bytes(), &[0, 0, 0, 0]],
+            )
+        };
+        // READ|CREAT|TRUNC empties the file: audited as a write.
+        assert!(observer.client(&open(1, b"/etc/app.conf", 0x19)).is_empty());
+        observer.server(&packet(FXP_HANDLE, Some(1), &[&string(b"h1")]));
+        assert_eq!(
+            observer.client(&packet(FXP_CLOSE, Some(2), &[&string(b"h1")])),
+            [FileOp::File {
+                path: "/etc/app.conf".into(),
+                write: true,
+                bytes_read: 0,
+                bytes_written: 0
+            }]
+        );
+        // Two opens under one id before the answers: the tracker stops (the relay ends it).
+        assert!(observer.client(&open(7, b"/etc/sudoers", 0x2)).is_empty());
+        assert!(matches!(
+            observer.client(&open(7, b"/tmp/x", 0x1)).as_slice(),
+            [FileOp::Untracked { .. }]
+        ));
     }
 
     #[test]

@@ -277,11 +277,11 @@ fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .map(mrkdwn)
+            .map(mrkdwn_line)
             .collect();
         return format!(
             ":warning: {failures} refused logins from {} in a minute, as: {} (audit #{})",
-            mrkdwn(source),
+            mrkdwn_line(source),
             names.join(", "),
             record.seq
         );
@@ -297,15 +297,18 @@ fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
         record
             .target
             .as_deref()
-            .map_or_else(String::new, |target| format!(" on {}", mrkdwn(target))),
+            .map_or_else(String::new, |target| format!(" on {}", mrkdwn_line(target))),
         record
             .request_id
             .as_deref()
-            .map_or_else(String::new, |request| format!(" for {}", mrkdwn(request))),
+            .map_or_else(String::new, |request| format!(
+                " for {}",
+                mrkdwn_line(request)
+            )),
         if why.is_empty() {
             String::new()
         } else {
-            format!(": {}", mrkdwn(why))
+            format!(": {}", mrkdwn_line(why))
         },
         record.seq
     )
@@ -500,7 +503,23 @@ fn mention(access: &Access, user: &str) -> String {
         .config()
         .user(user)
         .and_then(|user| user.slack_user_id.as_ref())
-        .map_or_else(|| mrkdwn(user), |id| format!("<@{id}>"))
+        .map_or_else(|| mrkdwn_line(user), |id| format!("<@{id}>"))
+}
+
+/// `mrkdwn` for a one-line field (a name tried at login, a reason): control characters are
+/// shown as escapes too, so a newline in a name cannot forge a line of the alert.
+pub fn mrkdwn_line(text: &str) -> String {
+    let visible: String = text
+        .chars()
+        .map(|character| {
+            if character.is_control() {
+                format!("\\u{{{:x}}}", u32::from(character))
+            } else {
+                character.to_string()
+            }
+        })
+        .collect();
+    mrkdwn(&visible)
 }
 
 /// `text` made inert for Slack mrkdwn, by Slack's rule: `&`, `<` and `>` become `&amp;`, `&lt;`
