@@ -8,31 +8,31 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use russh::client;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::container;
 use super::login::Login;
 use super::prompt::{self, ClientEvent};
-use super::relay::{self, LiveChannels, SharedRecorder};
+use super::relay::{self, SharedRecorder};
 use super::scp::{Direction as ScpDirection, ScpObserver};
 use super::sftp::SftpObserver;
-use super::upstream::{self, Upstream};
+use super::target::{
+    LiveTarget, Pty, Reach, RecordingPlan, RecordingStart, UNRECORDABLE, record_input,
+    start_recording,
+};
 use super::wait;
 use crate::access::Access;
 use crate::commands::{self, CommandOutput};
 use crate::config::TargetKind;
-use crate::recording::Capture;
-use crate::recording::asciicast::{DEFAULT_SIZE, Header};
 use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::casts::CastWriter;
-use crate::session::{EndReason, SessionRefusal};
 
 /// Makes one `Connection` per accepted TCP connection.
 pub struct SshServer {
@@ -66,13 +66,9 @@ impl russh::server::Server for SshServer {
             port: self.port,
             client_key: self.client_key.clone(),
             casts: self.casts.clone(),
-            login: None,
-            target: None,
-            target_refusal: None,
-            grant_missing: false,
+            login: LoginState::Anonymous { attempted: None },
+            target: TargetState::NotOpened,
             authenticated: Arc::new(AtomicBool::new(false)),
-            attempted: None,
-            locked: None,
             channels: HashMap::new(),
         }
     }
@@ -87,57 +83,62 @@ pub struct Connection {
     port: u16,
     client_key: Arc<PrivateKey>,
     casts: CastWriter,
-    /// Set once public-key authentication succeeded.
-    login: Option<Login>,
-    /// The open session and upstream connection of a target login.
-    target: Option<LiveTarget>,
-    /// Why a target login's session was refused, told on every channel.
-    target_refusal: Option<String>,
-    /// The refusal was a missing grant: a terminal shell is offered to request one and wait.
-    grant_missing: bool,
+    login: LoginState,
+    target: TargetState,
     /// Set once authenticated, for the handshake timeout.
     authenticated: Arc<AtomicBool>,
-    /// The last login name a key was offered for, to audit a connection that never authenticated.
-    attempted: Option<String>,
-    /// Set when the client proved its key but the account is locked (issue #17): SSH cannot say
-    /// why at authentication, so the login is taken and every channel is told this and closed.
-    locked: Option<String>,
     channels: HashMap<ChannelId, ChannelState>,
 }
 
-/// A target login's live session.
-pub(super) struct LiveTarget {
-    pub session: crate::session::Session,
-    pub upstream: Arc<Upstream>,
-    pub live: LiveChannels,
-    /// Set for a container target: channels run inside it.
-    pub container: Option<crate::config::ContainerTarget>,
-    /// Dropping it stops the grant supervisor.
-    _stop: oneshot::Sender<()>,
+/// Where a connection's authentication stands.
+enum LoginState {
+    /// Not logged in; the last login name a key was offered for, to audit a connection that
+    /// never authenticated.
+    Anonymous {
+        attempted: Option<String>,
+    },
+    LoggedIn(Login),
+    /// The client proved its key but the account is locked (issue #17): SSH cannot say why at
+    /// authentication, so the login is taken, one channel is told this, and nothing else opens.
+    Locked(String),
 }
 
-impl LiveTarget {
-    /// Disconnects from the target and ends the session: the client went away.
-    pub(super) async fn close(self) {
-        let _ = self
-            .upstream
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "client disconnected",
-                "en",
-            )
-            .await;
-        end_session(&self.session, EndReason::Closed).await;
+/// Where a target login stands with its target (a command login never opens one).
+enum TargetState {
+    NotOpened,
+    /// The open session and upstream connection.
+    Open(LiveTarget),
+    /// Refused when first asked, told on every channel; `no_grant`: a terminal shell is
+    /// offered to request one and wait.
+    Refused {
+        why: String,
+        no_grant: bool,
+    },
+}
+
+impl LoginState {
+    fn login(&self) -> Option<&Login> {
+        match self {
+            LoginState::LoggedIn(login) => Some(login),
+            _ => None,
+        }
+    }
+
+    fn locked(&self) -> Option<&str> {
+        match self {
+            LoginState::Locked(why) => Some(why),
+            _ => None,
+        }
     }
 }
 
-#[derive(Debug, Clone)]
-pub(super) struct Pty {
-    pub term: String,
-    pub width: u32,
-    pub height: u32,
-    /// Terminal modes as the client asked for them, for a shell opened later (wait-and-connect).
-    pub modes: Vec<(russh::Pty, u32)>,
+impl TargetState {
+    fn live(&self) -> Option<&LiveTarget> {
+        match self {
+            TargetState::Open(live) => Some(live),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -206,7 +207,9 @@ impl Connection {
     }
 
     fn reject(&mut self, user: &str) -> Auth {
-        self.attempted = Some(user.to_string());
+        if let LoginState::Anonymous { attempted } = &mut self.login {
+            *attempted = Some(user.to_string());
+        }
         Auth::reject()
     }
 }
@@ -215,13 +218,14 @@ impl Drop for Connection {
     /// A connection that tried a login and never authenticated is one failed authentication,
     /// however many keys the client offered.
     fn drop(&mut self) {
-        if let Some(live) = self.target.take() {
+        if let TargetState::Open(live) = std::mem::replace(&mut self.target, TargetState::NotOpened)
+        {
             tokio::spawn(live.close());
         }
-        if self.login.is_some() {
-            return;
-        }
-        let Some(user) = self.attempted.take() else {
+        let LoginState::Anonymous {
+            attempted: Some(user),
+        } = std::mem::replace(&mut self.login, LoginState::Anonymous { attempted: None })
+        else {
             return;
         };
         let (access, Some(peer)) = (self.access.clone(), self.peer) else {
@@ -316,7 +320,7 @@ impl russh::server::Handler for Connection {
         })
         .await;
         // The gate audited the outcome, failures included: nothing is left for `Drop`.
-        self.attempted = None;
+        self.login = LoginState::Anonymous { attempted: None };
         match admitted {
             Ok(Ok(())) => {}
             Ok(Err(Refused {
@@ -330,7 +334,7 @@ impl russh::server::Handler for Connection {
                 // Not authenticated as far as the handshake deadline goes: the connection is cut
                 // when it passes (issue #17 review: it stayed open until the idle timeout).
                 self.authenticated.store(false, Ordering::SeqCst);
-                self.locked = Some(refusal.to_string());
+                self.login = LoginState::Locked(refusal.to_string());
                 return Ok(Auth::Accept);
             }
             Ok(Err(Refused { delay, .. })) => {
@@ -347,7 +351,7 @@ impl russh::server::Handler for Connection {
         }
         tracing::info!(user = %login.user, target = ?login.target, source = %self.source,
             "ssh login");
-        self.login = Some(login);
+        self.login = LoginState::LoggedIn(login);
         Ok(Auth::Accept)
     }
 
@@ -357,13 +361,13 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.locked.is_some() && self.channels.is_empty() {
+        if self.login.locked().is_some() && self.channels.is_empty() {
             // One channel, to say why the account is locked.
             self.channels.insert(channel.id(), ChannelState::default());
             reply.accept().await;
             return Ok(());
         }
-        let Some(login) = self.login.clone() else {
+        let Some(login) = self.login.login().cloned() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -379,7 +383,7 @@ impl russh::server::Handler for Connection {
         if let Some(target) = &login.target {
             if let Err(why) = self.ensure_target(&login.user, target, session).await {
                 state.refused = Some(why);
-            } else if let Some(live) = &self.target {
+            } else if let Some(live) = self.target.live() {
                 match relay::open_upstream_channel(&live.upstream).await {
                     Ok(upstream_channel) => {
                         let (read, write) = upstream_channel.split();
@@ -457,7 +461,7 @@ impl russh::server::Handler for Connection {
                     started: true,
                     ..ChannelState::default()
                 };
-                if let Some(live) = &self.target {
+                if let Some(live) = self.target.live() {
                     state.index = live.session.next_channel();
                     tokio::spawn(relay::pump(
                         read,
@@ -480,12 +484,12 @@ impl russh::server::Handler for Connection {
                 let refusal = admit::Refusal::Forward {
                     user: self
                         .login
-                        .as_ref()
+                        .login()
                         .map(|login| login.user.clone())
                         .unwrap_or_default(),
                     target: self
                         .login
-                        .as_ref()
+                        .login()
                         .and_then(|login| login.target.clone())
                         .unwrap_or_default(),
                     destination,
@@ -600,7 +604,7 @@ impl russh::server::Handler for Connection {
             modes: modes.to_vec(),
         });
         state.pty_flag.store(true, Ordering::Relaxed);
-        if let Some(live) = &self.target
+        if let Some(live) = self.target.live()
             && let Ok(mut open) = live.live.lock()
             && let Some(flag) = open.get_mut(&channel)
         {
@@ -674,7 +678,7 @@ impl russh::server::Handler for Connection {
             };
             let _ = input.send(resize).await;
         }
-        if let (Some(_), Some(state)) = (&self.target, self.channels.get(&channel)) {
+        if let (Some(_), Some(state)) = (self.target.live(), self.channels.get(&channel)) {
             if let Some(upstream) = &state.upstream {
                 let _ = upstream
                     .window_change(col_width, row_height, pix_width, pix_height)
@@ -738,7 +742,7 @@ impl russh::server::Handler for Connection {
         if self.relayed(channel) {
             return self.start_relayed(channel, Start::Shell, session).await;
         }
-        if self.locked.is_some() {
+        if self.login.locked().is_some() {
             return self.tell_locked(channel, session);
         }
         self.start(channel, None, session)
@@ -755,7 +759,7 @@ impl russh::server::Handler for Connection {
                 .start_relayed(channel, Start::Exec(data.to_vec()), session)
                 .await;
         }
-        if self.locked.is_some() {
+        if self.login.locked().is_some() {
             return self.tell_locked(channel, session);
         }
         let line = String::from_utf8_lossy(data).into_owned();
@@ -773,10 +777,10 @@ impl russh::server::Handler for Connection {
                 .start_relayed(channel, Start::Subsystem(name.to_string()), session)
                 .await;
         }
-        if self.locked.is_some() {
+        if self.login.locked().is_some() {
             return self.tell_locked(channel, session);
         }
-        match &self.login {
+        match self.login.login() {
             Some(Login {
                 target: Some(_), ..
             }) => self.start(channel, None, session),
@@ -796,38 +800,24 @@ impl Connection {
     /// Counts, records and observes what the client sent on a started relayed channel, then
     /// sends it to the target.
     async fn forward_input(&self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) else {
+        let (Some(live), Some(state)) = (self.target.live(), self.channels.get(&channel)) else {
             return;
         };
         let Some(upstream) = &state.upstream else {
             return;
         };
-        live.session.count_in(data.len());
-        if let Some(forward) = &state.forward {
-            forward
-                .bytes_up
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        if state.record_input
-            && let Some(cast) = state.recorder.get()
-            && !cast.input(data).await
-        {
+        let input = relay::ClientInput {
+            session: &live.session,
+            recorder: &state.recorder,
+            record_input: state.record_input,
+            transfer: &state.transfer,
+            forward: state.forward.as_deref(),
+        };
+        if let Err(why) = input.accept(data).await {
+            // Fail closed: what cannot be recorded or audited does not reach the target.
             let pty = state.pty_flag.load(Ordering::Relaxed);
             let _ = upstream.close().await;
-            relay::cut(
-                &session.handle(),
-                channel,
-                pty,
-                "recording failed; the session was ended",
-            )
-            .await;
-            return;
-        }
-        if !relay::observe_transfer(&live.session, &state.transfer, data, true).await {
-            // Fail closed: what cannot be audited does not reach the target.
-            let pty = state.pty_flag.load(Ordering::Relaxed);
-            let _ = upstream.close().await;
-            relay::cut(&session.handle(), channel, pty, relay::UNFOLLOWABLE).await;
+            relay::cut(&session.handle(), channel, pty, why).await;
             return;
         }
         if let Some(to_target) = &state.to_target
@@ -864,7 +854,7 @@ impl Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(why) = self.locked.clone() else {
+        let Some(why) = self.login.locked().map(str::to_string) else {
             return session.channel_failure(channel);
         };
         session.channel_success(channel)?;
@@ -913,7 +903,7 @@ impl Connection {
         let Some(Login {
             user,
             target: Some(target),
-        }) = self.login.clone()
+        }) = self.login.login().cloned()
         else {
             return Err("port forwarding needs a target login (user+target)");
         };
@@ -926,7 +916,7 @@ impl Connection {
         if self.ensure_target(&user, &target, session).await.is_err() {
             return Err("no session on the target");
         }
-        let Some(live) = &self.target else {
+        let Some(live) = self.target.live() else {
             return Err("no session on the target");
         };
         tracing::info!(user = %user, target = %target, destination, "port forward");
@@ -944,25 +934,11 @@ impl Connection {
         target: &str,
         session: &mut Session,
     ) -> Result<(), String> {
-        if self.target.is_some() {
-            return Ok(());
+        match &self.target {
+            TargetState::Open(_) => return Ok(()),
+            TargetState::Refused { why, .. } => return Err(why.clone()),
+            TargetState::NotOpened => {}
         }
-        if let Some(why) = &self.target_refusal {
-            return Err(why.clone());
-        }
-        let result = self.open_target(user, target, session).await;
-        if let Err(why) = &result {
-            self.target_refusal = Some(why.clone());
-        }
-        result
-    }
-
-    async fn open_target(
-        &mut self,
-        user: &str,
-        target: &str,
-        session: &mut Session,
-    ) -> Result<(), String> {
         let reach = Reach {
             access: self.access.clone(),
             source: self.source.clone(),
@@ -972,11 +948,14 @@ impl Connection {
         };
         match reach.connect(user, target, session.handle()).await {
             Ok(live) => {
-                self.target = Some(live);
+                self.target = TargetState::Open(live);
                 Ok(())
             }
             Err(refused) => {
-                self.grant_missing = refused.no_grant;
+                self.target = TargetState::Refused {
+                    why: refused.why.clone(),
+                    no_grant: refused.no_grant,
+                };
                 Err(refused.why)
             }
         }
@@ -989,7 +968,7 @@ impl Connection {
         start: Start,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let (Some(live), Some(state)) = (&self.target, self.channels.get(&channel)) else {
+        let (Some(live), Some(state)) = (self.target.live(), self.channels.get(&channel)) else {
             return session.channel_failure(channel);
         };
         let Some(upstream) = &state.upstream else {
@@ -1100,7 +1079,8 @@ impl Connection {
         command: Option<String>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let (Some(login), Some(state)) = (self.login.clone(), self.channels.get_mut(&channel))
+        let (Some(login), Some(state)) =
+            (self.login.login().cloned(), self.channels.get_mut(&channel))
         else {
             return session.channel_failure(channel);
         };
@@ -1137,9 +1117,12 @@ impl Connection {
             ));
             return Ok(());
         }
-        if let (Some(target), Some(pty), None, true) =
-            (&login.target, &state.pty, &command, self.grant_missing)
-        {
+        if let (Some(target), Some(pty), None, true) = (
+            &login.target,
+            &state.pty,
+            &command,
+            matches!(self.target, TargetState::Refused { no_grant: true, .. }),
+        ) {
             // Issue #3: a terminal without a grant is offered to request access and wait.
             let (sender, receiver) = mpsc::channel(64);
             state.input = Some(sender);
@@ -1221,239 +1204,11 @@ async fn finish(
     let _ = handle.close(channel).await;
 }
 
-/// What a target login needs to reach its target: held by the connection, and by a
-/// wait-and-connect dialog that connects once its request is approved.
-#[derive(Clone)]
-pub(super) struct Reach {
-    pub access: Access,
-    /// The client's IP address, as audited.
-    pub source: String,
-    pub port: u16,
-    pub client_key: Arc<PrivateKey>,
-    pub casts: CastWriter,
-}
-
-/// Why a target session was refused; the refusal is already audited.
-pub(super) struct TargetRefused {
-    /// The line to tell the engineer.
-    pub why: String,
-    /// No active grant (the one refusal a request can fix).
-    pub no_grant: bool,
-}
-
-impl Reach {
-    /// Opens the session (grant check, audit) and the upstream connection, and starts the grant
-    /// supervisor that warns and cuts the session's channels.
-    pub(super) async fn connect(
-        &self,
-        user: &str,
-        target: &str,
-        handle: russh::server::Handle,
-    ) -> Result<LiveTarget, TargetRefused> {
-        let refused = |why: String| TargetRefused {
-            why,
-            no_grant: false,
-        };
-        let access = self.access.clone();
-        let (name, target_name, source) =
-            (user.to_string(), target.to_string(), self.source.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            crate::session::Session::open(&access, &name, &target_name, "ssh", &source, Vec::new())
-        })
-        .await;
-        let opened = match opened {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(refusal)) => {
-                let no_grant = matches!(refusal, SessionRefusal::NoGrant { .. });
-                let why = match refusal {
-                    SessionRefusal::NoGrant { target } => format!(
-                        "no active grant for {target}; request one with: {}",
-                        commands::request_hint(&self.access, user, &target, self.port)
-                    ),
-                    other => other.to_string(),
-                };
-                self.audit_refusal(user, target, &why).await;
-                return Err(TargetRefused { why, no_grant });
-            }
-            Err(_) => {
-                return Err(refused(
-                    "the bastion failed to open the session".to_string(),
-                ));
-            }
-        };
-        // A container is reached through its host: the host's address, credential and host key.
-        let (host_name, ssh_target, container) = match &opened.target().kind {
-            TargetKind::Ssh(ssh) => (target.to_string(), ssh.clone(), None),
-            TargetKind::Container(container) => {
-                let host =
-                    self.access
-                        .config()
-                        .target(&container.host)
-                        .and_then(|host| match &host.kind {
-                            TargetKind::Ssh(ssh) => Some(ssh.clone()),
-                            _ => None,
-                        });
-                match host {
-                    Some(ssh) => (container.host.clone(), ssh, Some(container.clone())),
-                    None => {
-                        let why =
-                            format!("the host of container target {target} is not an ssh target");
-                        self.audit_refusal(user, target, &why).await;
-                        end_session(&opened, EndReason::Refused).await;
-                        return Err(refused(why));
-                    }
-                }
-            }
-            TargetKind::Postgres(_) => {
-                let why =
-                    format!("{target} is a PostgreSQL target: connect with psql to the bastion");
-                self.audit_refusal(user, target, &why).await;
-                end_session(&opened, EndReason::Refused).await;
-                return Err(refused(why));
-            }
-        };
-        match upstream::connect(
-            &self.access,
-            &host_name,
-            &ssh_target,
-            self.client_key.clone(),
-        )
-        .await
-        {
-            Ok(upstream) => {
-                let upstream = Arc::new(upstream);
-                let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
-                let (stop, stopped) = oneshot::channel();
-                tokio::spawn(relay::supervise(
-                    opened.clone(),
-                    handle,
-                    upstream.clone(),
-                    live.clone(),
-                    stopped,
-                ));
-                Ok(LiveTarget {
-                    session: opened,
-                    upstream,
-                    live,
-                    container,
-                    _stop: stop,
-                })
-            }
-            Err(error) => {
-                let why = error.to_string();
-                tracing::warn!(target, %error, "cannot reach the target");
-                self.audit_refusal(user, target, &why).await;
-                end_session(&opened, EndReason::TargetUnreachable).await;
-                Err(refused(why))
-            }
-        }
-    }
-
-    async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
-        let refusal = admit::Refusal::Session {
-            user: user.to_string(),
-            target: target.to_string(),
-            source: self.source.clone(),
-            why: why.to_string(),
-        };
-        admit::refused(&self.access, refusal).await;
-    }
-}
-
-/// Told to the engineer when a channel cannot be recorded and the target fails closed.
-pub(super) const UNRECORDABLE: &str =
-    "this session cannot be recorded, so it cannot run; tell the bastion operators";
-
-/// How starting a channel's recording went.
-pub(super) enum RecordingStart {
-    /// Recording (or the target continues without it, as its config says; audited).
-    Started,
-    /// The recording cannot be written and the target fails closed: cut the channel.
-    Refused,
-    /// The bastion failed; refuse the channel request.
-    Broken,
-}
-
-/// What a channel's recording starts with.
-pub(super) struct RecordingPlan<'a> {
-    /// The channel's index within the session.
-    pub index: u32,
-    pub pty: Option<&'a Pty>,
-    /// For exec channels.
-    pub command: Option<String>,
-    /// Environment variables forwarded to the target (issue #17: everything that changes the
-    /// session is in its record).
-    pub env: Vec<(String, String)>,
-}
-
-/// Opens the asciicast recording of a shell or exec channel and puts it in `recorder`.
-pub(super) async fn start_recording(
-    access: &Access,
-    session: &crate::session::Session,
-    plan: RecordingPlan<'_>,
-    recorder: &SharedRecorder,
-    casts: &CastWriter,
-) -> RecordingStart {
-    let RecordingPlan {
-        index,
-        pty,
-        command,
-        env,
-    } = plan;
-    let capture = Capture {
-        input: record_input(session.target()),
-        terminal: pty.is_some(),
-    };
-    let (width, height) = match pty {
-        Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
-        _ => DEFAULT_SIZE,
-    };
-    let header = Header {
-        width,
-        height,
-        timestamp: access.now().unix_timestamp(),
-        title: session.title(),
-        command,
-        term: pty.map(|pty| pty.term.clone()),
-        env,
-    };
-    let recording_session = session.clone();
-    let created = tokio::task::spawn_blocking(move || {
-        recording_session.start_recording(index, &header, capture)
-    })
-    .await;
-    match created {
-        Ok(Ok(started)) => {
-            // Set once: a channel starts one shell or exec.
-            let _ = recorder.set(casts.channel(session.clone(), started));
-            RecordingStart::Started
-        }
-        Ok(Err(error)) if session.recording_failed(&error) => RecordingStart::Refused,
-        Ok(Err(_)) => RecordingStart::Started,
-        Err(_) => RecordingStart::Broken,
-    }
-}
-
 /// Does this exec command run an SFTP server (`/usr/lib/openssh/sftp-server`, `sh -c
 /// 'exec sftp-server'`, `internal-sftp`)? A command that only names one (`man sftp-server`) gets
 /// the observer too, which ends it as an untrackable transfer: the safe side of a guess.
 fn runs_sftp_server(line: &str) -> bool {
     line.contains("sftp-server") || line.contains("internal-sftp")
-}
-
-/// Does a target with this config record keystrokes?
-pub(super) fn record_input(target: &crate::config::Target) -> bool {
-    match &target.kind {
-        crate::config::TargetKind::Ssh(ssh) => ssh.record_input,
-        crate::config::TargetKind::Container(container) => container.record_input,
-        crate::config::TargetKind::Postgres(_) => true,
-    }
-}
-
-/// Ends a session from async code.
-async fn end_session(session: &crate::session::Session, reason: EndReason) {
-    let session = session.clone();
-    let _ = tokio::task::spawn_blocking(move || session.end(reason)).await;
 }
 
 fn interactive_unavailable(access: &Access, user: &str) -> CommandOutput {

@@ -12,6 +12,7 @@ mod prompt;
 mod relay;
 mod scp;
 mod sftp;
+mod target;
 mod upstream;
 mod wait;
 

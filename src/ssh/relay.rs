@@ -96,6 +96,40 @@ pub async fn observe_transfer(
 /// Told to the engineer when a file transfer could not be followed.
 pub const UNFOLLOWABLE: &str = "this file transfer could not be audited, so it was ended";
 
+/// What a relayed channel does with what the client sends, before it goes to the target:
+/// counts it, records it as input, and feeds its file-transfer observer. One path for the
+/// handler's channels and for wait-and-connect's (issue #17: `wait.rs` had a copy of its own).
+pub struct ClientInput<'a> {
+    pub session: &'a Session,
+    pub recorder: &'a SharedRecorder,
+    pub record_input: bool,
+    pub transfer: &'a SharedTransfer,
+    pub forward: Option<&'a Forward>,
+}
+
+impl ClientInput<'_> {
+    /// `Err` with what to tell the engineer when the bytes must not go on: the recording or the
+    /// transfer's audit failed, and the caller cuts the channel.
+    pub async fn accept(&self, data: &[u8]) -> Result<(), &'static str> {
+        self.session.count_in(data.len());
+        if let Some(forward) = self.forward {
+            forward
+                .bytes_up
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.record_input
+            && let Some(cast) = self.recorder.get()
+            && !cast.input(data).await
+        {
+            return Err("recording failed; the session was ended");
+        }
+        if !observe_transfer(self.session, self.transfer, data, true).await {
+            return Err(UNFOLLOWABLE);
+        }
+        Ok(())
+    }
+}
+
 /// Audits file operations on a blocking thread.
 pub async fn audit_file_ops(session: &Session, ops: Vec<FileOp>) {
     if ops.is_empty() {

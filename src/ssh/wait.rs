@@ -12,12 +12,12 @@ use russh::server::Handle;
 use tokio::sync::mpsc;
 
 use super::container;
-use super::handler::{
+use super::prompt::{Action, ClientEvent, Filed, LineEditor, file_and_wait, say};
+use super::relay::{self, SharedRecorder, SharedTransfer};
+use super::target::{
     LiveTarget, Pty, Reach, RecordingPlan, RecordingStart, UNRECORDABLE, record_input,
     start_recording,
 };
-use super::prompt::{Action, ClientEvent, Filed, LineEditor, file_and_wait, say};
-use super::relay::{self, SharedRecorder, SharedTransfer};
 use crate::commands;
 use crate::config::parse_duration;
 
@@ -238,22 +238,21 @@ impl Dialog {
             recorder,
             record_input,
         } = connected;
+        // A terminal shell: no file transfer to follow.
+        let no_transfer = SharedTransfer::default();
         while let Some(event) = input.recv().await {
             match event {
                 ClientEvent::Data(bytes) => {
-                    live.session.count_in(bytes.len());
-                    if record_input
-                        && let Some(cast) = recorder.get()
-                        && !cast.input(&bytes).await
-                    {
+                    let input = relay::ClientInput {
+                        session: &live.session,
+                        recorder: &recorder,
+                        record_input,
+                        transfer: &no_transfer,
+                        forward: None,
+                    };
+                    if let Err(why) = input.accept(&bytes).await {
                         let _ = write.close().await;
-                        relay::cut(
-                            &self.handle,
-                            self.channel,
-                            true,
-                            "recording failed; the session was ended",
-                        )
-                        .await;
+                        relay::cut(&self.handle, self.channel, true, why).await;
                         break;
                     }
                     let _ = write.data_bytes(bytes).await;
