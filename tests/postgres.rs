@@ -164,15 +164,17 @@ fn query_logs(bastion: &Bastion) -> Vec<Value> {
     query_log_files(bastion).into_iter().flatten().collect()
 }
 
-/// The statements in the query logs of the bastion's sessions, one list a session (without
-/// each log's first record, its startup parameters).
+/// The statements that ran, in the query logs of the bastion's sessions, one list a session
+/// (without each log's startup record and the `prepare` records of named statements).
 fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
     query_log_records(bastion)
         .into_iter()
         .map(|records| {
             records
                 .into_iter()
-                .filter(|record| record["protocol"] != "startup")
+                .filter(|record| {
+                    !matches!(record["protocol"].as_str(), Some("startup" | "prepare"))
+                })
                 .collect()
         })
         .collect()
@@ -1762,4 +1764,28 @@ fn issue_17_review_a_stray_copy_done_cannot_hide_a_statement() {
         },
     );
     assert_eq!(logged["sql"], "delete from victims", "{logged}");
+}
+
+#[test]
+fn issue_17_review_a_named_statement_run_by_sql_execute_is_in_the_log() {
+    let (bastion, postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    postgres.psql("create table victims (id int); insert into victims values (1), (2), (3)");
+    bastion.grant("alice", "prod-db", hour());
+    let mut client = RawClient::login(&bastion, &token(&bastion, "alice"), &[]).unwrap();
+    // Prepared over the protocol, run by SQL: the Execute record would show only `execute s1`.
+    client.parse("s1", "delete from victims");
+    client.sync();
+    assert!(errors_in(&client.until_ready()).is_empty());
+    client.send(b'Q', b"execute s1\0");
+    assert!(errors_in(&client.until_ready()).is_empty());
+    client.send(b'X', b"");
+    assert_eq!(postgres.psql("select count(*) from victims"), "0");
+    let prepared = wait_for("the prepare record", Duration::from_secs(10), || {
+        query_log_records(&bastion)
+            .into_iter()
+            .flatten()
+            .find(|record| record["protocol"] == "prepare")
+    });
+    assert_eq!(prepared["statement"], "s1", "{prepared}");
+    assert_eq!(prepared["sql"], "delete from victims", "{prepared}");
 }

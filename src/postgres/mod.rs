@@ -624,10 +624,15 @@ impl Client {
                     Err(limit) => {
                         // Fail closed (issue #17): a message past the tracking limits is not
                         // forwarded, so nothing runs that the log would show as unknown.
-                        let _ = control.try_send(Control::Refuse(limit.to_string()));
+                        let _ = control
+                            .try_send(Control::Refuse(limit.sqlstate(), limit.to_string()));
                         let _ = tokio::time::timeout(Duration::from_secs(2), &mut down).await;
                         upstream::cancel(&cancel.address, cancel.pid, cancel.secret).await;
-                        break EndReason::TrackingLimit;
+                        break if limit.is_limit() {
+                            EndReason::TrackingLimit
+                        } else {
+                            EndReason::Untracked
+                        };
                     }
                 },
                 ended = &mut down => match ended {
@@ -838,8 +843,9 @@ const HAND_OVER: usize = 4096;
 enum Control {
     Warn(String),
     End(String),
-    /// A client message passed a tracking limit (54000): end the session with this error.
-    Refuse(String),
+    /// A client message passed a tracking limit (54000) or cannot be followed (08P01): end the
+    /// session with this error.
+    Refuse(&'static str, String),
     /// A second passed: hand the finished statements to the query writer, and end the session
     /// if its recording failed.
     Tick,
@@ -964,8 +970,8 @@ async fn upstream_to_client(
                     let _ = client.shutdown().await;
                     return Ok(());
                 }
-                Some(Control::Refuse(message)) => {
-                    let _ = client.write_all(&backend::error("FATAL", "54000", &message)).await;
+                Some(Control::Refuse(code, message)) => {
+                    let _ = client.write_all(&backend::error("FATAL", code, &message)).await;
                     let _ = client.shutdown().await;
                     return Ok(());
                 }

@@ -75,6 +75,8 @@ pub enum StatementProtocol {
     Function,
     /// The session's startup parameters, its first record (issue #17).
     Startup,
+    /// A named prepared statement the server accepted: its text, whatever later runs it.
+    Prepare,
 }
 
 impl StatementProtocol {
@@ -84,6 +86,7 @@ impl StatementProtocol {
             StatementProtocol::Extended => "extended",
             StatementProtocol::Function => "function",
             StatementProtocol::Startup => "startup",
+            StatementProtocol::Prepare => "prepare",
         }
     }
 
@@ -109,6 +112,8 @@ pub enum StatementDetail {
     },
     /// Startup parameters as forwarded to the target, in the order the client sent them.
     Startup { parameters: Vec<(String, String)> },
+    /// A named prepared statement's name.
+    Prepare { name: String },
 }
 
 /// A fastpath call's result: its length (`None` for NULL) and at most `MAX_PARAMETER` bytes of
@@ -307,6 +312,9 @@ struct Record<'a> {
     function_oid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<Option<RecordResult<'a>>>,
+    /// A `prepare` record's statement name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement: Option<&'a str>,
 }
 
 /// A function call's result in its record: `null` for a call that failed or never finished.
@@ -376,7 +384,7 @@ impl QueryLog {
             .started
             .map(|at| at.saturating_duration_since(self.started))
             .unwrap_or_else(|| self.started.elapsed());
-        let (mut function_oid, mut result) = (None, None);
+        let (mut function_oid, mut result, mut statement_name) = (None, None, None);
         let params = match statement.detail.as_deref() {
             Some(StatementDetail::Startup { parameters }) => {
                 Some(RecordParams::Startup(NameValues(parameters)))
@@ -395,6 +403,10 @@ impl QueryLog {
                         "<redacted>"
                     },
                 }));
+                None
+            }
+            Some(StatementDetail::Prepare { name }) => {
+                statement_name = Some(name.as_str());
                 None
             }
             None => None,
@@ -428,6 +440,7 @@ impl QueryLog {
             copy_bytes: statement.copy_bytes,
             function_oid,
             result,
+            statement: statement_name,
         };
         self.line.clear();
         serde_json::to_writer(&mut self.line, &record).map_err(|error| RecordingError::Write {

@@ -406,9 +406,22 @@ impl Session {
                 sqlstate: statement.sqlstate,
             })
             .collect();
+        // Statements that ran: a `prepare` record only says what the server accepted.
+        let ran = events
+            .iter()
+            .filter(|event| {
+                !matches!(
+                    event,
+                    AuditEvent::PgQuery {
+                        protocol: "prepare",
+                        ..
+                    }
+                )
+            })
+            .count();
         self.inner
             .statements
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+            .fetch_add(ran as u64, Ordering::Relaxed);
         events
     }
 
