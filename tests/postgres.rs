@@ -1251,6 +1251,20 @@ fn a_configured_certificate_replaces_the_generated_one() {
     );
 }
 
+/// Waits for the statement that deleted the three victims and checks the log shows its SQL.
+fn the_delete_is_logged_as_run(bastion: &Bastion) {
+    let logged = wait_for(
+        "the delete in the query log",
+        Duration::from_secs(10),
+        || {
+            query_logs(bastion)
+                .into_iter()
+                .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
+        },
+    );
+    assert_eq!(logged["sql"], "delete from victims", "{logged}");
+}
+
 /// A client that speaks the wire protocol message by message, for what no client library sends
 /// (issue #17), logged in through the bastion over plaintext.
 struct RawClient {
@@ -1394,16 +1408,7 @@ fn issue_17_a_rejected_parse_cannot_change_the_sql_the_log_shows() {
     assert!(errors_in(&ran).is_empty());
     client.send(b'X', b"");
     assert_eq!(postgres.psql("select count(*) from victims"), "0");
-    let logged = wait_for(
-        "the delete in the query log",
-        Duration::from_secs(10),
-        || {
-            query_logs(&bastion)
-                .into_iter()
-                .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
-        },
-    );
-    assert_eq!(logged["sql"], "delete from victims", "{logged}");
+    the_delete_is_logged_as_run(&bastion);
     assert!(
         query_logs(&bastion)
             .iter()
@@ -1754,16 +1759,7 @@ fn issue_17_review_a_stray_copy_done_cannot_hide_a_statement() {
     assert!(errors_in(&ran).is_empty(), "{ran:?}");
     client.send(b'X', b"");
     assert_eq!(postgres.psql("select count(*) from victims"), "0");
-    let logged = wait_for(
-        "the delete in the query log",
-        Duration::from_secs(10),
-        || {
-            query_logs(&bastion)
-                .into_iter()
-                .find(|line| line["tags"] == serde_json::json!(["DELETE 3"]))
-        },
-    );
-    assert_eq!(logged["sql"], "delete from victims", "{logged}");
+    the_delete_is_logged_as_run(&bastion);
 }
 
 #[test]

@@ -74,18 +74,13 @@ pub async fn serve(
                 continue;
             }
         };
-        if !access.config().access.source_allowed(peer.ip()) {
+        if !crate::session::admit::accepted(
+            &access,
+            peer.ip(),
+            crate::session::admit::Protocol::Postgres,
+        ) {
             // Issue #17: `[access] ip_allow` is checked before anything is read.
             drop(tcp);
-            let (access, source) = (access.clone(), peer.ip().to_string());
-            tokio::task::spawn_blocking(move || {
-                if access
-                    .connection_refused(&source, "postgres", ConnectionRefusal::AddressNotAllowed)
-                    .is_err()
-                {
-                    tracing::error!("cannot audit a refused postgres connection");
-                }
-            });
             continue;
         }
         let _ = tcp.set_nodelay(true);
@@ -441,13 +436,7 @@ impl Client {
 
     /// Audits a session refused after the login (no grant, a refused startup parameter).
     async fn audit_refused(&self, user: &str, target: &str, why: &str) {
-        let refusal = admit::Refusal::Session {
-            user: user.to_string(),
-            target: target.to_string(),
-            source: self.source.clone(),
-            why: why.to_string(),
-        };
-        admit::refused(&self.access, refusal).await;
+        admit::session_refused(&self.access, user, target, &self.source, why).await;
     }
 
     /// Connects upstream with the injected credential and hands the client its session start.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::access::lockout::{Failure, Lock};
+use crate::access::lockout::{ConnectionRefusal, Failure, Lock};
 use crate::access::{Access, AccessError};
 use crate::audit::AuditEvent;
 use crate::session::Cause;
@@ -167,6 +167,39 @@ pub fn login(
     access
         .record_login(user, &address, protocol.as_str(), target)
         .map_err(bastion)
+}
+
+/// Whether a connection from `source` may be served at all (`[access] ip_allow`), checked when
+/// it is accepted, before anything is read; a refused one is audited off the runtime, folded
+/// per address and minute. Call from async code.
+pub fn accepted(access: &Access, source: IpAddr, protocol: Protocol) -> bool {
+    if access.config().access.source_allowed(source) {
+        return true;
+    }
+    let (access, source) = (access.clone(), source.to_string());
+    tokio::task::spawn_blocking(move || {
+        let refused = access.connection_refused(
+            &source,
+            protocol.as_str(),
+            ConnectionRefusal::AddressNotAllowed,
+        );
+        if refused.is_err() {
+            tracing::error!("cannot audit a refused connection");
+        }
+    });
+    false
+}
+
+/// Audits a target session refused after the login (no grant, an unreachable target, a refused
+/// startup parameter).
+pub async fn session_refused(access: &Access, user: &str, target: &str, source: &str, why: &str) {
+    let refusal = Refusal::Session {
+        user: user.to_string(),
+        target: target.to_string(),
+        source: source.to_string(),
+        why: why.to_string(),
+    };
+    refused(access, refusal).await;
 }
 
 /// A refusal after the login, which the core audits: the front ends only say which.

@@ -24,7 +24,6 @@ use russh::keys::PrivateKey;
 use russh::server::Server as _;
 
 use crate::access::Access;
-use crate::access::lockout::ConnectionRefusal;
 pub use login::Login;
 
 /// Input writer tasks alive in this process (for the resource test of issue #3).
@@ -81,18 +80,13 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        if !gatekeeper.config().access.source_allowed(peer.ip()) {
+        if !crate::session::admit::accepted(
+            &gatekeeper,
+            peer.ip(),
+            crate::session::admit::Protocol::Ssh,
+        ) {
             // Issue #17: `[access] ip_allow` is checked before anything is read.
             drop(socket);
-            let (access, source) = (gatekeeper.clone(), peer.ip().to_string());
-            tokio::task::spawn_blocking(move || {
-                if access
-                    .connection_refused(&source, "ssh", ConnectionRefusal::AddressNotAllowed)
-                    .is_err()
-                {
-                    tracing::error!("cannot audit a refused ssh connection");
-                }
-            });
             continue;
         }
         let _ = socket.set_nodelay(true);

@@ -186,13 +186,7 @@ impl Reach {
     }
 
     async fn audit_refusal(&self, user: &str, target: &str, why: &str) {
-        let refusal = admit::Refusal::Session {
-            user: user.to_string(),
-            target: target.to_string(),
-            source: self.source.clone(),
-            why: why.to_string(),
-        };
-        admit::refused(&self.access, refusal).await;
+        admit::session_refused(&self.access, user, target, &self.source, why).await;
     }
 }
 
