@@ -1785,3 +1785,36 @@ fn issue_17_review_a_named_statement_run_by_sql_execute_is_in_the_log() {
     assert_eq!(prepared["statement"], "s1", "{prepared}");
     assert_eq!(prepared["sql"], "delete from victims", "{prepared}");
 }
+
+#[test]
+fn issue_17_review_a_client_encoding_that_can_hide_quotes_ends_the_session() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let alice = token(&bastion, "alice");
+    // Asked at startup: refused.
+    let output = psql_to(&bastion, &postgres, &alice, "prod-db", "sslmode=require")
+        .env("PGCLIENTENCODING", "SJIS")
+        .args(["-c", "select 1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("UTF8"),
+        "{output:?}"
+    );
+    // Set later in SQL: the server reports it, and the session ends before anything else runs.
+    let (ok, _, stderr) = psql(
+        &bastion,
+        &postgres,
+        &alice,
+        "set client_encoding to 'SJIS'; select 'after'",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("lost track"), "{stderr}");
+    let ended = wait_for("the session's end", Duration::from_secs(10), || {
+        bastion.audit().into_iter().find(|event| {
+            event["type"] == "session.ended" && event["detail"]["reason"] == "untracked"
+        })
+    });
+    assert_eq!(ended["detail"]["cause"], "client");
+}

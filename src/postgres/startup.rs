@@ -22,11 +22,21 @@ pub enum StartupRefusal {
          not {0:?}"
     )]
     Switch(String),
+    #[error(
+        "client_encoding {0:?} can hide quotes from the session's record; use UTF8 through the \
+         bastion"
+    )]
+    Encoding(String),
 }
 
 /// Checks the client's parameters against the target's exceptions (lowercase names).
 pub fn check(parameters: &[(String, String)], allowed: &[String]) -> Result<(), StartupRefusal> {
     for (name, value) in parameters {
+        if name.eq_ignore_ascii_case("client_encoding")
+            && super::observe::unsafe_client_encoding(value.as_bytes())
+        {
+            return Err(StartupRefusal::Encoding(value.clone()));
+        }
         if name == "options" {
             for setting in option_settings(value)? {
                 check_name(&setting, allowed)?;
@@ -184,6 +194,10 @@ mod tests {
         assert_eq!(
             check(&pairs(&[("options", "-d 5")]), &allowed),
             Err(StartupRefusal::Switch("-d".to_string()))
+        );
+        assert_eq!(
+            check(&pairs(&[("client_encoding", "SJIS")]), &allowed),
+            Err(StartupRefusal::Encoding("SJIS".to_string()))
         );
     }
 }
