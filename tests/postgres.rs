@@ -1818,3 +1818,27 @@ fn issue_17_review_a_client_encoding_that_can_hide_quotes_ends_the_session() {
     });
     assert_eq!(ended["detail"]["cause"], "client");
 }
+
+#[test]
+fn issue_17_review_a_commit_failing_at_sync_is_in_the_log() {
+    let (bastion, postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    postgres.psql(
+        "create table parent (id int primary key); \
+         create table child (parent int references parent deferrable initially deferred)",
+    );
+    bastion.grant("alice", "prod-db", hour());
+    let mut client = RawClient::login(&bastion, &token(&bastion, "alice"), &[]).unwrap();
+    client.parse("", "insert into child values (7)");
+    client.bind_execute("");
+    client.sync();
+    // The insert completes; the implicit commit at Sync fails the deferred constraint.
+    assert_eq!(errors_in(&client.until_ready()), ["23503"]);
+    client.send(b'X', b"");
+    let failed = wait_for("the sync record", Duration::from_secs(10), || {
+        query_log_records(&bastion)
+            .into_iter()
+            .flatten()
+            .find(|record| record["protocol"] == "sync")
+    });
+    assert_eq!(failed["error"]["sqlstate"], "23503", "{failed}");
+}

@@ -77,6 +77,8 @@ pub enum StatementProtocol {
     Startup,
     /// A named prepared statement the server accepted: its text, whatever later runs it.
     Prepare,
+    /// An error answering a Sync: the extended batch's implicit commit failed.
+    Sync,
 }
 
 impl StatementProtocol {
@@ -87,6 +89,7 @@ impl StatementProtocol {
             StatementProtocol::Function => "function",
             StatementProtocol::Startup => "startup",
             StatementProtocol::Prepare => "prepare",
+            StatementProtocol::Sync => "sync",
         }
     }
 
