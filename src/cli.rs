@@ -21,6 +21,7 @@ use crate::config::{self, Config, HostKeyPolicy, TargetKind, format_duration};
 use crate::keys;
 use crate::server::{Server, open_store};
 use crate::store::RequestFilter;
+use crate::text::visible;
 use crate::views::{audit_json, grant_json, request_json};
 
 #[derive(Debug, Parser)]
@@ -715,34 +716,10 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `text` with each control character shown as an escape (`\x1b`, `\n`, `\t`, `\r`, `\x7f`,
-/// `\u{9b}`). Table cells hold what users and the network sent (reasons, names tried at login,
-/// targets, audit details), and printed raw an escape sequence would recolour, move or clear the
-/// operator's terminal, or a newline forge a row (issue #17).
-fn visible(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '\n' => shown.push_str("\\n"),
-            '\r' => shown.push_str("\\r"),
-            '\t' => shown.push_str("\\t"),
-            control if control.is_control() => {
-                let code = u32::from(control);
-                if code < 0x80 {
-                    shown.push_str(&format!("\\x{code:02x}"));
-                } else {
-                    shown.push_str(&format!("\\u{{{code:x}}}"));
-                }
-            }
-            other => shown.push(other),
-        }
-    }
-    shown
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{table, visible};
+    use super::table;
+    use crate::text::visible;
 
     #[test]
     fn issue_17_control_characters_show_as_escapes() {

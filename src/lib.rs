@@ -19,6 +19,7 @@ pub mod server;
 pub mod session;
 pub mod ssh;
 pub mod store;
+pub mod text;
 pub mod tokens;
 pub mod views;
 pub mod web;

@@ -509,17 +509,7 @@ fn mention(access: &Access, user: &str) -> String {
 /// `mrkdwn` for a one-line field (a name tried at login, a reason): control characters are
 /// shown as escapes too, so a newline in a name cannot forge a line of the alert.
 pub fn mrkdwn_line(text: &str) -> String {
-    let visible: String = text
-        .chars()
-        .map(|character| {
-            if character.is_control() {
-                format!("\\u{{{:x}}}", u32::from(character))
-            } else {
-                character.to_string()
-            }
-        })
-        .collect();
-    mrkdwn(&visible)
+    mrkdwn(&crate::text::visible(text))
 }
 
 /// `text` made inert for Slack mrkdwn, by Slack's rule: `&`, `<` and `>` become `&amp;`, `&lt;`
