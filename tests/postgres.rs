@@ -165,7 +165,8 @@ fn query_logs(bastion: &Bastion) -> Vec<Value> {
 }
 
 /// The statements that ran, in the query logs of the bastion's sessions, one list a session
-/// (without each log's startup record and the `prepare` records of named statements).
+/// (without each log's startup record, the `prepare` and `bind` records of named statements and
+/// portals, and `sync` records of failed commits).
 fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
     query_log_records(bastion)
         .into_iter()
@@ -173,7 +174,10 @@ fn query_log_files(bastion: &Bastion) -> Vec<Vec<Value>> {
             records
                 .into_iter()
                 .filter(|record| {
-                    !matches!(record["protocol"].as_str(), Some("startup" | "prepare"))
+                    !matches!(
+                        record["protocol"].as_str(),
+                        Some("startup" | "prepare" | "bind" | "sync")
+                    )
                 })
                 .collect()
         })

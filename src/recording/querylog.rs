@@ -79,6 +79,9 @@ pub enum StatementProtocol {
     Prepare,
     /// An error answering a Sync: the extended batch's implicit commit failed.
     Sync,
+    /// A named portal the server bound: its statement's text and parameters, whatever later
+    /// runs it (an Execute, SQL `FETCH`).
+    Bind,
 }
 
 impl StatementProtocol {
@@ -90,6 +93,7 @@ impl StatementProtocol {
             StatementProtocol::Startup => "startup",
             StatementProtocol::Prepare => "prepare",
             StatementProtocol::Sync => "sync",
+            StatementProtocol::Bind => "bind",
         }
     }
 
@@ -97,7 +101,7 @@ impl StatementProtocol {
     fn has_parameters(self) -> bool {
         matches!(
             self,
-            StatementProtocol::Extended | StatementProtocol::Function
+            StatementProtocol::Extended | StatementProtocol::Function | StatementProtocol::Bind
         )
     }
 }
@@ -117,6 +121,8 @@ pub enum StatementDetail {
     Startup { parameters: Vec<(String, String)> },
     /// A named prepared statement's name.
     Prepare { name: String },
+    /// A named portal's name.
+    Bind { portal: String },
 }
 
 /// A fastpath call's result: its length (`None` for NULL) and at most `MAX_PARAMETER` bytes of
@@ -318,6 +324,9 @@ struct Record<'a> {
     /// A `prepare` record's statement name.
     #[serde(skip_serializing_if = "Option::is_none")]
     statement: Option<&'a str>,
+    /// A `bind` record's portal name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    portal: Option<&'a str>,
 }
 
 /// A function call's result in its record: `null` for a call that failed or never finished.
@@ -387,7 +396,8 @@ impl QueryLog {
             .started
             .map(|at| at.saturating_duration_since(self.started))
             .unwrap_or_else(|| self.started.elapsed());
-        let (mut function_oid, mut result, mut statement_name) = (None, None, None);
+        let (mut function_oid, mut result) = (None, None);
+        let (mut statement_name, mut portal_name) = (None, None);
         let params = match statement.detail.as_deref() {
             Some(StatementDetail::Startup { parameters }) => {
                 Some(RecordParams::Startup(NameValues(parameters)))
@@ -410,6 +420,10 @@ impl QueryLog {
             }
             Some(StatementDetail::Prepare { name }) => {
                 statement_name = Some(name.as_str());
+                None
+            }
+            Some(StatementDetail::Bind { portal }) => {
+                portal_name = Some(portal.as_str());
                 None
             }
             None => None,
@@ -444,6 +458,7 @@ impl QueryLog {
             function_oid,
             result,
             statement: statement_name,
+            portal: portal_name,
         };
         self.line.clear();
         serde_json::to_writer(&mut self.line, &record).map_err(|error| RecordingError::Write {

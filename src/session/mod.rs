@@ -406,15 +406,15 @@ impl Session {
                 sqlstate: statement.sqlstate,
             })
             .collect();
-        // Statements that ran: a `prepare` record only says what the server accepted, a `sync`
-        // record that a batch's commit failed.
+        // Statements that ran: a `prepare` or `bind` record only says what the server accepted,
+        // a `sync` record that a batch's commit failed.
         let ran = events
             .iter()
             .filter(|event| {
                 !matches!(
                     event,
                     AuditEvent::PgQuery {
-                        protocol: "prepare" | "sync",
+                        protocol: "prepare" | "sync" | "bind",
                         ..
                     }
                 )
