@@ -86,10 +86,66 @@ struct SourceWindow {
     not_before: Instant,
 }
 
+/// Folded `source.refused` events written a minute; past it, addresses are counted into one
+/// `sources.refused` (issue #17 review: an attacker rotating addresses cost an audit row and
+/// a Slack alert per address).
+const MAX_SOURCE_EVENTS: u32 = 20;
+
 /// Failures by source address, in memory.
 #[derive(Debug, Default)]
 pub struct Sources {
     windows: HashMap<String, SourceWindow>,
+    budget: Budget,
+    /// When the store's stale failure counts were last pruned.
+    pruned: Option<OffsetDateTime>,
+}
+
+/// The folded events of the current minute.
+#[derive(Debug, Default)]
+struct Budget {
+    started: Option<OffsetDateTime>,
+    written: u32,
+    /// Addresses and their failures past the budget, for the summary.
+    held_addresses: u32,
+    held_failures: u32,
+}
+
+impl Budget {
+    /// Passes a folded event on while the minute's budget lasts, and counts it otherwise.
+    fn admit(&mut self, event: AuditEvent, now: OffsetDateTime, out: &mut Vec<AuditEvent>) {
+        self.roll(now, out);
+        if self.written < MAX_SOURCE_EVENTS {
+            self.written += 1;
+            out.push(event);
+        } else if let AuditEvent::SourceRefused { failures, .. } = event {
+            self.held_addresses += 1;
+            self.held_failures = self.held_failures.saturating_add(failures);
+        }
+    }
+
+    /// At a new minute (or with `all`), the summary of what the last one held back.
+    fn roll(&mut self, now: OffsetDateTime, out: &mut Vec<AuditEvent>) {
+        let started = *self.started.get_or_insert(now);
+        if now - started < WINDOW {
+            return;
+        }
+        self.flush(out);
+        *self = Budget {
+            started: Some(now),
+            ..Budget::default()
+        };
+    }
+
+    fn flush(&mut self, out: &mut Vec<AuditEvent>) {
+        if self.held_addresses > 0 {
+            out.push(AuditEvent::SourcesRefused {
+                addresses: self.held_addresses,
+                failures: self.held_failures,
+            });
+            self.held_addresses = 0;
+            self.held_failures = 0;
+        }
+    }
 }
 
 impl Sources {
@@ -105,8 +161,9 @@ impl Sources {
         if let Some(window) = self.windows.get(source)
             && now - window.started >= WINDOW
             && let Some(window) = self.windows.remove(source)
+            && let Some(event) = folded(source, window)
         {
-            expired.extend(folded(source, window));
+            self.budget.admit(event, now, expired);
         }
         if !self.windows.contains_key(source) && self.windows.len() >= MAX_SOURCES {
             let oldest = self
@@ -116,8 +173,9 @@ impl Sources {
                 .map(|(source, _)| source.clone());
             if let Some(oldest) = oldest
                 && let Some(window) = self.windows.remove(&oldest)
+                && let Some(event) = folded(&oldest, window)
             {
-                expired.extend(folded(&oldest, window));
+                self.budget.admit(event, now, expired);
             }
         }
         let window = self
@@ -152,13 +210,28 @@ impl Sources {
             .filter(|(_, window)| all || now - window.started >= WINDOW)
             .map(|(source, _)| source.clone())
             .collect();
-        ended
-            .into_iter()
-            .filter_map(|source| {
-                let window = self.windows.remove(&source)?;
-                folded(&source, window)
-            })
-            .collect()
+        let mut events = Vec::new();
+        for source in ended {
+            if let Some(window) = self.windows.remove(&source)
+                && let Some(event) = folded(&source, window)
+            {
+                self.budget.admit(event, now, &mut events);
+            }
+        }
+        self.budget.roll(now, &mut events);
+        if all {
+            self.budget.flush(&mut events);
+        }
+        events
+    }
+
+    /// Whether a minute has passed since the store's stale counts were last pruned.
+    fn prune_due(&mut self, now: OffsetDateTime) -> bool {
+        let due = self.pruned.is_none_or(|pruned| now - pruned >= WINDOW);
+        if due {
+            self.pruned = Some(now);
+        }
+        due
     }
 }
 
@@ -294,14 +367,19 @@ impl Access {
     /// Audits the folded failures of every address whose minute ended (of all, at shutdown).
     pub fn flush_failures(&self, all: bool) -> Result<(), AccessError> {
         let now = self.now();
-        let events = self
-            .sources
-            .lock()
-            .map_err(|_| poisoned())?
-            .take_ended(now, all);
+        let (events, prune) = {
+            let mut sources = self.sources.lock().map_err(|_| poisoned())?;
+            (sources.take_ended(now, all), sources.prune_due(now))
+        };
         if !events.is_empty() {
             self.store
                 .write(|tx| tx.append_audits(&events, now).map(|_| ()))?;
+        }
+        if prune {
+            // Failure counts with no failure for `lockout_for` and no lock in force are
+            // forgotten: the table holds only what can still lock someone.
+            let before = now - self.config.access.lockout_for;
+            self.store.write(|tx| tx.prune_failed_auth(before, now))?;
         }
         Ok(())
     }
@@ -443,6 +521,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Folded events are budgeted per minute; the rest become one summary.
+        let mut sources = Sources::default();
+        let mut events = Vec::new();
+        for index in 0..(MAX_SOURCE_EVENTS + 30) {
+            sources.count(&format!("198.51.100.{index}"), "x", start, &mut events);
+        }
+        let ended = sources.take_ended(start + WINDOW, false);
+        let folded = ended
+            .iter()
+            .filter(|event| matches!(event, AuditEvent::SourceRefused { .. }))
+            .count();
+        assert_eq!(folded as u32, MAX_SOURCE_EVENTS);
+        let later = sources.take_ended(start + WINDOW * 2, false);
+        assert!(
+            matches!(
+                later.as_slice(),
+                [AuditEvent::SourcesRefused {
+                    addresses: 30,
+                    failures: 30
+                }]
+            ),
+            "{later:?}"
+        );
         // Addresses tracked at once are bounded.
         let mut expired = Vec::new();
         for index in 0..(MAX_SOURCES + 10) {

@@ -251,6 +251,12 @@ pub enum AuditEvent {
         /// The login names tried, at most `MAX_NAMES_KEPT` of them.
         names: Vec<String>,
     },
+    /// Addresses whose folded refusals passed a minute's budget of `source.refused` events,
+    /// counted together (issue #17 review: rotating addresses).
+    SourcesRefused {
+        addresses: u32,
+        failures: u32,
+    },
     /// A connection refused before any login: its address is not in `[access] ip_allow`, or
     /// a cancel request carried a key no live session holds.
     ConnectionRefused {
@@ -642,6 +648,12 @@ impl AuditEvent {
             } => {
                 detail = json!({ "source": source, "failures": failures, "names": names });
             }
+            AuditEvent::SourcesRefused {
+                addresses,
+                failures,
+            } => {
+                detail = json!({ "addresses": addresses, "failures": failures });
+            }
             AuditEvent::ConnectionRefused {
                 source,
                 protocol,
@@ -709,6 +721,7 @@ impl AuditEvent {
             AuditEvent::UserUnlocked { .. } => "user.unlocked",
             AuditEvent::UserTargeted { .. } => "user.targeted",
             AuditEvent::SourceRefused { .. } => "source.refused",
+            AuditEvent::SourcesRefused { .. } => "sources.refused",
             AuditEvent::ConnectionRefused { .. } => "connection.refused",
             AuditEvent::TokenIssued { .. } => "token.issued",
             AuditEvent::SubsystemRefused { .. } => "subsystem.refused",

@@ -193,8 +193,9 @@ pub struct Tx<'a> {
 
 /// The audit events that are security alerts. Failed logins alert once per address and minute
 /// (`source.refused`), not once each (issue #17).
-const ALERTING_EVENTS: [&str; 9] = [
+const ALERTING_EVENTS: [&str; 10] = [
     "source.refused",
+    "sources.refused",
     "user.locked",
     "user.targeted",
     "decision_refused",
@@ -760,6 +761,21 @@ impl Tx<'_> {
         self.transaction.execute(
             "DELETE FROM failed_auth WHERE user = ?1 AND source = ?2",
             params![user, source],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets failure counts whose last failure is before `before` and that lock nobody at
+    /// `now`.
+    pub fn prune_failed_auth(
+        &self,
+        before: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "DELETE FROM failed_auth WHERE last_at < ?1
+                 AND (locked_until IS NULL OR locked_until <= ?2)",
+            params![before.unix_timestamp(), now.unix_timestamp()],
         )?;
         Ok(())
     }

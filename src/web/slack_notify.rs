@@ -286,6 +286,12 @@ fn alert_text(access: &Access, record: &crate::audit::AuditRecord) -> String {
             record.seq
         );
     }
+    if record.event_type == "sources.refused" {
+        return format!(
+            ":warning: {} refused logins from {} more addresses in a minute (audit #{})",
+            detail["failures"], detail["addresses"], record.seq
+        );
+    }
     let why = detail["why"]
         .as_str()
         .or_else(|| detail["error"].as_str())
