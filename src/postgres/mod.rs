@@ -248,7 +248,7 @@ impl Client {
             Some(target) => upstream::cancel(&target.address, target.pid, target.secret).await,
             None => {
                 // Issue #17: guessing keys is audited (folded per address and minute) and slowed.
-                let (access, source) = (self.access.clone(), self.source.clone());
+                let (access, source) = (self.access.clone(), admit::source_key(self.peer.ip()));
                 let counted = tokio::task::spawn_blocking(move || {
                     access.connection_refused(
                         &source,

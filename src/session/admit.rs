@@ -103,6 +103,9 @@ pub fn login(
     target: Option<&str>,
 ) -> Result<(), Refused> {
     let address = source.to_string();
+    // Failures and locks are counted per IPv4 address and per IPv6 /64, the block one client
+    // holds: rotating addresses inside it must not reset the count (issue #17 review).
+    let counted_as = source_key(source);
     let refuse = |refusal: LoginRefusal, failure: Failure| -> Refused {
         let why = refusal.to_string();
         // Without a valid credential the client learns no more than that (issue #17 review:
@@ -111,7 +114,7 @@ pub fn login(
             Proof::Invalid(why) => LoginRefusal::BadProof(why),
             Proof::Valid => refusal,
         };
-        match access.login_failed(user, &address, protocol.as_str(), &why, failure) {
+        match access.login_failed(user, &counted_as, protocol.as_str(), &why, failure) {
             Ok(delay) => Refused { refusal, delay },
             Err(error) => {
                 tracing::error!(%error, "cannot audit a failed login");
@@ -138,13 +141,13 @@ pub fn login(
             Failure::Other,
         ));
     }
-    match access.lock_of(user, &address) {
+    match access.lock_of(user, &counted_as) {
         Ok(None) => {}
         Ok(Some(Lock::AtSource { until })) => {
             return Err(refuse(
                 LoginRefusal::LockedAtSource {
                     user: user.to_string(),
-                    address: address.clone(),
+                    address: counted_as.clone(),
                     until,
                 },
                 Failure::Other,
@@ -179,7 +182,7 @@ pub fn accepted(access: &Access, source: IpAddr, protocol: Protocol) -> bool {
     let (access, source) = (access.clone(), source.to_string());
     tokio::task::spawn_blocking(move || {
         let refused = access.connection_refused(
-            &source,
+            &source_key_text(&source),
             protocol.as_str(),
             ConnectionRefusal::AddressNotAllowed,
         );
@@ -259,10 +262,61 @@ pub async fn refused(access: &Access, refusal: Refusal) -> bool {
     written
 }
 
+/// What failures from `source` are counted under: an IPv4 address (an IPv4 client on a
+/// dual-stack socket included), or the /64 an IPv6 address is in.
+pub fn source_key(source: IpAddr) -> String {
+    match source {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let segments = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(
+                    segments[0],
+                    segments[1],
+                    segments[2],
+                    segments[3],
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                format!("{prefix}/64")
+            }
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// `source_key` of an address as text (left as it is when it is not an address).
+fn source_key_text(source: &str) -> String {
+    source
+        .parse::<IpAddr>()
+        .map_or_else(|_| source.to_string(), source_key)
+}
+
 fn bastion(error: AccessError) -> Refused {
     tracing::error!(%error, "cannot check or audit a login; refusing it");
     Refused {
         refusal: LoginRefusal::Bastion,
         delay: Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_per_ipv4_address_and_per_ipv6_64() {
+        for (address, key) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+            ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+            ("::1", "::/64"),
+        ] {
+            let parsed: IpAddr = address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            assert_eq!(source_key(parsed), key, "{address}");
+        }
     }
 }
