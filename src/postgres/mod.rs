@@ -774,11 +774,7 @@ fn check_token(
         _ => &[],
     };
     startup::check(parameters, allowed).map_err(TokenRefusal::Startup)?;
-    let asked = parameters
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database" | "replication"))
-        .cloned()
-        .collect();
+    let asked = client_parameters(parameters).cloned().collect();
     match Session::open(access, user, target, "postgres", &source.to_string(), asked) {
         Ok(session) => Ok(session),
         Err(SessionRefusal::NoGrant { target }) => Err(TokenRefusal::NoGrant(format!(
@@ -788,15 +784,21 @@ fn check_token(
     }
 }
 
+/// The startup parameters that change the target session: all but who and where (`user`,
+/// `database`) and `replication`, which the bastion never forwards.
+fn client_parameters(parameters: &[(String, String)]) -> impl Iterator<Item = &(String, String)> {
+    parameters
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database" | "replication"))
+}
+
 /// The client's startup parameters for the target, without identity, and with the session id
 /// added to `application_name` so DBAs see it in pg_stat_activity.
 fn forwarded_parameters(
     parameters: &[(String, String)],
     session_id: &str,
 ) -> Vec<(String, String)> {
-    let mut forwarded: Vec<(String, String)> = parameters
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database" | "replication"))
+    let mut forwarded: Vec<(String, String)> = client_parameters(parameters)
         .filter(|(name, _)| name != "application_name")
         .cloned()
         .collect();

@@ -97,6 +97,16 @@ impl StatementProtocol {
         }
     }
 
+    /// Is a record of this kind a statement that ran (counted in the session's row)? The
+    /// others only say what the server accepted (`prepare`, `bind`), that a batch's commit failed
+    /// (`sync`), or how the session started.
+    pub fn ran(self) -> bool {
+        matches!(
+            self,
+            StatementProtocol::Simple | StatementProtocol::Extended | StatementProtocol::Function
+        )
+    }
+
     /// Does a record of this kind carry a list of bound values?
     fn has_parameters(self) -> bool {
         matches!(

@@ -386,7 +386,14 @@ impl Session {
     /// Counts finished statements and makes their `pg.query` events (the query writer stores
     /// them, see `queries`).
     fn query_events(&self, statements: Vec<Statement>) -> Vec<AuditEvent> {
-        let events: Vec<AuditEvent> = statements
+        let ran = statements
+            .iter()
+            .filter(|statement| statement.protocol.ran())
+            .count();
+        self.inner
+            .statements
+            .fetch_add(ran as u64, Ordering::Relaxed);
+        statements
             .into_iter()
             // The startup record's parameters are in `session.started` already.
             .filter(|statement| statement.protocol != StatementProtocol::Startup)
@@ -405,25 +412,7 @@ impl Session {
                 rows: statement.rows,
                 sqlstate: statement.sqlstate,
             })
-            .collect();
-        // Statements that ran: a `prepare` or `bind` record only says what the server accepted,
-        // a `sync` record that a batch's commit failed.
-        let ran = events
-            .iter()
-            .filter(|event| {
-                !matches!(
-                    event,
-                    AuditEvent::PgQuery {
-                        protocol: "prepare" | "sync" | "bind",
-                        ..
-                    }
-                )
-            })
-            .count();
-        self.inner
-            .statements
-            .fetch_add(ran as u64, Ordering::Relaxed);
-        events
+            .collect()
     }
 
     fn insert_recording_row(
