@@ -490,6 +490,11 @@ fn locale_and_terminal_env_reach_the_target_and_nothing_else() {
     });
     assert_eq!(lines[0]["env"]["LANG"], "C.UTF-8", "{}", lines[0]);
     assert!(lines[0]["env"].get("PORTCULLIS_SNEAKY").is_none());
+    // Issue #17: and in `session.started`, as PostgreSQL startup parameters are.
+    let started = bastion.wait_for_event("session.started");
+    let parameters = &started["detail"]["parameters"];
+    assert_eq!(parameters["LANG"], "C.UTF-8", "{started}");
+    assert!(parameters.get("PORTCULLIS_SNEAKY").is_none(), "{started}");
 }
 
 #[test]

@@ -1,36 +1,26 @@
-//! The russh `Handler` of one client connection: authentication and channel requests.
+//! The russh `Handler` of one client connection: authentication, then events for the
+//! connection's task.
 //!
-//! Kept thin on purpose (house style, rule 6): each callback checks what it must, hands work to the
-//! core (`Access`, `commands`) on a blocking thread, and writes the answer back through the session
-//! handle. Every `auth_*` method is overridden and fails closed; password, keyboard-interactive,
-//! "none" and certificate logins are always refused. Agent, X11 and remote forwarding are refused;
-//! local forwarding is refused until target sessions exist.
+//! Thin on purpose (house style, rule 6; issue #17): authentication runs here through the
+//! admission gate, and every channel callback becomes an `Event` for the connection task
+//! (`connection.rs`) that owns the state. Every `auth_*` method is overridden and fails closed;
+//! password, keyboard-interactive, "none" and certificate logins are always refused. Agent, X11
+//! and remote forwarding are refused here. The only replies given here are to pty and
+//! environment requests, at once, so they reach the client before anything the task answers.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use russh::client;
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::mpsc;
 
-use super::container;
+use super::connection::{self, Admitted, Destination, Event, Start};
 use super::login::Login;
-use super::prompt::{self, ClientEvent};
-use super::relay::{self, SharedRecorder};
-use super::scp::{Direction as ScpDirection, ScpObserver};
-use super::sftp::SftpObserver;
-use super::target::{
-    LiveTarget, Pty, Reach, RecordingPlan, RecordingStart, UNRECORDABLE, record_input,
-    start_recording,
-};
-use super::wait;
+use super::target::{Pty, Reach, Size};
 use crate::access::Access;
-use crate::commands::{self, CommandOutput};
-use crate::config::TargetKind;
 use crate::session::admit::{self, LoginRefusal, Proof, Protocol, Refused};
 use crate::session::casts::CastWriter;
 
@@ -59,127 +49,45 @@ impl russh::server::Server for SshServer {
     type Handler = Connection;
 
     fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
+        let source = peer.map_or_else(|| "unknown".to_string(), |peer| peer.ip().to_string());
         Connection {
-            access: self.access.clone(),
-            source: peer.map_or_else(|| "unknown".to_string(), |peer| peer.ip().to_string()),
+            reach: Reach {
+                access: self.access.clone(),
+                source,
+                port: self.port,
+                client_key: self.client_key.clone(),
+                casts: self.casts.clone(),
+            },
             peer,
-            port: self.port,
-            client_key: self.client_key.clone(),
-            casts: self.casts.clone(),
             login: LoginState::Anonymous { attempted: None },
-            target: TargetState::NotOpened,
             authenticated: Arc::new(AtomicBool::new(false)),
-            channels: HashMap::new(),
         }
     }
 }
 
-/// The state of one client connection.
+/// One client connection, as russh sees it.
 pub struct Connection {
-    access: Access,
-    /// The client's IP address, as audited.
-    source: String,
+    /// What the connection task needs to reach targets; `reach.source` is the client's address.
+    reach: Reach,
     peer: Option<SocketAddr>,
-    port: u16,
-    client_key: Arc<PrivateKey>,
-    casts: CastWriter,
     login: LoginState,
-    target: TargetState,
     /// Set once authenticated, for the handshake timeout.
     authenticated: Arc<AtomicBool>,
-    channels: HashMap<ChannelId, ChannelState>,
 }
 
 /// Where a connection's authentication stands.
 enum LoginState {
     /// Not logged in; the last login name a key was offered for, to audit a connection that
     /// never authenticated.
-    Anonymous {
-        attempted: Option<String>,
-    },
-    LoggedIn(Login),
-    /// The client proved its key but the account is locked (issue #17): SSH cannot say why at
-    /// authentication, so the login is taken, one channel is told this, and nothing else opens.
-    Locked(String),
+    Anonymous { attempted: Option<String> },
+    /// Admitted; the connection task starts with the first channel (it needs the session's
+    /// handle, which the authentication callbacks do not have).
+    Admitted(Admitted),
+    /// The connection task runs: every channel event goes to it.
+    Running(mpsc::Sender<Event>),
+    /// The connection task is gone; nothing more is served.
+    Ended,
 }
-
-/// Where a target login stands with its target (a command login never opens one).
-enum TargetState {
-    NotOpened,
-    /// The open session and upstream connection.
-    Open(LiveTarget),
-    /// Refused when first asked, told on every channel; `no_grant`: a terminal shell is
-    /// offered to request one and wait.
-    Refused {
-        why: String,
-        no_grant: bool,
-    },
-}
-
-impl LoginState {
-    fn login(&self) -> Option<&Login> {
-        match self {
-            LoginState::LoggedIn(login) => Some(login),
-            _ => None,
-        }
-    }
-
-    fn locked(&self) -> Option<&str> {
-        match self {
-            LoginState::Locked(why) => Some(why),
-            _ => None,
-        }
-    }
-}
-
-impl TargetState {
-    fn live(&self) -> Option<&LiveTarget> {
-        match self {
-            TargetState::Open(live) => Some(live),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Default)]
-struct ChannelState {
-    pty: Option<Pty>,
-    /// The same, for the pump.
-    pty_flag: Arc<AtomicBool>,
-    /// The target's side of a relayed channel, for requests.
-    upstream: Option<Arc<ChannelWriteHalf<client::Msg>>>,
-    /// The engineer's data and EOF on their way to the target.
-    to_target: Option<relay::TargetInput>,
-    /// The channel's index within the session.
-    index: u32,
-    recorder: SharedRecorder,
-    record_input: bool,
-    /// Why this channel will not reach a target.
-    refused: Option<String>,
-    /// Set for a port forward.
-    forward: Option<Arc<relay::Forward>>,
-    /// Set once the channel runs a file transfer (sftp, or a legacy scp exec).
-    transfer: relay::SharedTransfer,
-    /// What the client sends, when the bastion serves this channel itself (prompt, waiting).
-    input: Option<mpsc::Sender<ClientEvent>>,
-    /// A relayed channel's shell, exec or subsystem started on the target (a forward from the
-    /// start). Until then its data and EOF are held (issue #17): data sent before the command
-    /// would otherwise reach its stdin unrecorded.
-    started: bool,
-    /// Data the client sent before the command started, recorded and sent once it does.
-    early: Vec<u8>,
-    /// Environment variables forwarded to the target, for the recording's header.
-    env: Vec<(String, String)>,
-    /// EOF the client sent before the command started, sent after `early`.
-    early_eof: bool,
-}
-
-/// Environment variables kept for a channel's recording header (a client may send any number).
-const MAX_ENV: usize = 64;
-
-/// Data a client may send on a channel before its command starts; past it the channel closes.
-/// OpenSSH sends none; russh's window lets a client send 2 MiB.
-const MAX_EARLY: usize = 2 * 1024 * 1024;
 
 impl Connection {
     /// A flag that turns true once this connection has authenticated.
@@ -192,6 +100,7 @@ impl Connection {
     fn key_allowed(&self, login: &str, key: &PublicKey) -> Result<Login, &'static str> {
         let login = Login::parse(login).ok_or("malformed login")?;
         let user = self
+            .reach
             .access
             .config()
             .user(&login.user)
@@ -212,23 +121,40 @@ impl Connection {
         }
         Auth::reject()
     }
+
+    /// Hands an event to the connection task, starting it with the first; false when there is
+    /// no task to take it (not admitted, or ended).
+    async fn send(&mut self, event: Event, session: &mut Session) -> bool {
+        if let LoginState::Admitted(_) = &self.login
+            && let LoginState::Admitted(admitted) =
+                std::mem::replace(&mut self.login, LoginState::Ended)
+        {
+            let events = connection::spawn(self.reach.clone(), session.handle(), admitted);
+            self.login = LoginState::Running(events);
+        }
+        let LoginState::Running(events) = &self.login else {
+            return false;
+        };
+        if events.send(event).await.is_err() {
+            self.login = LoginState::Ended;
+            return false;
+        }
+        true
+    }
 }
 
 impl Drop for Connection {
     /// A connection that tried a login and never authenticated is one failed authentication,
-    /// however many keys the client offered.
+    /// however many keys the client offered. (The connection task closes the target session
+    /// when this handler, and so its queue, is gone.)
     fn drop(&mut self) {
-        if let TargetState::Open(live) = std::mem::replace(&mut self.target, TargetState::NotOpened)
-        {
-            tokio::spawn(live.close());
-        }
         let LoginState::Anonymous {
             attempted: Some(user),
-        } = std::mem::replace(&mut self.login, LoginState::Anonymous { attempted: None })
+        } = std::mem::replace(&mut self.login, LoginState::Ended)
         else {
             return;
         };
-        let (access, Some(peer)) = (self.access.clone(), self.peer) else {
+        let (access, Some(peer)) = (self.reach.access.clone(), self.peer) else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -295,7 +221,7 @@ impl russh::server::Handler for Connection {
         let login = match self.key_allowed(user, key.public_key) {
             Ok(login) => login,
             Err(why) => {
-                tracing::info!(source = %self.source, why, "ssh authentication refused");
+                tracing::info!(source = %self.reach.source, why, "ssh authentication refused");
                 return Ok(self.reject(user));
             }
         };
@@ -306,7 +232,7 @@ impl russh::server::Handler for Connection {
         // not for the bastion's own audit write (slow under a burst of logins). Re-armed below if
         // the login is refused.
         self.authenticated.store(true, Ordering::SeqCst);
-        let access = self.access.clone();
+        let access = self.reach.access.clone();
         let (name, target) = (login.user.clone(), login.target.clone());
         let admitted = tokio::task::spawn_blocking(move || {
             admit::login(
@@ -330,11 +256,11 @@ impl russh::server::Handler for Connection {
                 ..
             })) => {
                 // Taken, so the engineer reads why on every channel; nothing else opens.
-                tracing::info!(source = %self.source, "ssh login of a locked account");
+                tracing::info!(source = %self.reach.source, "ssh login of a locked account");
                 // Not authenticated as far as the handshake deadline goes: the connection is cut
                 // when it passes (issue #17 review: it stayed open until the idle timeout).
                 self.authenticated.store(false, Ordering::SeqCst);
-                self.login = LoginState::Locked(refusal.to_string());
+                self.login = LoginState::Admitted(Admitted::Locked(refusal.to_string()));
                 return Ok(Auth::Accept);
             }
             Ok(Err(Refused { delay, .. })) => {
@@ -344,14 +270,14 @@ impl russh::server::Handler for Connection {
             }
             Err(_) => {
                 // Fail closed: a login that cannot be checked or audited does not happen.
-                tracing::error!(source = %self.source, "cannot admit an ssh login; refusing it");
+                tracing::error!(source = %self.reach.source, "cannot admit an ssh login; refusing it");
                 self.authenticated.store(false, Ordering::SeqCst);
                 return Ok(Auth::reject());
             }
         }
-        tracing::info!(user = %login.user, target = ?login.target, source = %self.source,
+        tracing::info!(user = %login.user, target = ?login.target, source = %self.reach.source,
             "ssh login");
-        self.login = LoginState::LoggedIn(login);
+        self.login = LoginState::Admitted(Admitted::Login(login));
         Ok(Auth::Accept)
     }
 
@@ -361,65 +287,12 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.login.locked().is_some() && self.channels.is_empty() {
-            // One channel, to say why the account is locked.
-            self.channels.insert(channel.id(), ChannelState::default());
-            reply.accept().await;
-            return Ok(());
-        }
-        let Some(login) = self.login.login().cloned() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        // The task answers; a reply dropped unanswered (no task) is a refusal.
+        let event = Event::OpenSession {
+            channel: channel.id(),
+            reply,
         };
-        let cap = self.access.config().limits.max_channels_per_connection as usize;
-        if self.channels.len() >= cap {
-            tracing::info!(source = %self.source, cap, "channel refused: too many open channels");
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        }
-        let mut state = ChannelState::default();
-        if let Some(target) = &login.target {
-            if let Err(why) = self.ensure_target(&login.user, target, session).await {
-                state.refused = Some(why);
-            } else if let Some(live) = self.target.live() {
-                match relay::open_upstream_channel(&live.upstream).await {
-                    Ok(upstream_channel) => {
-                        let (read, write) = upstream_channel.split();
-                        let index = live.session.next_channel();
-                        state.index = index;
-                        let write = Arc::new(write);
-                        let (to_target, input_stop) = relay::TargetInput::start(write.clone());
-                        state.to_target = Some(to_target);
-                        state.upstream = Some(write);
-                        state.record_input = record_input(live.session.target());
-                        if let Ok(mut open) = live.live.lock() {
-                            open.insert(channel.id(), false);
-                        }
-                        tokio::spawn(relay::pump(
-                            read,
-                            session.handle(),
-                            channel.id(),
-                            index,
-                            live.session.clone(),
-                            state.recorder.clone(),
-                            live.live.clone(),
-                            state.pty_flag.clone(),
-                            None,
-                            state.transfer.clone(),
-                            Some(input_stop),
-                        ));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot open a channel on the target");
-                        state.refused = Some(format!("target {target} refused a new channel"));
-                    }
-                }
-            }
-        }
-        self.channels.insert(channel.id(), state);
-        reply.accept().await;
+        self.send(event, session).await;
         Ok(())
     }
 
@@ -433,74 +306,17 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let destination = format!("{host_to_connect}:{port_to_connect}");
-        let opened = self
-            .open_forward(
-                &destination,
-                host_to_connect,
-                port_to_connect,
-                originator_address,
+        let event = Event::OpenForward {
+            channel: channel.id(),
+            destination: Destination {
+                host: host_to_connect.to_string(),
+                port: port_to_connect,
+                originator_address: originator_address.to_string(),
                 originator_port,
-                session,
-            )
-            .await;
-        match opened {
-            Ok(upstream_channel) => {
-                let (read, write) = upstream_channel.split();
-                let forward = Arc::new(relay::Forward {
-                    destination,
-                    bytes_up: Default::default(),
-                    bytes_down: Default::default(),
-                });
-                let write = Arc::new(write);
-                let (to_target, input_stop) = relay::TargetInput::start(write.clone());
-                let mut state = ChannelState {
-                    to_target: Some(to_target),
-                    upstream: Some(write),
-                    forward: Some(forward.clone()),
-                    started: true,
-                    ..ChannelState::default()
-                };
-                if let Some(live) = self.target.live() {
-                    state.index = live.session.next_channel();
-                    tokio::spawn(relay::pump(
-                        read,
-                        session.handle(),
-                        channel.id(),
-                        state.index,
-                        live.session.clone(),
-                        state.recorder.clone(),
-                        live.live.clone(),
-                        state.pty_flag.clone(),
-                        Some(forward),
-                        state.transfer.clone(),
-                        Some(input_stop),
-                    ));
-                }
-                self.channels.insert(channel.id(), state);
-                reply.accept().await;
-            }
-            Err(why) => {
-                let refusal = admit::Refusal::Forward {
-                    user: self
-                        .login
-                        .login()
-                        .map(|login| login.user.clone())
-                        .unwrap_or_default(),
-                    target: self
-                        .login
-                        .login()
-                        .and_then(|login| login.target.clone())
-                        .unwrap_or_default(),
-                    destination,
-                    why: why.to_string(),
-                };
-                admit::refused(&self.access, refusal).await;
-                reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await;
-            }
-        }
+            },
+            reply,
+        };
+        self.send(event, session).await;
         Ok(())
     }
 
@@ -521,35 +337,18 @@ impl russh::server::Handler for Connection {
     async fn channel_close(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(state) = self.channels.remove(&channel)
-            && let Some(upstream) = state.upstream
-        {
-            let _ = upstream.close().await;
-        }
+        self.send(Event::Close { channel }, session).await;
         Ok(())
     }
 
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(state) = self.channels.get_mut(&channel)
-            && state.to_target.is_some()
-            && !state.started
-        {
-            state.early_eof = true;
-        } else if let Some(to_target) = self
-            .channels
-            .get(&channel)
-            .and_then(|state| state.to_target.as_ref())
-        {
-            to_target.eof().await;
-        } else if let Some(input) = self.input_of(channel) {
-            let _ = input.send(ClientEvent::Eof).await;
-        }
+        self.send(Event::Eof { channel }, session).await;
         Ok(())
     }
 
@@ -559,27 +358,11 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(input) = self.input_of(channel) {
-            // The prompt reads at its own pace; a full queue slows the client down.
-            let _ = input.send(ClientEvent::Data(data.to_vec())).await;
-            return Ok(());
-        }
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return Ok(());
+        let event = Event::Data {
+            channel,
+            data: data.to_vec(),
         };
-        if state.upstream.is_some() && !state.started {
-            if state.early.len() + data.len() > MAX_EARLY {
-                tracing::info!(source = %self.source, "channel closed: too much data before its command");
-                if let Some(upstream) = &state.upstream {
-                    let _ = upstream.close().await;
-                }
-                let _ = session.close(channel);
-                return Ok(());
-            }
-            state.early.extend_from_slice(data);
-            return Ok(());
-        }
-        self.forward_input(channel, data, session).await;
+        self.send(event, session).await;
         Ok(())
     }
 
@@ -594,36 +377,20 @@ impl russh::server::Handler for Connection {
         modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return session.channel_failure(channel);
-        };
-        state.pty = Some(Pty {
+        let pty = Pty {
             term: term.to_string(),
-            width: col_width,
-            height: row_height,
+            size: Size {
+                width: col_width,
+                height: row_height,
+                pixel_width: pix_width,
+                pixel_height: pix_height,
+            },
             modes: modes.to_vec(),
-        });
-        state.pty_flag.store(true, Ordering::Relaxed);
-        if let Some(live) = self.target.live()
-            && let Ok(mut open) = live.live.lock()
-            && let Some(flag) = open.get_mut(&channel)
-        {
-            *flag = true;
-        }
-        match &state.upstream {
-            // The target's answer is relayed by the pump.
-            Some(upstream) => {
-                let forwarded = upstream
-                    .request_pty(
-                        true, term, col_width, row_height, pix_width, pix_height, modes,
-                    )
-                    .await;
-                if forwarded.is_err() {
-                    return session.channel_failure(channel);
-                }
-                Ok(())
-            }
-            None => session.channel_success(channel),
+        };
+        if self.send(Event::Pty { channel, pty }, session).await {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
         }
     }
 
@@ -637,26 +404,15 @@ impl russh::server::Handler for Connection {
         // Only locale and terminal type reach a target (issue #3); nothing else can change how
         // the target's shell behaves.
         let allowed = matches!(variable_name, "LANG" | "TERM") || variable_name.starts_with("LC_");
-        match self.upstream_of(channel) {
-            Some(upstream) if allowed => {
-                if upstream
-                    .set_env(true, variable_name, variable_value)
-                    .await
-                    .is_err()
-                {
-                    return session.channel_failure(channel);
-                }
-                if let Some(state) = self.channels.get_mut(&channel)
-                    && state.env.len() < MAX_ENV
-                {
-                    state
-                        .env
-                        .push((variable_name.to_string(), variable_value.to_string()));
-                }
-                Ok(())
-            }
-            None if allowed => session.channel_success(channel),
-            _ => session.channel_failure(channel),
+        let event = Event::Env {
+            channel,
+            name: variable_name.to_string(),
+            value: variable_value.to_string(),
+        };
+        if allowed && self.send(event, session).await {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
         }
     }
 
@@ -667,27 +423,15 @@ impl russh::server::Handler for Connection {
         row_height: u32,
         pix_width: u32,
         pix_height: u32,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(input) = self.input_of(channel) {
-            let resize = ClientEvent::Resize {
-                width: col_width,
-                height: row_height,
-                pixel_width: pix_width,
-                pixel_height: pix_height,
-            };
-            let _ = input.send(resize).await;
-        }
-        if let (Some(_), Some(state)) = (self.target.live(), self.channels.get(&channel)) {
-            if let Some(upstream) = &state.upstream {
-                let _ = upstream
-                    .window_change(col_width, row_height, pix_width, pix_height)
-                    .await;
-            }
-            if let Some(cast) = state.recorder.get() {
-                cast.resize(col_width, row_height).await;
-            }
-        }
+        let size = Size {
+            width: col_width,
+            height: row_height,
+            pixel_width: pix_width,
+            pixel_height: pix_height,
+        };
+        self.send(Event::Resize { channel, size }, session).await;
         Ok(())
     }
 
@@ -695,13 +439,9 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: ChannelId,
         signal: russh::Sig,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(upstream) = self.upstream_of(channel) {
-            let _ = upstream.signal(signal).await;
-        } else if let Some(input) = self.input_of(channel) {
-            let _ = input.send(ClientEvent::Signal(signal)).await;
-        }
+        self.send(Event::Signal { channel, signal }, session).await;
         Ok(())
     }
 
@@ -739,13 +479,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.relayed(channel) {
-            return self.start_relayed(channel, Start::Shell, session).await;
-        }
-        if self.login.locked().is_some() {
-            return self.tell_locked(channel, session);
-        }
-        self.start(channel, None, session)
+        self.start(channel, Start::Shell, session).await
     }
 
     async fn exec_request(
@@ -754,16 +488,8 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.relayed(channel) {
-            return self
-                .start_relayed(channel, Start::Exec(data.to_vec()), session)
-                .await;
-        }
-        if self.login.locked().is_some() {
-            return self.tell_locked(channel, session);
-        }
-        let line = String::from_utf8_lossy(data).into_owned();
-        self.start(channel, Some(line), session)
+        self.start(channel, Start::Exec(data.to_vec()), session)
+            .await
     }
 
     async fn subsystem_request(
@@ -772,454 +498,23 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.relayed(channel) {
-            return self
-                .start_relayed(channel, Start::Subsystem(name.to_string()), session)
-                .await;
-        }
-        if self.login.locked().is_some() {
-            return self.tell_locked(channel, session);
-        }
-        match self.login.login() {
-            Some(Login {
-                target: Some(_), ..
-            }) => self.start(channel, None, session),
-            _ => session.channel_failure(channel),
-        }
+        self.start(channel, Start::Subsystem(name.to_string()), session)
+            .await
     }
-}
-
-/// What a relayed channel starts on the target.
-enum Start {
-    Shell,
-    Exec(Vec<u8>),
-    Subsystem(String),
 }
 
 impl Connection {
-    /// Counts, records and observes what the client sent on a started relayed channel, then
-    /// sends it to the target.
-    async fn forward_input(&self, channel: ChannelId, data: &[u8], session: &mut Session) {
-        let (Some(live), Some(state)) = (self.target.live(), self.channels.get(&channel)) else {
-            return;
-        };
-        let Some(upstream) = &state.upstream else {
-            return;
-        };
-        let input = relay::ClientInput {
-            session: &live.session,
-            recorder: &state.recorder,
-            record_input: state.record_input,
-            transfer: &state.transfer,
-            forward: state.forward.as_deref(),
-        };
-        if let Err(why) = input.accept(data).await {
-            // Fail closed: what cannot be recorded or audited does not reach the target.
-            let pty = state.pty_flag.load(Ordering::Relaxed);
-            let _ = upstream.close().await;
-            relay::cut(&session.handle(), channel, pty, why).await;
-            return;
-        }
-        if let Some(to_target) = &state.to_target
-            && !to_target.data(data).await
-        {
-            tracing::debug!("upstream channel closed while writing");
-        }
-    }
-
-    /// The command started on the target: what the client sent before goes now, recorded.
-    async fn release_early(&mut self, channel: ChannelId, session: &mut Session) {
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return;
-        };
-        state.started = true;
-        let early = std::mem::take(&mut state.early);
-        let eof = std::mem::take(&mut state.early_eof);
-        if !early.is_empty() {
-            self.forward_input(channel, &early, session).await;
-        }
-        if eof
-            && let Some(to_target) = self
-                .channels
-                .get(&channel)
-                .and_then(|state| state.to_target.as_ref())
-        {
-            to_target.eof().await;
-        }
-    }
-
-    /// Tells a locked account's channel why, and closes it.
-    fn tell_locked(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
-        let Some(why) = self.login.locked().map(str::to_string) else {
-            return session.channel_failure(channel);
-        };
-        session.channel_success(channel)?;
-        let pty = self
-            .channels
-            .get(&channel)
-            .is_some_and(|state| state.pty.is_some());
-        let handle = session.handle();
-        tokio::spawn(async move {
-            let output = CommandOutput {
-                stdout: String::new(),
-                stderr: format!("error: {why}\n"),
-                exit_code: 1,
-            };
-            finish(&handle, channel, output, pty).await;
-        });
-        Ok(())
-    }
-
-    fn upstream_of(&self, channel: ChannelId) -> Option<&ChannelWriteHalf<client::Msg>> {
-        self.channels
-            .get(&channel)
-            .and_then(|state| state.upstream.as_deref())
-    }
-
-    fn input_of(&self, channel: ChannelId) -> Option<mpsc::Sender<ClientEvent>> {
-        self.channels
-            .get(&channel)
-            .and_then(|state| state.input.clone())
-    }
-
-    fn relayed(&self, channel: ChannelId) -> bool {
-        self.upstream_of(channel).is_some()
-    }
-
-    /// Opens a direct-tcpip channel on the target for `ssh -L`, only where the target allows it.
-    async fn open_forward(
-        &mut self,
-        destination: &str,
-        host: &str,
-        port: u32,
-        originator_address: &str,
-        originator_port: u32,
-        session: &mut Session,
-    ) -> Result<russh::Channel<client::Msg>, &'static str> {
-        let Some(Login {
-            user,
-            target: Some(target),
-        }) = self.login.login().cloned()
-        else {
-            return Err("port forwarding needs a target login (user+target)");
-        };
-        let allowed = self.access.config().target(&target).is_some_and(
-            |config| matches!(&config.kind, TargetKind::Ssh(ssh) if ssh.allow_port_forwarding),
-        );
-        if !allowed {
-            return Err("the target does not allow port forwarding");
-        }
-        if self.ensure_target(&user, &target, session).await.is_err() {
-            return Err("no session on the target");
-        }
-        let Some(live) = self.target.live() else {
-            return Err("no session on the target");
-        };
-        tracing::info!(user = %user, target = %target, destination, "port forward");
-        live.upstream
-            .channel_open_direct_tcpip(host, port, originator_address, originator_port)
-            .await
-            .map_err(|_| "the target refused the forward")
-    }
-
-    /// Opens the session and the upstream connection on the first channel of a target login.
-    /// `Err` is the line to tell the engineer; the refusal is already audited.
-    async fn ensure_target(
-        &mut self,
-        user: &str,
-        target: &str,
-        session: &mut Session,
-    ) -> Result<(), String> {
-        match &self.target {
-            TargetState::Open(_) => return Ok(()),
-            TargetState::Refused { why, .. } => return Err(why.clone()),
-            TargetState::NotOpened => {}
-        }
-        let reach = Reach {
-            access: self.access.clone(),
-            source: self.source.clone(),
-            port: self.port,
-            client_key: self.client_key.clone(),
-            casts: self.casts.clone(),
-        };
-        match reach.connect(user, target, session.handle()).await {
-            Ok(live) => {
-                self.target = TargetState::Open(live);
-                Ok(())
-            }
-            Err(refused) => {
-                self.target = TargetState::Refused {
-                    why: refused.why.clone(),
-                    no_grant: refused.no_grant,
-                };
-                Err(refused.why)
-            }
-        }
-    }
-
-    /// Starts a shell, exec or subsystem on the target, with its recording.
-    async fn start_relayed(
+    /// Hands a shell, exec or subsystem request to the task, which answers it.
+    async fn start(
         &mut self,
         channel: ChannelId,
         start: Start,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let (Some(live), Some(state)) = (self.target.live(), self.channels.get(&channel)) else {
-            return session.channel_failure(channel);
-        };
-        let Some(upstream) = &state.upstream else {
-            return session.channel_failure(channel);
-        };
-        if state.started {
-            // One command per channel (issue #17 review: a second request replaced the
-            // channel's transfer observer, and an open upload went unaudited).
-            return session.channel_failure(channel);
-        }
-        if let Start::Subsystem(name) = &start
-            && (name != "sftp" || live.container.is_some())
-        {
-            // Issue #17: only SFTP is observed, so any other subsystem would run unrecorded; and
-            // file transfer into containers is not offered (it would land on the host).
-            let (session_core, name) = (live.session.clone(), name.clone());
-            let _ =
-                tokio::task::spawn_blocking(move || session_core.subsystem_refused(&name)).await;
-            return session.channel_failure(channel);
-        }
-        let command = match &start {
-            Start::Exec(command) => Some(String::from_utf8_lossy(command).into_owned()),
-            _ => None,
-        };
-        // SFTP and scp traffic is not a terminal: it is audited per file operation, not cast.
-        if !matches!(start, Start::Subsystem(_)) {
-            let plan = RecordingPlan {
-                index: state.index,
-                pty: state.pty.as_ref(),
-                command,
-                env: state.env.clone(),
-            };
-            let started = start_recording(
-                &self.access,
-                &live.session,
-                plan,
-                &state.recorder,
-                &self.casts,
-            )
-            .await;
-            match started {
-                RecordingStart::Started => {}
-                RecordingStart::Refused => {
-                    // Fail closed: a session that cannot be recorded does not run.
-                    session.channel_success(channel)?;
-                    let pty = state.pty.is_some();
-                    let _ = upstream.close().await;
-                    relay::cut(&session.handle(), channel, pty, UNRECORDABLE).await;
-                    return Ok(());
-                }
-                RecordingStart::Broken => return session.channel_failure(channel),
-            }
-        }
-        let forwarded = match (&live.container, start) {
-            (None, Start::Shell) => upstream.request_shell(true).await,
-            (None, Start::Exec(command)) => {
-                let line = String::from_utf8_lossy(&command);
-                if let Ok(mut slot) = state.transfer.lock() {
-                    if let Some((direction, root)) = ScpDirection::of_command(&line) {
-                        *slot = Some(relay::Transfer::Scp(ScpObserver::new(direction, root)));
-                    } else if runs_sftp_server(&line) {
-                        // The sftp subsystem by another name (issue #17 review).
-                        *slot = Some(relay::Transfer::Sftp(SftpObserver::default()));
-                    }
-                }
-                upstream.exec(true, command).await
-            }
-            (None, Start::Subsystem(name)) => {
-                // Only `sftp` gets here (`start_relayed` refuses the others).
-                if let Ok(mut slot) = state.transfer.lock() {
-                    *slot = Some(relay::Transfer::Sftp(SftpObserver::default()));
-                }
-                upstream.request_subsystem(true, name).await
-            }
-            (Some(container), Start::Shell) => {
-                let line = container::host_command(
-                    container.runtime,
-                    &container.container,
-                    state.pty.is_some(),
-                    None,
-                );
-                upstream.exec(true, line).await
-            }
-            (Some(container), Start::Exec(command)) => {
-                let line = container::host_command(
-                    container.runtime,
-                    &container.container,
-                    state.pty.is_some(),
-                    Some(&String::from_utf8_lossy(&command)),
-                );
-                upstream.exec(true, line).await
-            }
-            // Refused above.
-            (Some(_), Start::Subsystem(_)) => return session.channel_failure(channel),
-        };
-        if forwarded.is_err() {
-            return session.channel_failure(channel);
-        }
-        self.release_early(channel, session).await;
-        Ok(())
-    }
-
-    /// Answers a shell, exec or subsystem request that is not relayed: the command interface,
-    /// or the refusal of a target session (already audited when it was decided).
-    fn start(
-        &mut self,
-        channel: ChannelId,
-        command: Option<String>,
-        session: &mut Session,
-    ) -> Result<(), russh::Error> {
-        let (Some(login), Some(state)) =
-            (self.login.login().cloned(), self.channels.get_mut(&channel))
-        else {
-            return session.channel_failure(channel);
-        };
-        session.channel_success(channel)?;
-        let access = self.access.clone();
-        let pty = state.pty.is_some();
-        if pty && login.target.is_none() && command.is_none() {
-            let (sender, receiver) = mpsc::channel(64);
-            state.input = Some(sender);
-            tokio::spawn(prompt::run(
-                access,
-                login.user,
-                session.handle(),
-                channel,
-                receiver,
-            ));
-            return Ok(());
-        }
-        if pty
-            && login.target.is_none()
-            && let Some(line) = command
-                .as_deref()
-                .filter(|line| prompt::waits_for_decision(line))
-        {
-            let (sender, receiver) = mpsc::channel(64);
-            state.input = Some(sender);
-            tokio::spawn(prompt::request_and_wait(
-                access,
-                login.user,
-                session.handle(),
-                channel,
-                receiver,
-                line.to_string(),
-            ));
-            return Ok(());
-        }
-        if let (Some(target), Some(pty), None, true) = (
-            &login.target,
-            &state.pty,
-            &command,
-            matches!(self.target, TargetState::Refused { no_grant: true, .. }),
-        ) {
-            // Issue #3: a terminal without a grant is offered to request access and wait.
-            let (sender, receiver) = mpsc::channel(64);
-            state.input = Some(sender);
-            let dialog = wait::Dialog {
-                reach: Reach {
-                    access,
-                    source: self.source.clone(),
-                    port: self.port,
-                    client_key: self.client_key.clone(),
-                    casts: self.casts.clone(),
-                },
-                user: login.user,
-                target: target.clone(),
-                handle: session.handle(),
-                channel,
-                pty: pty.clone(),
-            };
-            tokio::spawn(dialog.run(receiver));
-            return Ok(());
-        }
-        let refused = state.refused.clone();
-        let handle = session.handle();
-        tokio::spawn(async move {
-            let output = match (&login.target, command) {
-                (Some(_), _) => CommandOutput {
-                    stdout: String::new(),
-                    stderr: format!(
-                        "error: {}\n",
-                        refused.unwrap_or_else(|| "this session was refused".to_string())
-                    ),
-                    exit_code: 1,
-                },
-                (None, command) => tokio::task::spawn_blocking(move || match command {
-                    Some(line) => commands::run_line(&access, &login.user, &line),
-                    None => interactive_unavailable(&access, &login.user),
-                })
-                .await
-                .unwrap_or_else(|_| CommandOutput {
-                    stdout: String::new(),
-                    stderr: "error: the bastion failed on this request; nothing was changed\n"
-                        .to_string(),
-                    exit_code: 1,
-                }),
-            };
-            finish(&handle, channel, output, pty).await;
-        });
-        Ok(())
-    }
-}
-
-/// Writes a command's output, its exit status, EOF and close, in the order OpenSSH expects.
-async fn finish(
-    handle: &russh::server::Handle,
-    channel: ChannelId,
-    output: CommandOutput,
-    pty: bool,
-) {
-    // A pty has one stream and wants CRLF line ends.
-    let fix = |text: String| {
-        if pty {
-            text.replace('\n', "\r\n")
+        if self.send(Event::Start { channel, start }, session).await {
+            Ok(())
         } else {
-            text
+            session.channel_failure(channel)
         }
-    };
-    if !output.stdout.is_empty() {
-        let _ = handle.data(channel, fix(output.stdout).into_bytes()).await;
-    }
-    if !output.stderr.is_empty() {
-        let stderr = fix(output.stderr).into_bytes();
-        if pty {
-            let _ = handle.data(channel, stderr).await;
-        } else {
-            let _ = handle.extended_data(channel, 1, stderr).await;
-        }
-    }
-    let _ = handle.exit_status_request(channel, output.exit_code).await;
-    let _ = handle.eof(channel).await;
-    let _ = handle.close(channel).await;
-}
-
-/// Does this exec command run an SFTP server (`/usr/lib/openssh/sftp-server`, `sh -c
-/// 'exec sftp-server'`, `internal-sftp`)? A command that only names one (`man sftp-server`) gets
-/// the observer too, which ends it as an untrackable transfer: the safe side of a guess.
-fn runs_sftp_server(line: &str) -> bool {
-    line.contains("sftp-server") || line.contains("internal-sftp")
-}
-
-fn interactive_unavailable(access: &Access, user: &str) -> CommandOutput {
-    let help = commands::run(access, user, &["help".to_string()]);
-    CommandOutput {
-        stdout: format!(
-            "portcullis: connect with a terminal for the interactive prompt, or run one command \
-             per connection, for example: ssh <bastion> targets\n\n{}",
-            help.stdout
-        ),
-        stderr: String::new(),
-        exit_code: 0,
     }
 }

@@ -5,8 +5,10 @@
 //! it decides nothing itself. Authentication is public key only, every `auth_*` callback is
 //! overridden and fails closed (issue #3).
 
+mod connection;
 mod container;
 mod handler;
+mod local;
 mod login;
 mod prompt;
 mod relay;

@@ -18,13 +18,7 @@ use crate::commands;
 #[derive(Debug)]
 pub enum ClientEvent {
     Data(Vec<u8>),
-    Resize {
-        width: u32,
-        height: u32,
-        pixel_width: u32,
-        pixel_height: u32,
-    },
-    Signal(russh::Sig),
+    Resize(super::target::Size),
     Eof,
 }
 

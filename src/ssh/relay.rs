@@ -3,8 +3,8 @@
 //! `pump` carries one upstream channel's messages (output, stderr, request replies, exit status,
 //! EOF, close) to the downstream channel in order, records output, and flushes the recording every
 //! second. `supervise` watches the session's grant and writes the expiry warning and the final
-//! notice to every live channel before cutting them. The handler (`handler.rs`) carries the other
-//! direction.
+//! notice to every live channel before cutting them. The connection task (`connection.rs`)
+//! carries the other direction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -306,120 +306,127 @@ pub async fn cut(handle: &Handle, channel: ChannelId, pty: bool, message: &str) 
 const DELIVERY_QUEUE: usize = 256;
 
 /// Carries one upstream channel to its downstream channel until either side closes it.
-#[allow(clippy::too_many_arguments)]
-pub async fn pump(
-    mut upstream: ChannelReadHalf,
-    handle: Handle,
-    down: ChannelId,
-    index: u32,
-    session: Session,
-    recorder: SharedRecorder,
-    live: LiveChannels,
-    pty: Arc<std::sync::atomic::AtomicBool>,
-    forward: Option<Arc<Forward>>,
-    transfer: SharedTransfer,
-    input_stop: Option<InputStop>,
-) {
-    let (to_client, queued) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
-    let delivery = tokio::spawn(deliver(queued, handle.clone(), down));
-    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
-    let mut failed = None;
-    loop {
-        let message = tokio::select! {
-            message = upstream.wait() => message,
-            _ = flush.tick() => {
-                if let Some(cast) = recorder.get()
-                    && !cast.flush().await
-                {
-                    failed = Some("recording failed; the session was ended");
-                    break;
+pub struct Pump {
+    pub handle: Handle,
+    pub down: ChannelId,
+    /// The channel's index within the session.
+    pub index: u32,
+    pub session: Session,
+    pub recorder: SharedRecorder,
+    pub live: LiveChannels,
+    pub pty: bool,
+    pub forward: Option<Arc<Forward>>,
+    pub transfer: SharedTransfer,
+    pub input_stop: InputStop,
+}
+
+impl Pump {
+    pub async fn run(self, mut upstream: ChannelReadHalf) {
+        let Pump {
+            handle,
+            down,
+            index,
+            session,
+            recorder,
+            live,
+            pty,
+            forward,
+            transfer,
+            input_stop,
+        } = self;
+        let (to_client, queued) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
+        let delivery = tokio::spawn(deliver(queued, handle.clone(), down));
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        let mut failed = None;
+        loop {
+            let message = tokio::select! {
+                message = upstream.wait() => message,
+                _ = flush.tick() => {
+                    if let Some(cast) = recorder.get()
+                        && !cast.flush().await
+                    {
+                        failed = Some("recording failed; the session was ended");
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+            };
+            let Some(message) = message else {
+                break;
+            };
+            match &message {
+                ChannelMsg::Data { data } => {
+                    session.count_out(data.len());
+                    if let Some(forward) = &forward {
+                        forward
+                            .bytes_down
+                            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(cast) = recorder.get()
+                        && !cast.output(data).await
+                    {
+                        failed = Some("recording failed; the session was ended");
+                        break;
+                    }
+                    if !observe_transfer(&session, &transfer, data, false).await {
+                        failed = Some(UNFOLLOWABLE);
+                        break;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, .. } => {
+                    session.count_out(data.len());
+                    if let Some(cast) = recorder.get()
+                        && !cast.output(data).await
+                    {
+                        failed = Some("recording failed; the session was ended");
+                        break;
+                    }
+                }
+                _ => {}
             }
-        };
-        let Some(message) = message else {
-            break;
-        };
-        match &message {
-            ChannelMsg::Data { data } => {
-                session.count_out(data.len());
-                if let Some(forward) = &forward {
-                    forward
-                        .bytes_down
-                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                if let Some(cast) = recorder.get()
-                    && !cast.output(data).await
-                {
-                    failed = Some("recording failed; the session was ended");
-                    break;
-                }
-                if !observe_transfer(&session, &transfer, data, false).await {
-                    failed = Some(UNFOLLOWABLE);
-                    break;
-                }
-            }
-            ChannelMsg::ExtendedData { data, .. } => {
-                session.count_out(data.len());
-                if let Some(cast) = recorder.get()
-                    && !cast.output(data).await
-                {
-                    failed = Some("recording failed; the session was ended");
-                    break;
-                }
-            }
-            _ => {}
-        }
-        let closed = matches!(message, ChannelMsg::Close);
-        if to_client.send(message).await.is_err() || closed {
-            break;
-        }
-    }
-    // The target's side of the channel is gone: nothing more can be written to it.
-    drop(input_stop);
-    // What is queued reaches the client before the channel's end.
-    drop(to_client);
-    let _ = delivery.await;
-    // The client is answered first: finalizing syncs the recording to disk, which for a bulk
-    // transfer is the slowest step of all, and the engineer's command is done by then.
-    let was_live = live
-        .lock()
-        .ok()
-        .and_then(|mut channels| channels.remove(&down));
-    if was_live.is_some() {
-        match failed {
-            Some(message) => {
-                cut(
-                    &handle,
-                    down,
-                    pty.load(std::sync::atomic::Ordering::Relaxed),
-                    message,
-                )
-                .await
-            }
-            None => {
-                let _ = handle.close(down).await;
+            let closed = matches!(message, ChannelMsg::Close);
+            if to_client.send(message).await.is_err() || closed {
+                break;
             }
         }
-    }
-    finish_recording(&session, index, &recorder).await;
-    let unfinished = transfer
-        .lock()
-        .ok()
-        .and_then(|mut slot| slot.as_mut().map(Transfer::finish))
-        .unwrap_or_default();
-    audit_file_ops(&session, unfinished).await;
-    if let Some(forward) = forward {
-        let session = session.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            session.forward_closed(
-                &forward.destination,
-                forward.bytes_up.load(relaxed),
-                forward.bytes_down.load(relaxed),
-            );
-        })
-        .await;
+        // The target's side of the channel is gone: nothing more can be written to it.
+        drop(input_stop);
+        // What is queued reaches the client before the channel's end.
+        drop(to_client);
+        let _ = delivery.await;
+        // The client is answered first: finalizing syncs the recording to disk, which for a bulk
+        // transfer is the slowest step of all, and the engineer's command is done by then.
+        let was_live = live
+            .lock()
+            .ok()
+            .and_then(|mut channels| channels.remove(&down));
+        if was_live.is_some() {
+            match failed {
+                Some(message) => cut(&handle, down, pty, message).await,
+                None => {
+                    let _ = handle.close(down).await;
+                }
+            }
+        }
+        finish_recording(&session, index, &recorder).await;
+        let unfinished = transfer
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.as_mut().map(Transfer::finish))
+            .unwrap_or_default();
+        audit_file_ops(&session, unfinished).await;
+        if let Some(forward) = forward {
+            let session = session.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let relaxed = std::sync::atomic::Ordering::Relaxed;
+                session.forward_closed(
+                    &forward.destination,
+                    forward.bytes_up.load(relaxed),
+                    forward.bytes_down.load(relaxed),
+                );
+            })
+            .await;
+        }
     }
 }
 

@@ -1,9 +1,9 @@
-//! Reaching a target: what a target login's connection and a wait-and-connect dialog share.
+//! Reaching a target: opening a target login's session and a channel's recording.
 //!
 //! `Reach::connect` opens the session (grant check, audit) and the bastion's own connection to
 //! the target, and starts the grant supervisor; `start_recording` opens a channel's asciicast
-//! recording. Both the russh handler (`handler.rs`) and wait-and-connect (`wait.rs`) call them,
-//! so neither imports from the other (issue #17).
+//! recording. The connection task (`connection.rs`) calls both, for every target channel,
+//! wait-and-connect's included; a dialog holds a `Reach` only to file its request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,10 +51,18 @@ impl LiveTarget {
 #[derive(Debug, Clone)]
 pub(super) struct Pty {
     pub term: String,
+    pub size: Size,
+    /// Terminal modes as the client asked for them, sent when the command starts.
+    pub modes: Vec<(russh::Pty, u32)>,
+}
+
+/// A terminal's size in characters and pixels.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Size {
     pub width: u32,
     pub height: u32,
-    /// Terminal modes as the client asked for them, for a shell opened later (wait-and-connect).
-    pub modes: Vec<(russh::Pty, u32)>,
+    pub pixel_width: u32,
+    pub pixel_height: u32,
 }
 
 /// What a target login needs to reach its target: held by the connection, and by a
@@ -78,12 +86,14 @@ pub(super) struct TargetRefused {
 }
 
 impl Reach {
-    /// Opens the session (grant check, audit) and the upstream connection, and starts the grant
-    /// supervisor that warns and cuts the session's channels.
+    /// Opens the session (grant check, audit, with the environment the first channel forwards as
+    /// its `parameters`) and the upstream connection, and starts the grant supervisor that warns
+    /// and cuts the session's channels.
     pub(super) async fn connect(
         &self,
         user: &str,
         target: &str,
+        parameters: Vec<(String, String)>,
         handle: russh::server::Handle,
     ) -> Result<LiveTarget, TargetRefused> {
         let refused = |why: String| TargetRefused {
@@ -94,7 +104,7 @@ impl Reach {
         let (name, target_name, source) =
             (user.to_string(), target.to_string(), self.source.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            crate::session::Session::open(&access, &name, &target_name, "ssh", &source, Vec::new())
+            crate::session::Session::open(&access, &name, &target_name, "ssh", &source, parameters)
         })
         .await;
         let opened = match opened {
@@ -235,7 +245,7 @@ pub(super) async fn start_recording(
         terminal: pty.is_some(),
     };
     let (width, height) = match pty {
-        Some(pty) if pty.width > 0 && pty.height > 0 => (pty.width, pty.height),
+        Some(pty) if pty.size.width > 0 && pty.size.height > 0 => (pty.size.width, pty.size.height),
         _ => DEFAULT_SIZE,
     };
     let header = Header {
