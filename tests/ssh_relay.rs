@@ -1271,3 +1271,101 @@ fn issue_17_failed_ssh_logins_count_towards_the_lock_at_that_address() {
     let (code, _, stderr) = bastion.ssh("bob", &["targets"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// Issue #17 review: a client that stops reading while the target floods it must not hold up a
+/// revoke. Its pump waited on the client, the target connection's buffers filled behind it, and
+/// the cut's disconnect and `session.ended` waited behind those: the session outlived its grant.
+#[test]
+fn issue_17_a_client_that_stops_reading_cannot_hold_up_a_revoke() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let grant = bastion.grant("alice", "web-1", hour());
+    let marker = format!("flood-{}", std::process::id());
+    let recordings_dir = bastion.config.dir.path().join("recordings");
+    let revoked = |event: &Value| {
+        event["type"] == "session.ended" && event["detail"]["reason"] == "grant_revoked"
+    };
+    bastion.runtime.block_on(async {
+        let handle = bastion
+            .russh_client("alice", "alice+web-1")
+            .await
+            .expect("alice logs in");
+        let channel = handle.channel_open_session().await.expect("a channel");
+        channel
+            .exec(true, format!("yes {marker}"))
+            .await
+            .expect("exec");
+        // Never read the channel: its buffers, then the bastion's, fill up until the recording
+        // stops growing. (This thread is not one of the runtime's workers: waiting here blocks
+        // no task.)
+        let mut last = (0u64, std::time::Instant::now());
+        wait_for("the flood to stall", Duration::from_secs(30), || {
+            let size: u64 = support::files_under(&recordings_dir, ".cast")
+                .iter()
+                .filter_map(|path| std::fs::metadata(path).ok())
+                .map(|metadata| metadata.len())
+                .sum();
+            if size != last.0 {
+                last = (size, std::time::Instant::now());
+            }
+            (size > 0 && last.1.elapsed() > Duration::from_secs(2)).then_some(())
+        });
+        bastion
+            .access()
+            .revoke(
+                &portcullis::audit::Actor::User("bob".into()),
+                &grant,
+                "stop reading this",
+            )
+            .expect("revoke");
+        wait_for(
+            "session.ended with grant_revoked, the client still not reading",
+            Duration::from_secs(15),
+            || bastion.audit().iter().any(revoked).then_some(()),
+        );
+        drop(channel);
+        drop(handle);
+    });
+    wait_for(
+        "the flood to stop on the target",
+        Duration::from_secs(15),
+        || {
+            let running = Command::new("pgrep")
+                .args(["-f", &marker])
+                .output()
+                .map(|output| output.status.success())
+                .unwrap_or(true);
+            (!running).then_some(())
+        },
+    );
+}
+
+/// Issue #17 review: a channel runs one command; a second exec on the same channel of a command
+/// login ran a second command. The second is not answered (see `connection.rs`), so the first's
+/// answer arrives.
+#[test]
+fn issue_17_a_second_command_on_a_channel_is_refused() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    let (successes, output) = bastion.runtime.block_on(async {
+        let handle = bastion
+            .russh_client("alice", "alice")
+            .await
+            .expect("alice logs in");
+        let mut channel = handle.channel_open_session().await.expect("a channel");
+        channel.exec(true, "help").await.expect("exec");
+        channel.exec(true, "targets").await.expect("exec again");
+        let (mut successes, mut output) = (0, Vec::new());
+        while let Some(message) = channel.wait().await {
+            match message {
+                russh::ChannelMsg::Success => successes += 1,
+                russh::ChannelMsg::Data { data } => output.extend_from_slice(&data),
+                _ => {}
+            }
+        }
+        (successes, String::from_utf8_lossy(&output).into_owned())
+    });
+    assert_eq!(successes, 1, "{output}");
+    assert!(
+        !output.contains("web-1"),
+        "the second command ran: {output}"
+    );
+}

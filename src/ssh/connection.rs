@@ -130,6 +130,8 @@ enum Channel {
     Relayed(Relayed),
     /// Served by the bastion: the command interface, a wait-and-connect dialog, or a refusal.
     Local(Local),
+    /// Cut by the bastion (its recording or audit failed): what the client sends is dropped.
+    Cut,
 }
 
 /// What the client asked of a channel before its command, applied when it starts.
@@ -167,6 +169,8 @@ struct Relayed {
 #[derive(Default)]
 struct Local {
     requested: Requested,
+    /// Its one start request came (issue #17 review: a second one ran a second command).
+    started: bool,
     /// What the client sends, while a task of the bastion's reads it (prompt, dialog).
     input: Option<mpsc::Sender<ClientEvent>>,
     /// Why this channel does not reach its target, when that is the channel's own fault.
@@ -200,6 +204,7 @@ pub(super) fn spawn(reach: Reach, handle: Handle, admitted: Admitted) -> mpsc::S
         target: TargetState::NotOpened,
         channels: HashMap::new(),
         approvals,
+        told_locked: false,
     };
     tokio::spawn(task.run(received, approved));
     events
@@ -213,6 +218,8 @@ struct ConnectionTask {
     channels: HashMap<ChannelId, Channel>,
     /// Given to wait-and-connect dialogs.
     approvals: mpsc::UnboundedSender<Approval>,
+    /// A locked account's one channel was opened.
+    told_locked: bool,
 }
 
 impl ConnectionTask {
@@ -271,8 +278,11 @@ impl ConnectionTask {
     async fn open_session(&mut self, channel: ChannelId, reply: ChannelOpenHandle) {
         let channel_state = match &self.admitted {
             // One channel, to say why the account is locked.
-            Admitted::Locked(_) if !self.channels.is_empty() => None,
-            Admitted::Locked(_) => Some(Channel::Local(Local::default())),
+            Admitted::Locked(_) if self.told_locked => None,
+            Admitted::Locked(_) => {
+                self.told_locked = true;
+                Some(Channel::Local(Local::default()))
+            }
             Admitted::Login(login) => {
                 let cap = self
                     .reach
@@ -314,6 +324,19 @@ impl ConnectionTask {
         reply: ChannelOpenHandle,
     ) {
         let address = format!("{}:{}", destination.host, destination.port);
+        let cap = self
+            .reach
+            .access
+            .config()
+            .limits
+            .max_channels_per_connection as usize;
+        if self.channels.len() >= cap {
+            // Issue #17 review: each forward holds an upstream channel and its queues.
+            tracing::info!(source = %self.reach.source, cap,
+                "forward refused: too many open channels");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
         match self.forward_upstream(&address, &destination).await {
             Ok(upstream_channel) => {
                 let forward = Arc::new(relay::Forward {
@@ -398,22 +421,9 @@ impl ConnectionTask {
         match self.channels.get_mut(&channel) {
             Some(Channel::Pending(pending)) => pending.requested.pty = Some(pty),
             Some(Channel::Local(local)) => local.requested.pty = Some(pty),
-            // A pty for a running command: the target decides, the client was answered.
-            Some(Channel::Relayed(relayed)) => {
-                let _ = relayed
-                    .upstream
-                    .request_pty(
-                        false,
-                        &pty.term,
-                        pty.size.width,
-                        pty.size.height,
-                        pty.size.pixel_width,
-                        pty.size.pixel_height,
-                        &pty.modes,
-                    )
-                    .await;
-            }
-            None => {}
+            // After the command started a pty changes nothing that is recorded: not sent (issue
+            // #17 review; OpenSSH ignores it too).
+            Some(Channel::Relayed(_) | Channel::Cut) | None => {}
         }
     }
 
@@ -422,7 +432,7 @@ impl ConnectionTask {
             Some(Channel::Pending(pending)) => &mut pending.requested,
             Some(Channel::Local(local)) => &mut local.requested,
             // After the command started it changes nothing on the target, and is not sent.
-            Some(Channel::Relayed(_)) | None => return,
+            Some(Channel::Relayed(_) | Channel::Cut) | None => return,
         };
         if requested.env.len() < MAX_ENV {
             requested.env.push((name, value));
@@ -434,12 +444,16 @@ impl ConnectionTask {
             Some(Channel::Pending(pending)) => {
                 self.start_target(channel, pending, start, reply).await
             }
-            Some(Channel::Local(local)) => self.serve_locally(channel, local, start, reply),
-            Some(relayed @ Channel::Relayed(_)) => {
+            Some(Channel::Local(local)) if !local.started => {
+                self.serve_locally(channel, local, start, reply)
+            }
+            Some(started @ (Channel::Relayed(_) | Channel::Local(_) | Channel::Cut)) => {
                 // One command per channel (issue #17 review: a second request replaced the
-                // channel's transfer observer, and an open upload went unaudited).
-                self.channels.insert(channel, relayed);
-                self.fail(channel);
+                // channel's transfer observer, and an open upload went unaudited). Not answered:
+                // russh keeps one reply flag per channel, so a failure sent now could take the
+                // place of the first request's answer, still on its way.
+                tracing::info!(source = %self.reach.source, "second command on a channel ignored");
+                self.channels.insert(channel, started);
             }
             None => self.fail(channel),
         }
@@ -541,8 +555,11 @@ impl ConnectionTask {
     ) -> Result<(), &'static str> {
         let live = self.live().ok_or(BROKEN)?;
         let upstream = &relayed.upstream;
+        let subsystem = matches!(start, Start::Subsystem(_));
         // The client's own requests were answered already: the target's answers are not wanted.
-        if let Some(pty) = &requested.pty {
+        // A subsystem gets neither: SFTP needs no terminal, and what it got would be recorded
+        // nowhere (issue #17 review).
+        if let Some(pty) = requested.pty.as_ref().filter(|_| !subsystem) {
             let size = pty.size;
             let _ = upstream
                 .request_pty(
@@ -556,7 +573,7 @@ impl ConnectionTask {
                 )
                 .await;
         }
-        if live.container.is_none() {
+        if live.container.is_none() && !subsystem {
             for (name, value) in &requested.env {
                 let _ = upstream.set_env(false, name.as_str(), value.as_str()).await;
             }
@@ -602,6 +619,8 @@ impl ConnectionTask {
                 }
                 upstream.request_subsystem(want_reply, name).await
             }
+            // Refused before; never a container shell in its place.
+            (Some(_), Start::Subsystem(_)) => return Err(BROKEN),
             (Some(container), start) => {
                 let command = match &start {
                     Start::Exec(command) => Some(String::from_utf8_lossy(command).into_owned()),
@@ -642,6 +661,7 @@ impl ConnectionTask {
             forward: plan.forward.clone(),
             transfer: plan.transfer.clone(),
             input_stop,
+            cut: live.cut.clone(),
         };
         tokio::spawn(pump.run(read));
         Some(Relayed {
@@ -659,6 +679,7 @@ impl ConnectionTask {
     /// Answers a start the bastion serves itself: the command interface, a wait-and-connect
     /// dialog, or the refusal of a target session (already audited when it was decided).
     fn serve_locally(&mut self, channel: ChannelId, mut local: Local, start: Start, reply: Reply) {
+        local.started = true;
         let serve = local::Serve {
             access: self.reach.access.clone(),
             handle: self.handle.clone(),
@@ -714,6 +735,12 @@ impl ConnectionTask {
     /// A dialog's request was approved: the channel becomes a target channel, and its shell
     /// starts with what the client sent meanwhile as early input.
     async fn approved(&mut self, approval: Approval) {
+        if !matches!(
+            self.channels.get(&approval.channel),
+            Some(Channel::Local(_))
+        ) {
+            return;
+        }
         let Some(Channel::Local(local)) = self.channels.remove(&approval.channel) else {
             return;
         };
@@ -755,8 +782,8 @@ impl ConnectionTask {
                 }
                 pending.early.extend_from_slice(&data);
             }
-            Some(Channel::Local(local)) => local.send(ClientEvent::Data(data)).await,
-            None => {}
+            Some(Channel::Local(local)) => local.send(ClientEvent::Data(data)),
+            Some(Channel::Cut) | None => {}
         }
     }
 
@@ -776,10 +803,12 @@ impl ConnectionTask {
             forward: relayed.forward.as_deref(),
         };
         if let Err(why) = input.accept(&data).await {
-            // Fail closed: what cannot be recorded or audited does not reach the target.
+            // Fail closed: what cannot be recorded or audited does not reach the target, nor
+            // does anything the client sends after it (issue #17 review).
             let _ = relayed.upstream.close().await;
             let (handle, pty) = (self.handle.clone(), relayed.pty);
             tokio::spawn(async move { relay::cut(&handle, channel, pty, why).await });
+            self.channels.insert(channel, Channel::Cut);
             return;
         }
         if !relayed.to_target.data(&data).await {
@@ -801,9 +830,9 @@ impl ConnectionTask {
             Some(Channel::Pending(pending)) => pending.requested.resize(size),
             Some(Channel::Local(local)) => {
                 local.requested.resize(size);
-                local.send(ClientEvent::Resize(size)).await;
+                local.send(ClientEvent::Resize(size));
             }
-            None => {}
+            Some(Channel::Cut) | None => {}
         }
     }
 
@@ -813,7 +842,7 @@ impl ConnectionTask {
                 let _ = relayed.upstream.signal(signal).await;
             }
             // Nothing of the target's runs yet to signal.
-            Some(Channel::Local(_) | Channel::Pending(_)) | None => {}
+            Some(Channel::Local(_) | Channel::Pending(_) | Channel::Cut) | None => {}
         }
     }
 
@@ -821,8 +850,8 @@ impl ConnectionTask {
         match self.channels.get_mut(&channel) {
             Some(Channel::Relayed(relayed)) => relayed.to_target.eof().await,
             Some(Channel::Pending(pending)) => pending.early_eof = true,
-            Some(Channel::Local(local)) => local.send(ClientEvent::Eof).await,
-            None => {}
+            Some(Channel::Local(local)) => local.send(ClientEvent::Eof),
+            Some(Channel::Cut) | None => {}
         }
     }
 
@@ -834,6 +863,16 @@ impl ConnectionTask {
         target: &str,
         parameters: Vec<(String, String)>,
     ) -> Result<(), String> {
+        if let TargetState::Open(live) = &self.target
+            && live.upstream.is_closed()
+        {
+            // Cut by its supervisor (grant ended, revoked) or lost: this connection is done with
+            // the target.
+            self.target = TargetState::Refused {
+                why: format!("the session on {target} has ended; connect again"),
+                no_grant: false,
+            };
+        }
         match &self.target {
             TargetState::Open(_) => return Ok(()),
             TargetState::Refused { why, .. } => return Err(why.clone()),
@@ -911,12 +950,19 @@ impl Requested {
 impl Local {
     /// Hands an event to the task reading this channel; once that task stopped reading (an
     /// approved dialog closes its queue), keeps it for the target.
-    async fn send(&mut self, event: ClientEvent) {
+    fn send(&mut self, event: ClientEvent) {
         let Some(input) = &self.input else {
             return;
         };
-        if let Err(mpsc::error::SendError(event)) = input.send(event).await {
-            hold(&mut self.held, event);
+        // Never waited for (issue #17 review): the reader writes to the client, and a client
+        // that stops reading would stop this task, then the handler, then its session loop.
+        match input.try_send(event) {
+            Ok(()) => {}
+            // Typed faster than the bastion's own prompt answers: nothing reaches a target.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("input to a bastion prompt dropped: its queue is full")
+            }
+            Err(mpsc::error::TrySendError::Closed(event)) => hold(&mut self.held, event),
         }
     }
 }

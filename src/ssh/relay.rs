@@ -318,6 +318,20 @@ pub struct Pump {
     pub forward: Option<Arc<Forward>>,
     pub transfer: SharedTransfer,
     pub input_stop: InputStop,
+    /// Fires when the supervisor cuts the session.
+    pub cut: CutSignal,
+}
+
+/// Fired once by a session's supervisor when it cuts the session: every pump stops waiting on the
+/// client at once (issue #17 review: a client that stopped reading held its pump, and through the
+/// target connection's full buffers the cut's disconnect, so a session outlived its grant).
+pub type CutSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves once `cut` fires; never, if its supervisor is gone without firing it.
+async fn cut_fired(cut: &mut CutSignal) {
+    if cut.wait_for(|fired| *fired).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Pump {
@@ -333,14 +347,19 @@ impl Pump {
             forward,
             transfer,
             input_stop,
+            cut: mut cut_signal,
         } = self;
         let (to_client, queued) = tokio::sync::mpsc::channel(DELIVERY_QUEUE);
         let delivery = tokio::spawn(deliver(queued, handle.clone(), down));
         let mut flush = tokio::time::interval(FLUSH_INTERVAL);
-        let mut failed = None;
+        let (mut failed, mut was_cut) = (None, false);
         loop {
             let message = tokio::select! {
                 message = upstream.wait() => message,
+                _ = cut_fired(&mut cut_signal) => {
+                    was_cut = true;
+                    break;
+                }
                 _ = flush.tick() => {
                     if let Some(cast) = recorder.get()
                         && !cast.flush().await
@@ -385,15 +404,27 @@ impl Pump {
                 _ => {}
             }
             let closed = matches!(message, ChannelMsg::Close);
-            if to_client.send(message).await.is_err() || closed {
+            let delivered = tokio::select! {
+                sent = to_client.send(message) => sent.is_ok(),
+                _ = cut_fired(&mut cut_signal) => {
+                    was_cut = true;
+                    false
+                }
+            };
+            if !delivered || closed {
                 break;
             }
         }
         // The target's side of the channel is gone: nothing more can be written to it.
         drop(input_stop);
-        // What is queued reaches the client before the channel's end.
+        // What is queued reaches the client before the channel's end; after a cut the supervisor
+        // tells the client, and a client that does not read holds nothing up.
         drop(to_client);
-        let _ = delivery.await;
+        if was_cut {
+            delivery.abort();
+        } else {
+            let _ = delivery.await;
+        }
         // The client is answered first: finalizing syncs the recording to disk, which for a bulk
         // transfer is the slowest step of all, and the engineer's command is done by then.
         let was_live = live
@@ -497,6 +528,7 @@ pub async fn supervise(
     upstream: Arc<Upstream>,
     live: LiveChannels,
     mut stop: oneshot::Receiver<()>,
+    cutting: tokio::sync::watch::Sender<bool>,
 ) {
     let mut watch = session.watch();
     loop {
@@ -520,14 +552,19 @@ pub async fn supervise(
                 }
             }
             Notice::Ended { message, reason } => {
+                let _ = cutting.send(true);
                 if let Ok(mut open) = live.lock() {
                     open.clear();
                 }
-                let _ = upstream
-                    .disconnect(russh::Disconnect::ByApplication, &message, "en")
-                    .await;
+                // Bounded: the target connection's loop may still be draining into a pump.
+                let disconnect =
+                    upstream.disconnect(russh::Disconnect::ByApplication, &message, "en");
+                let _ = tokio::time::timeout(CUT_WAIT, disconnect).await;
                 for (channel, pty) in channels {
-                    cut(&handle, channel, pty, &message).await;
+                    // Each from a task of its own: a client that does not read must not hold
+                    // up the session's end.
+                    let (handle, message) = (handle.clone(), message.clone());
+                    tokio::spawn(async move { cut(&handle, channel, pty, &message).await });
                 }
                 let ended = session.clone();
                 let _ = tokio::task::spawn_blocking(move || ended.end(reason)).await;
@@ -537,6 +574,9 @@ pub async fn supervise(
         }
     }
 }
+
+/// How long a cut waits for the target connection to take its disconnect.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the upstream channel for a new downstream channel.
 pub async fn open_upstream_channel(

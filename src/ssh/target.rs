@@ -29,6 +29,8 @@ pub(super) struct LiveTarget {
     pub live: LiveChannels,
     /// Set for a container target: channels run inside it.
     pub container: Option<crate::config::ContainerTarget>,
+    /// Fires when the supervisor cuts the session; every channel's pump watches it.
+    pub cut: relay::CutSignal,
     /// Dropping it stops the grant supervisor.
     _stop: oneshot::Sender<()>,
 }
@@ -170,18 +172,21 @@ impl Reach {
                 let upstream = Arc::new(upstream);
                 let live: LiveChannels = Arc::new(Mutex::new(HashMap::new()));
                 let (stop, stopped) = oneshot::channel();
+                let (cutting, cut) = tokio::sync::watch::channel(false);
                 tokio::spawn(relay::supervise(
                     opened.clone(),
                     handle,
                     upstream.clone(),
                     live.clone(),
                     stopped,
+                    cutting,
                 ));
                 Ok(LiveTarget {
                     session: opened,
                     upstream,
                     live,
                     container,
+                    cut,
                     _stop: stop,
                 })
             }
