@@ -299,20 +299,60 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             command: AuditCommand::Verify,
         } => {
             let mut verifier = ChainVerifier::default();
-            let result = access
-                .store()
-                .read(|tx| tx.audit_scan(|record| verifier.check(&record)))?;
-            match result {
-                Ok(()) => output.print(
-                    json!({ "ok": true, "verified": verifier.verified() }),
-                    format!("ok: {} events verified", verifier.verified()),
+            let mut anchors = crate::audit::verify::Anchors::default();
+            let result = access.store().read(|tx| {
+                tx.audit_scan(|record| -> Result<(), crate::audit::ChainError> {
+                    verifier.check(&record)?;
+                    anchors.collect(&record);
+                    Ok(())
+                })
+            })?;
+            if let Err(broken) = result {
+                if output.json {
+                    println!(
+                        "{}",
+                        json!({ "ok": false, "verified": verifier.verified(),
+                                "first_bad_seq": broken.seq(), "error": broken.to_string() })
+                    );
+                }
+                eprintln!("{broken}");
+                return Ok(Outcome::Refused);
+            }
+            // Issue #18: the query logs and recordings the chain anchors.
+            let files = access.store().read(|tx| {
+                let mut files = Vec::new();
+                for session in anchors.sessions() {
+                    files.extend(tx.recordings(&session)?.into_iter().map(|row| {
+                        crate::audit::verify::RecordedFile {
+                            query_log: row.kind == "pg-query-log",
+                            session_id: row.session_id,
+                            channel: row.channel,
+                            path: row.path.into(),
+                        }
+                    }));
+                }
+                Ok(files)
+            })?;
+            match anchors.verify(&files) {
+                Ok(checked) => output.print(
+                    json!({ "ok": true, "verified": verifier.verified(),
+                            "query_logs": checked.query_logs, "lines": checked.lines,
+                            "recordings": checked.recordings }),
+                    format!(
+                        "ok: {} events verified; {} query logs ({} lines) and {} recordings \
+                         match their checkpoints",
+                        verifier.verified(),
+                        checked.query_logs,
+                        checked.lines,
+                        checked.recordings
+                    ),
                 ),
                 Err(broken) => {
                     if output.json {
                         println!(
                             "{}",
                             json!({ "ok": false, "verified": verifier.verified(),
-                                    "first_bad_seq": broken.seq(), "error": broken.to_string() })
+                                    "error": broken.to_string() })
                         );
                     }
                     eprintln!("{broken}");

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use support::bastion::Bastion;
 use support::{Postgres, wait_for};
 
@@ -240,7 +241,18 @@ fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
     assert!(logged[0]["t"].as_f64().is_some(), "{}", logged[0]);
     assert!(logged[0]["duration_ms"].as_f64().is_some(), "{}", logged[0]);
     let audit = bastion.audit();
-    assert!(audit.iter().any(|event| event["type"] == "pg.query"));
+    // Issue #18: statements are not audit rows; the query log's chain is anchored instead.
+    assert!(!audit.iter().any(|event| event["type"] == "pg.query"));
+    assert!(
+        logged[0]["h"].as_str().is_some_and(|h| h.len() == 64),
+        "{}",
+        logged[0]
+    );
+    let checkpoint = audit
+        .iter()
+        .find(|event| event["type"] == "pg.checkpoint")
+        .expect("a pg.checkpoint");
+    assert_eq!(checkpoint["detail"]["h"], logged[0]["h"], "{checkpoint}");
     let verified = bastion
         .config
         .portcullis(&["audit", "verify"])
@@ -248,7 +260,8 @@ fn psql_over_verified_tls_with_a_token_runs_and_every_statement_is_recorded() {
         .unwrap();
     assert!(
         verified.status.success(),
-        "the chain holds with pg.query batches"
+        "the chain and the query log hold: {}",
+        String::from_utf8_lossy(&verified.stderr)
     );
     assert!(audit.iter().any(|event| event["type"] == "session.ended"));
 
@@ -890,36 +903,44 @@ fn thousands_of_statements_are_logged_and_audited_in_order_before_the_session_en
         .map(|line| line["sql"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(logged, expected, "the query log, in order");
-    // Straight from the store: `audit tail` shows the last 500.
+    // Straight from the store: `audit tail` shows the last 500. Issue #18: the log is anchored
+    // by checkpoints (about one a second, not one a statement), the last covering every line
+    // and committed before session.ended.
     let audit = bastion
         .access()
         .store()
         .read(|tx| tx.audit_tail(50_000))
         .unwrap();
-    let audited: Vec<String> = audit
+    let checkpoints: Vec<Value> = audit
         .iter()
-        .filter(|record| record.event_type == "pg.query")
-        .map(|record| {
-            let detail: Value = serde_json::from_str(&record.detail).unwrap();
-            detail["sql"].as_str().unwrap().to_string()
-        })
+        .filter(|record| record.event_type == "pg.checkpoint")
+        .map(|record| serde_json::from_str(&record.detail).unwrap())
         .collect();
-    assert_eq!(audited, expected, "the pg.query events, in order");
-    let last_query = audit
+    assert!(
+        !checkpoints.is_empty() && checkpoints.len() < COUNT / 10,
+        "{} checkpoints for {COUNT} statements",
+        checkpoints.len()
+    );
+    let lines = query_log_records(&bastion).into_iter().flatten().count() as u64;
+    assert_eq!(checkpoints.last().unwrap()["lines"], lines);
+    let last_checkpoint = audit
         .iter()
-        .rposition(|record| record.event_type == "pg.query")
+        .rposition(|record| record.event_type == "pg.checkpoint")
         .unwrap();
     let ended = audit
         .iter()
         .position(|record| record.event_type == "session.ended")
         .unwrap();
-    assert!(last_query < ended, "every pg.query before session.ended");
+    assert!(
+        last_checkpoint < ended,
+        "the last checkpoint before session.ended"
+    );
 }
 
 /// Fail closed (issue #4): when the statements cannot be audited, the query writer marks the
 /// session and the relay ends it with 58030 and cancels what runs upstream; what the script
 /// would have run next never runs. The failure is made real with a trigger that refuses
-/// `pg.query` rows in the bastion's own database.
+/// `pg.checkpoint` rows in the bastion's own database.
 #[test]
 fn a_session_whose_statements_cannot_be_audited_is_ended() {
     let (bastion, postgres) = bastion_and_postgres("");
@@ -935,7 +956,7 @@ fn a_session_whose_statements_cannot_be_audited_is_ended() {
     database
         .execute_batch(
             "CREATE TRIGGER refuse_queries BEFORE INSERT ON audit_events
-             WHEN NEW.type = 'pg.query' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+             WHEN NEW.type = 'pg.checkpoint' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
         )
         .unwrap();
     let script = bastion.config.dir.path().join("script.sql");
@@ -1108,7 +1129,7 @@ fn a_session_that_cannot_be_recorded_does_not_run() {
         types.iter().any(|kind| kind == "recording.failed"),
         "{types:?}"
     );
-    assert!(!types.iter().any(|kind| kind == "pg.query"));
+    assert!(!types.iter().any(|kind| kind == "pg.checkpoint"));
 }
 
 #[test]
@@ -1461,16 +1482,19 @@ fn issue_17_large_object_fastpath_calls_are_recorded() {
             .contains(&hex_of(b"exfiltrated through a large object"))),
         "{calls:?}"
     );
-    // Every call is a pg.query event too (appended just after the log lines are written).
-    wait_for("the calls' audit events", Duration::from_secs(10), || {
-        let audited = bastion
-            .audit()
-            .into_iter()
-            .filter(|event| event["type"] == "pg.query")
-            .filter(|event| event["detail"]["protocol"] == "function")
-            .count();
-        (audited >= calls.len()).then_some(())
-    });
+    // The log is anchored past the calls (a checkpoint follows each batch of lines).
+    wait_for(
+        "a checkpoint past the calls",
+        Duration::from_secs(10),
+        || {
+            bastion
+                .audit()
+                .into_iter()
+                .filter(|event| event["type"] == "pg.checkpoint")
+                .any(|event| event["detail"]["lines"].as_u64() >= Some(calls.len() as u64))
+                .then_some(())
+        },
+    );
     assert!(oid.chars().all(|c| c.is_ascii_digit()), "{stdout}");
 }
 
@@ -1845,4 +1869,108 @@ fn issue_17_review_a_commit_failing_at_sync_is_in_the_log() {
             .find(|record| record["protocol"] == "sync")
     });
     assert_eq!(failed["error"]["sqlstate"], "23503", "{failed}");
+}
+
+/// Issue #18: statements are no longer audit rows, so the query log must be tamper-evident on
+/// its own. `audit verify` walks each log against its `pg.checkpoint`s and names the first bad
+/// line: a changed line, a removed one, a moved pair, lines removed at the end, and a rewrite
+/// with every `h` recomputed (found at the checkpoint it no longer reaches).
+#[test]
+fn issue_18_audit_verify_names_the_first_tampered_query_log_line() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let script = bastion.config.dir.path().join("five.sql");
+    let sql = "select 1;\nselect 2;\nselect 3;\ndelete from pg_class where false;\nselect 5;\n";
+    std::fs::write(&script, sql).unwrap();
+    let output = psql_script(&bastion, &postgres, &token, &script);
+    assert!(output.status.success(), "{output:?}");
+    wait_for("the session to end", Duration::from_secs(20), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "session.ended")
+            .then_some(())
+    });
+    let path = support::files_under(&bastion.config.dir.path().join("recordings"), ".pg.jsonl")
+        .pop()
+        .expect("a query log");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert_eq!(lines.len(), 6, "startup and five statements: {original}");
+    let verify = || {
+        let output = bastion
+            .config
+            .portcullis(&["audit", "verify"])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(verify(), (true, String::new()));
+    let joined = |lines: &[String]| {
+        lines
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+    };
+    let owned: Vec<String> = lines.iter().map(|line| line.to_string()).collect();
+    // The `h` a line would need to follow `previous`, for the rewrite that recomputes them all.
+    let rehash = |lines: &[String]| {
+        let mut previous = hex::encode(Sha256::digest(session_id_of(&bastion).as_bytes()));
+        lines
+            .iter()
+            .map(|line| {
+                let body = &line[..line.len() - 72];
+                let unsigned = format!("{body}}}");
+                let h = hex::encode(Sha256::digest(format!("{previous}{unsigned}").as_bytes()));
+                previous = h.clone();
+                format!("{body},\"h\":\"{h}\"}}")
+            })
+            .collect::<Vec<String>>()
+    };
+    let mut changed = owned.clone();
+    changed[3] = changed[3].replace("select 3", "select 4");
+    let mut moved = owned.clone();
+    moved.swap(2, 3);
+    let mut removed = owned.clone();
+    removed.remove(4);
+    let mut rewritten = owned.clone();
+    rewritten[4] = rewritten[4].replace("where false", "where true ");
+    let rewritten = rehash(&rewritten);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("a changed line", joined(&changed), "line 4 "),
+        ("a moved pair", joined(&moved), "line 3 "),
+        ("a removed line", joined(&removed), "line 5 "),
+        (
+            "lines removed at the end",
+            joined(&owned[..4]),
+            "ends after line 4",
+        ),
+        (
+            "a rewrite with its hashes recomputed",
+            joined(&rewritten),
+            "to 6 no longer lead",
+        ),
+    ];
+    for (case, text, named) in cases {
+        std::fs::write(&path, text).unwrap();
+        let (ok, stderr) = verify();
+        assert!(!ok, "{case}: verify passed");
+        assert!(stderr.contains(named), "{case}: {stderr}");
+    }
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(verify(), (true, String::new()));
+}
+
+/// The id of the bastion's only session.
+fn session_id_of(bastion: &Bastion) -> String {
+    bastion
+        .audit()
+        .into_iter()
+        .find(|event| event["type"] == "session.started")
+        .and_then(|event| event["session_id"].as_str().map(str::to_string))
+        .expect("a session")
 }

@@ -1369,3 +1369,63 @@ fn issue_17_a_second_command_on_a_channel_is_refused() {
         "the second command ran: {output}"
     );
 }
+
+/// Issue #18: a terminal recording is anchored in the audit chain while it is written (a
+/// `recording.checkpoint` of its first bytes each second it grew) and when finalized; `audit
+/// verify` hashes the file against them and names the bytes and lines that no longer match.
+#[test]
+fn issue_18_audit_verify_names_a_tampered_or_cut_recording() {
+    let (bastion, _sshd) = bastion_and_sshd(None);
+    bastion.grant("alice", "web-1", hour());
+    let (code, _, stderr) = run(bastion
+        .ssh_command(&bastion.key("alice"), "alice+web-1")
+        .arg("for n in 1 2 3; do echo line-$n; sleep 1.1; done")
+        .stdin(Stdio::null()));
+    assert_eq!(code, 0, "{stderr}");
+    bastion.wait_for_event("recording.finalized");
+    let checkpoints: Vec<Value> = bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "recording.checkpoint")
+        .collect();
+    assert!(!checkpoints.is_empty(), "a checkpoint while it ran");
+    let verify = || {
+        let output = bastion
+            .config
+            .portcullis(&["audit", "verify"])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(verify(), (true, String::new()));
+    let (path, _) = recordings(&bastion).pop().expect("a recording");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let cases = [
+        (
+            "a changed byte",
+            original.replacen("line-2", "line-9", 1),
+            "do not match",
+        ),
+        (
+            "a cut file",
+            original[..original.len() / 2].to_string(),
+            "cut short",
+        ),
+        (
+            "appended lines",
+            format!("{original}[9.9, \"o\", \"x\"]\n"),
+            "do not match recording.finalized",
+        ),
+    ];
+    for (case, text, named) in cases {
+        std::fs::write(&path, text).unwrap();
+        let (ok, stderr) = verify();
+        assert!(!ok, "{case}: verify passed");
+        assert!(stderr.contains(named), "{case}: {stderr}");
+    }
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(verify(), (true, String::new()));
+}

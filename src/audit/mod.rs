@@ -8,6 +8,8 @@
 //! (later issues) only consume `AuditRecord`s; nothing outside the core constructs an event type
 //! string.
 
+pub mod verify;
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -183,22 +185,29 @@ pub enum AuditEvent {
         bytes_read: u64,
         bytes_written: u64,
     },
-    /// One statement of a PostgreSQL session, as its query log has it (issue #4).
-    PgQuery {
+    /// Where a PostgreSQL session's query log stands (issue #18): its statements are in the log,
+    /// chained line to line, and this event anchors the chain in the audit log at most every
+    /// second and at the end. A line changed, removed or reordered before `lines` no longer
+    /// leads to `h`.
+    PgCheckpoint {
         session_id: String,
         user: String,
         target: String,
-        /// `simple`, `extended` or `function`.
-        protocol: &'static str,
-        /// Set for a fastpath function call.
-        function_oid: Option<u32>,
-        sql: std::sync::Arc<str>,
-        /// The CommandComplete tags, in order: each command and its row count.
-        tags: Vec<String>,
-        /// The sum of the tags' row counts, if any carries one.
-        rows: Option<u64>,
-        sqlstate: Option<String>,
-        duration_ms: f64,
+        /// Lines written so far.
+        lines: u64,
+        /// The last line's `h`.
+        h: String,
+    },
+    /// Where a terminal recording stands (issue #18): the SHA-256 of its first `offset` bytes,
+    /// at most every second while it is written, so a recording a crash cut short still
+    /// verifies up to its last checkpoint.
+    RecordingCheckpoint {
+        session_id: String,
+        user: String,
+        target: String,
+        channel: u32,
+        offset: u64,
+        sha256: String,
     },
     /// A local port forward (`ssh -L`) through a target, when it closed.
     PortForward {
@@ -295,42 +304,7 @@ pub struct AuditEntry {
 }
 
 impl AuditEvent {
-    /// `entry` for an event that is not kept: its strings move into the entry instead of being
-    /// copied (a database session turns an event a statement into an entry).
-    pub fn into_entry(self) -> AuditEntry {
-        match self {
-            AuditEvent::PgQuery {
-                session_id,
-                user,
-                target,
-                protocol,
-                function_oid,
-                sql,
-                tags,
-                rows,
-                sqlstate,
-                duration_ms,
-            } => AuditEntry {
-                event_type: "pg.query",
-                detail: pg_query_detail(&PgQueryDetail {
-                    duration_ms,
-                    function_oid,
-                    protocol,
-                    rows,
-                    sql: &sql,
-                    sqlstate: sqlstate.as_deref(),
-                    tags: &tags,
-                }),
-                actor: Some(user),
-                target: Some(target),
-                request_id: None,
-                grant_id: None,
-                session_id: Some(session_id),
-            },
-            other => other.entry(),
-        }
-    }
-
+    /// The event's columns and its detail, serialized.
     pub fn entry(&self) -> AuditEntry {
         let mut entry = AuditEntry {
             event_type: self.event_type(),
@@ -579,8 +553,31 @@ impl AuditEvent {
                     detail["attributes"] = json!(attributes);
                 }
             }
-            // Written once, in `into_entry` (the query writer's path).
-            AuditEvent::PgQuery { .. } => return self.clone().into_entry(),
+            AuditEvent::PgCheckpoint {
+                session_id,
+                user,
+                target,
+                lines,
+                h,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                detail = json!({ "lines": lines, "h": h });
+            }
+            AuditEvent::RecordingCheckpoint {
+                session_id,
+                user,
+                target,
+                channel,
+                offset,
+                sha256,
+            } => {
+                entry.actor = Some(user.clone());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                detail = json!({ "channel": channel, "offset": offset, "sha256": sha256 });
+            }
             AuditEvent::PortForward {
                 session_id,
                 user,
@@ -711,7 +708,8 @@ impl AuditEvent {
             AuditEvent::RecordingFinalized { .. } => "recording.finalized",
             AuditEvent::RecordingFailed { .. } => "recording.failed",
             AuditEvent::FileOperation { .. } => "file.operation",
-            AuditEvent::PgQuery { .. } => "pg.query",
+            AuditEvent::PgCheckpoint { .. } => "pg.checkpoint",
+            AuditEvent::RecordingCheckpoint { .. } => "recording.checkpoint",
             AuditEvent::PortForward { .. } => "forward.closed",
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",
@@ -903,25 +901,6 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// Serializing borrowed strings and numbers cannot fail.
-fn pg_query_detail(detail: &PgQueryDetail<'_>) -> String {
-    serde_json::to_string(detail).unwrap_or_default()
-}
-
-/// The detail of a `pg.query` event, borrowed from it. Fields in sorted order, the order the
-/// other events' `json!` objects come out in, so every detail reads the same way.
-#[derive(serde::Serialize)]
-struct PgQueryDetail<'a> {
-    duration_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    function_oid: Option<u32>,
-    protocol: &'a str,
-    rows: Option<u64>,
-    sql: &'a str,
-    sqlstate: Option<&'a str>,
-    tags: &'a [String],
-}
-
 /// Why the chain does not verify, at the first record that breaks it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -987,26 +966,6 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pg_query_detail_reads_like_the_json_object_it_replaced() {
-        let event = AuditEvent::PgQuery {
-            session_id: "s-1".to_string(),
-            user: "alice".to_string(),
-            target: "prod-db".to_string(),
-            protocol: "extended",
-            function_oid: None,
-            sql: "select $1 \"→\"\n".into(),
-            tags: vec!["SELECT 1".to_string()],
-            rows: Some(1),
-            sqlstate: None,
-            duration_ms: 0.081,
-        };
-        let old = json!({ "protocol": "extended", "sql": "select $1 \"→\"\n",
-            "tags": ["SELECT 1"], "rows": 1, "sqlstate": null, "duration_ms": 0.081 });
-        assert_eq!(event.entry().detail, old.to_string());
-        assert_eq!(event.clone().into_entry(), event.entry());
-    }
 
     fn chain_of(count: usize) -> Vec<AuditRecord> {
         let mut records: Vec<AuditRecord> = Vec::new();

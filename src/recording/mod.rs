@@ -141,6 +141,12 @@ impl HashedFile {
         bytes < spare && !(self.timed_flush && self.last_flush.elapsed() >= FLUSH_INTERVAL)
     }
 
+    /// How many bytes were written, and the SHA-256 (hex) of them: what a checkpoint records
+    /// (issue #18). Everything written is in the file once `flush` returned.
+    pub fn progress(&self) -> (u64, String) {
+        (self.size, hex::encode(self.hasher.clone().finalize()))
+    }
+
     /// Pushes buffered lines to the file; owners call this at least every second.
     pub fn flush(&mut self) -> Result<(), RecordingError> {
         self.last_flush = Instant::now();
@@ -336,6 +342,11 @@ impl Recorder {
     /// Pushes buffered lines to the file; the owner calls this at least every second.
     pub fn flush(&mut self) -> Result<(), RecordingError> {
         self.file.flush()
+    }
+
+    /// Bytes written to the file and their SHA-256 so far (see `HashedFile::progress`).
+    pub fn progress(&self) -> (u64, String) {
+        self.file.progress()
     }
 
     /// Writes what is held back, syncs the file to disk and returns its hash and size. Without a

@@ -311,6 +311,81 @@ pub struct QueryLog {
     record_parameters: bool,
     /// The line being serialized, reused.
     line: Vec<u8>,
+    /// The running hash of the lines written so far (issue #18).
+    chain: LineChain,
+}
+
+/// The running hash of a query log's lines (issue #18): each line ends with `"h"`, the SHA-256
+/// (hex) of the previous line's `h` (its 64 hex characters) followed by this line's bytes without
+/// its `h` field, that is, the line up to its closing brace with `}` in place of
+/// `,"h":"…"}`. The first line chains to the SHA-256 (hex) of the session id. `h` is always the
+/// last field, so a verifier removes the last 72 bytes before the closing brace and hashes the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineChain {
+    /// `h` of the last line (or the seed).
+    pub h: String,
+    /// Lines chained so far.
+    pub lines: u64,
+}
+
+/// The bytes `,"h":"` + 64 hex digits + `"` that end every line before its `}`.
+const H_FIELD: usize = 6 + 64 + 1;
+
+impl LineChain {
+    /// The chain of a log with no line yet.
+    pub fn start(session_id: &str) -> LineChain {
+        LineChain {
+            h: hex::encode(sha2::Sha256::digest(session_id.as_bytes())),
+            lines: 0,
+        }
+    }
+
+    /// The `h` of `record` (a JSON object without its `h` field, without a line end) following
+    /// this chain's last line.
+    pub fn next(&self, record: &[u8]) -> String {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.h.as_bytes());
+        hasher.update(record);
+        hex::encode(hasher.finalize())
+    }
+
+    /// Checks one line as written (without its line end) against the chain and advances it.
+    /// `Err` when the line is not an object ending in an `h` field, or its `h` is not the one
+    /// the chain gives.
+    pub fn verify_line(&mut self, line: &[u8]) -> Result<(), LineError> {
+        let Some(body) = line.strip_suffix(b"}") else {
+            return Err(LineError::Shape);
+        };
+        let Some(split) = body.len().checked_sub(H_FIELD) else {
+            return Err(LineError::Shape);
+        };
+        let (record, field) = body.split_at(split);
+        let Some(stored) = field
+            .strip_prefix(b",\"h\":\"")
+            .and_then(|rest| rest.strip_suffix(b"\""))
+        else {
+            return Err(LineError::Shape);
+        };
+        let mut unsigned = Vec::with_capacity(record.len() + 1);
+        unsigned.extend_from_slice(record);
+        unsigned.push(b'}');
+        let expected = self.next(&unsigned);
+        if stored != expected.as_bytes() {
+            return Err(LineError::Hash);
+        }
+        self.h = expected;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+/// Why a query-log line does not fit its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not a record ending in its \"h\" field")]
+    Shape,
+    #[error("its \"h\" does not follow from the line before")]
+    Hash,
 }
 
 /// One record, borrowed from the statement.
@@ -388,13 +463,24 @@ struct RecordError<'a> {
 }
 
 impl QueryLog {
-    pub fn create(path: PathBuf, record_parameters: bool) -> Result<QueryLog, RecordingError> {
+    /// Creates the log of session `session_id`, whose id seeds its line chain.
+    pub fn create(
+        path: PathBuf,
+        session_id: &str,
+        record_parameters: bool,
+    ) -> Result<QueryLog, RecordingError> {
         Ok(QueryLog {
             file: HashedFile::create(path)?,
             started: Instant::now(),
             record_parameters,
             line: Vec::with_capacity(512),
+            chain: LineChain::start(session_id),
         })
+    }
+
+    /// Where the line chain stands: what a `pg.checkpoint` records.
+    pub fn chain(&self) -> &LineChain {
+        &self.chain
     }
 
     pub fn path(&self) -> &std::path::Path {
@@ -475,8 +561,18 @@ impl QueryLog {
             path: self.file.path().to_path_buf(),
             source: std::io::Error::other(error),
         })?;
-        self.line.push(b'\n');
-        self.file.write_bytes(&self.line)
+        let h = self.chain.next(&self.line);
+        // The object's closing brace gives way to the `h` field, then comes back.
+        self.line.pop();
+        self.line.extend_from_slice(b",\"h\":\"");
+        self.line.extend_from_slice(h.as_bytes());
+        self.line.extend_from_slice(b"\"}\n");
+        self.file.write_bytes(&self.line)?;
+        self.chain = LineChain {
+            h,
+            lines: self.chain.lines + 1,
+        };
+        Ok(())
     }
 
     pub fn flush(&mut self) -> Result<(), RecordingError> {
@@ -510,7 +606,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         for record in [true, false] {
             let path = dir.path().join(format!("{record}.pg.jsonl"));
-            let mut log = QueryLog::create(path.clone(), record)?;
+            let mut log = QueryLog::create(path.clone(), "s-test", record)?;
             log.write(&Statement {
                 protocol: StatementProtocol::Extended,
                 sql: "select $1, $2, $3".into(),
@@ -575,7 +671,7 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("e.pg.jsonl");
-        let mut log = QueryLog::create(path.clone(), true)?;
+        let mut log = QueryLog::create(path.clone(), "s-test", true)?;
         log.write(&Statement {
             protocol: StatementProtocol::Simple,
             sql: "select 1/0".into(),
@@ -593,6 +689,63 @@ mod tests {
         assert!(line["rows"].is_null());
         assert_eq!(line["error"]["sqlstate"], "22012");
         assert_eq!(line["error"]["message"], "division by zero");
+        Ok(())
+    }
+
+    /// Issue #18: each line carries the running hash; a changed, removed or reordered line is
+    /// the first that fails `verify_line`.
+    #[test]
+    fn lines_chain_and_a_changed_removed_or_moved_line_breaks_the_chain()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("chain.pg.jsonl");
+        let mut log = QueryLog::create(path.clone(), "s-chain", true)?;
+        for number in 0..5 {
+            log.write(&Statement {
+                sql: format!("select {number}").into(),
+                ..Statement::default()
+            })?;
+        }
+        let head = log.chain().clone();
+        assert_eq!(head.lines, 5);
+        log.finalize()?;
+        let text = std::fs::read_to_string(&path)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let first_bad = |lines: &[&str]| {
+            let mut chain = LineChain::start("s-chain");
+            for (index, line) in lines.iter().enumerate() {
+                if chain.verify_line(line.as_bytes()).is_err() {
+                    return Some(index + 1);
+                }
+            }
+            (chain != head).then_some(0)
+        };
+        assert_eq!(first_bad(&lines), None);
+        // The first line is the documented hash: of the seed followed by the line without `h`.
+        let first: Value = serde_json::from_str(lines[0])?;
+        let seed = hex::encode(sha2::Sha256::digest(b"s-chain"));
+        let unsigned = format!("{}}}", &lines[0][..lines[0].len() - 1 - H_FIELD]);
+        let expected = hex::encode(sha2::Sha256::digest(format!("{seed}{unsigned}").as_bytes()));
+        assert_eq!(first["h"], expected.as_str());
+        let changed: Vec<String> = lines
+            .iter()
+            .map(|line| line.replace("select 2", "select 9"))
+            .collect();
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        assert_eq!(first_bad(&changed), Some(3));
+        let removed = [lines[0], lines[1], lines[3], lines[4]];
+        assert_eq!(first_bad(&removed), Some(3));
+        let moved = [lines[0], lines[2], lines[1], lines[3], lines[4]];
+        assert_eq!(first_bad(&moved), Some(2));
+        let cut = &lines[..4];
+        assert_eq!(
+            first_bad(cut),
+            Some(0),
+            "a cut log ends short of its checkpoint"
+        );
+        // Another session's seed does not verify this log.
+        let mut other = LineChain::start("s-other");
+        assert_eq!(other.verify_line(lines[0].as_bytes()), Err(LineError::Hash));
         Ok(())
     }
 }

@@ -50,7 +50,11 @@ pub struct ChannelCast {
 
 struct Shared {
     session: Session,
+    /// The channel's index within the session.
+    channel: u32,
     recorder: Mutex<Option<Recorder>>,
+    /// Bytes covered by the last `recording.checkpoint` (issue #18); written by the writer only.
+    checkpointed: std::sync::atomic::AtomicU64,
     /// This channel's jobs not yet written: while any wait, its events queue behind them.
     queued: AtomicUsize,
     health: RecordingHealth,
@@ -76,10 +80,12 @@ impl CastWriter {
     }
 
     /// The writer's handle on one channel's open recording.
-    pub fn channel(&self, session: Session, recorder: Recorder) -> ChannelCast {
+    pub fn channel(&self, session: Session, channel: u32, recorder: Recorder) -> ChannelCast {
         ChannelCast {
             shared: Arc::new(Shared {
                 session,
+                channel,
+                checkpointed: std::sync::atomic::AtomicU64::new(0),
                 // The relay's one-second tick queues the flush.
                 recorder: Mutex::new(Some(recorder.flushed_by_owner())),
                 queued: AtomicUsize::new(0),
@@ -221,6 +227,7 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
             }
             Job::Flush(cast) => {
                 cast.write(Recorder::flush);
+                cast.checkpoint();
                 continue;
             }
             Job::Written(done) => {
@@ -234,6 +241,30 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
 }
 
 impl Shared {
+    /// Anchors what the recording holds so far in the audit chain, if it grew since the last
+    /// checkpoint (issue #18): once a second at most, after the flush that put it in the file.
+    /// A checkpoint that cannot be audited fails the recording closed.
+    fn checkpoint(&self) {
+        let progress = match self.recorder.lock() {
+            Ok(slot) => slot.as_ref().map(Recorder::progress),
+            Err(_) => None,
+        };
+        let Some((offset, sha256)) = progress else {
+            return;
+        };
+        if offset == self.checkpointed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .session
+            .recording_checkpoint(self.channel, offset, sha256)
+        {
+            self.checkpointed.store(offset, Ordering::Relaxed);
+        } else {
+            self.health.fail_closed();
+        }
+    }
+
     /// Applies `write` on the writer thread.
     fn write(&self, write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>) {
         match self.recorder.lock() {

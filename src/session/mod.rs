@@ -25,7 +25,7 @@ use crate::audit::AuditEvent;
 use crate::config::{RecordingFailurePolicy, Target};
 use crate::ids::IdKind;
 use crate::recording::asciicast::Header;
-use crate::recording::querylog::{QueryLog, Statement, StatementDetail, StatementProtocol};
+use crate::recording::querylog::{LineChain, QueryLog, Statement};
 use crate::recording::{Capture, Finalized, Recorder, RecordingError, dated_path, recording_path};
 use crate::store::{RecordingRow, SessionRow, SessionTotals, StoreError};
 
@@ -372,7 +372,7 @@ impl Session {
             crate::config::TargetKind::Postgres(postgres) => postgres.record_parameters,
             _ => true,
         };
-        let log = QueryLog::create(path, record_parameters)?;
+        let log = QueryLog::create(path, &self.inner.id, record_parameters)?;
         self.insert_recording_row(0, "pg-query-log", log.path())?;
         Ok(log)
     }
@@ -383,9 +383,8 @@ impl Session {
         self.store_finalized(0, finalized)
     }
 
-    /// Counts finished statements and makes their `pg.query` events (the query writer stores
-    /// them, see `queries`).
-    fn query_events(&self, statements: Vec<Statement>) -> Vec<AuditEvent> {
+    /// Counts the statements that ran, for the session's row.
+    fn count_statements(&self, statements: &[Statement]) {
         let ran = statements
             .iter()
             .filter(|statement| statement.protocol.ran())
@@ -393,26 +392,38 @@ impl Session {
         self.inner
             .statements
             .fetch_add(ran as u64, Ordering::Relaxed);
-        statements
-            .into_iter()
-            // The startup record's parameters are in `session.started` already.
-            .filter(|statement| statement.protocol != StatementProtocol::Startup)
-            .map(|statement| AuditEvent::PgQuery {
-                session_id: self.inner.id.clone(),
-                user: self.inner.user.clone(),
-                target: self.inner.target.name.clone(),
-                protocol: statement.protocol.as_str(),
-                function_oid: match statement.detail.as_deref() {
-                    Some(StatementDetail::Function { oid, .. }) => Some(*oid),
-                    _ => None,
-                },
-                duration_ms: statement.duration().as_secs_f64() * 1000.0,
-                sql: statement.sql,
-                tags: statement.tags,
-                rows: statement.rows,
-                sqlstate: statement.sqlstate,
-            })
-            .collect()
+    }
+
+    /// The `pg.checkpoint` of the query log as it stands (issue #18; the query writer stores
+    /// it, see `queries`).
+    fn query_checkpoint(&self, chain: &LineChain) -> AuditEvent {
+        AuditEvent::PgCheckpoint {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            lines: chain.lines,
+            h: chain.h.clone(),
+        }
+    }
+
+    /// Anchors a terminal recording's progress in the audit log (issue #18); false when it
+    /// could not be audited. Call on a blocking thread (the cast writer's).
+    pub fn recording_checkpoint(&self, channel: u32, offset: u64, sha256: String) -> bool {
+        let event = AuditEvent::RecordingCheckpoint {
+            session_id: self.inner.id.clone(),
+            user: self.inner.user.clone(),
+            target: self.inner.target.name.clone(),
+            channel,
+            offset,
+            sha256,
+        };
+        match self.inner.access.record(&event) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(%error, "cannot audit a recording checkpoint");
+                false
+            }
+        }
     }
 
     fn insert_recording_row(

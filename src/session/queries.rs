@@ -1,15 +1,18 @@
-//! The writer of database sessions' statements (issue #4): their query-log lines and their
-//! `pg.query` audit rows, written off the relay by one thread for all sessions.
+//! The writer of database sessions' statements (issue #4): their query-log lines, chained line
+//! to line, and the `pg.checkpoint` that anchors each log in the audit chain (issue #18),
+//! written off the relay by one thread for all sessions.
 //!
 //! A relay only tracks statements. About once a second it hands the finished ones to its
 //! `QueryRecording`, and the writer thread drains every batch waiting, writes and flushes each
-//! session's lines, then appends all their audit rows in one transaction (one commit for every
-//! session, not one each). A statement's answer no longer waits for its JSON line and hash.
+//! session's lines, then appends one checkpoint per session in one transaction (one commit for
+//! every session, not one each). Statements are not audit rows (issue #18: a row a statement
+//! was what held `pgbench -S` back); the chained log is their record, and a changed, removed or
+//! reordered line no longer leads to its session's last checkpoint.
 //!
 //! Batches queue in a bounded channel: a writer that falls behind stalls the relays that hand it
 //! work (backpressure), it never buffers without bound. Batches are written in the order they
-//! were handed over, so each session's log keeps its statements' order, and a session's
-//! `pg.query` rows are committed before its `session.ended`. (Running the thread at nice 10 was
+//! were handed over, so each session's log keeps its statements' order, and a session's last
+//! checkpoint is committed before its `session.ended`. (Running the thread at nice 10 was
 //! measured and dropped: the relays preempted it at every answer, 0.93 context switches per
 //! transaction instead of 0.67, for no gain in TPS.)
 //!
@@ -25,13 +28,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RecordingHealth, Session};
-use crate::audit::{AuditEntry, AuditEvent};
-use crate::recording::querylog::{QueryLog, Statement};
+use crate::audit::AuditEntry;
+use crate::recording::querylog::{LineChain, QueryLog, Statement};
 use crate::store::StoreError;
 
 /// Batches waiting for the writer, over all sessions, before relays wait for it.
 const QUEUE: usize = 1024;
-/// At most this many batches go into one audit transaction.
+/// At most this many batches are written before their checkpoints are committed.
 const GROUP: usize = 256;
 
 /// The writer thread's queue; cheap to clone, one per bastion.
@@ -124,9 +127,9 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        // Each batch's lines are written first; its statements then move into its audit rows.
-        let mut recordings = Vec::new();
-        let mut entries = Vec::new();
+        // Each batch's lines are written first; then each session's log, as it stands after
+        // its last batch here, is checkpointed.
+        let mut recordings: Vec<(Arc<Shared>, LineChain)> = Vec::new();
         let mut waiting = Vec::new();
         for job in jobs {
             match job {
@@ -134,17 +137,28 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
                     recording,
                     statements,
                 } => {
-                    recording.write_log(&statements);
-                    let events = recording.session.query_events(statements);
-                    entries.extend(events.into_iter().map(AuditEvent::into_entry));
-                    recordings.push(recording);
+                    recording.session.count_statements(&statements);
+                    let Some(chain) = recording.write_log(&statements) else {
+                        continue;
+                    };
+                    match recordings
+                        .iter_mut()
+                        .find(|(written, _)| Arc::ptr_eq(written, &recording))
+                    {
+                        Some((_, last)) => *last = chain,
+                        None => recordings.push((recording, chain)),
+                    }
                 }
                 Job::Written(done) => waiting.push(done),
             }
         }
+        let entries = recordings
+            .iter()
+            .map(|(recording, chain)| recording.session.query_checkpoint(chain).entry())
+            .collect();
         if let Err(error) = audit(&recordings, entries) {
             tracing::error!(%error, sessions = recordings.len(), "cannot audit statements; ending those sessions");
-            for recording in &recordings {
+            for (recording, _) in &recordings {
                 recording.health.fail_closed();
             }
         }
@@ -155,31 +169,37 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
 }
 
 impl Shared {
-    /// Writes and flushes the statements' lines; a failure is audited once.
-    fn write_log(&self, statements: &[Statement]) {
+    /// Writes and flushes the statements' lines, and returns where the log's chain stands; a
+    /// failure is audited once (and there is nothing to checkpoint).
+    fn write_log(&self, statements: &[Statement]) -> Option<LineChain> {
         if !self.health.recording() {
-            return;
+            return None;
         }
         let Ok(mut slot) = self.log.lock() else {
             self.health.fail_closed();
-            return;
+            return None;
         };
-        let Some(log) = slot.as_mut() else {
-            return;
-        };
+        let log = slot.as_mut()?;
         let written = statements
             .iter()
             .try_for_each(|statement| log.write(statement))
             .and_then(|()| log.flush());
-        if let Err(error) = written {
-            self.health.failed(&self.session, &error);
+        match written {
+            Ok(()) => Some(log.chain().clone()),
+            Err(error) => {
+                self.health.failed(&self.session, &error);
+                None
+            }
         }
     }
 }
 
-/// Appends the sessions' `pg.query` rows, every session's in one transaction.
-fn audit(recordings: &[Arc<Shared>], entries: Vec<AuditEntry>) -> Result<(), StoreError> {
-    let Some(first) = recordings.first() else {
+/// Appends the sessions' checkpoints, every session's in one transaction.
+fn audit(
+    recordings: &[(Arc<Shared>, LineChain)],
+    entries: Vec<AuditEntry>,
+) -> Result<(), StoreError> {
+    let Some((first, _)) = recordings.first() else {
         return Ok(());
     };
     let access = &first.session.inner.access;

@@ -270,7 +270,7 @@ pub(super) async fn start_recording(
     match created {
         Ok(Ok(started)) => {
             // Set once: a channel starts one shell or exec.
-            let _ = recorder.set(casts.channel(session.clone(), started));
+            let _ = recorder.set(casts.channel(session.clone(), index, started));
             RecordingStart::Started
         }
         Ok(Err(error)) if session.recording_failed(&error) => RecordingStart::Refused,
