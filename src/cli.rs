@@ -107,8 +107,11 @@ enum AuditCommand {
         #[arg(short = 'n', default_value_t = 20)]
         count: u32,
     },
-    /// Walk the hash chain and name the first bad sequence number
+    /// Walk the hash chain, then every query log and recording it anchors, and name the first
+    /// bad sequence number, line or byte range
     Verify,
+    /// Each audit sink's cursor, lag and last error
+    Sinks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -324,7 +327,7 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 for session in anchors.sessions() {
                     files.extend(tx.recordings(&session)?.into_iter().map(|row| {
                         crate::audit::verify::RecordedFile {
-                            query_log: row.kind == "pg-query-log",
+                            query_log: row.kind == crate::recording::QUERY_LOG_KIND,
                             session_id: row.session_id,
                             channel: row.channel,
                             path: row.path.into(),
@@ -359,6 +362,62 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                     return Ok(Outcome::Refused);
                 }
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Sinks,
+        } => {
+            let now = access.now();
+            let rows = access.store().read(|tx| {
+                let head = tx.audit_head()?.map_or(0, |(seq, _)| seq);
+                let mut rows = Vec::new();
+                for sink in &access.config().audit.sinks {
+                    let cursor = tx.sink_cursor(&sink.name)?;
+                    let oldest = tx
+                        .audit_after(cursor.seq, 1)?
+                        .first()
+                        .map(|record| record.ts);
+                    let lag = head - cursor.seq.min(head);
+                    rows.push((sink.clone(), cursor, lag, oldest));
+                }
+                Ok(rows)
+            })?;
+            let json_rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(sink, cursor, lag, oldest)| {
+                    json!({
+                        "name": sink.name,
+                        "kind": sink.kind.as_str(),
+                        "cursor": cursor.seq,
+                        "lag_events": lag,
+                        "oldest_undelivered": oldest.map(rfc3339),
+                        "lag_seconds": oldest.map(|oldest| (now - oldest).whole_seconds().max(0)),
+                        "delivered_at": cursor.delivered_at.map(rfc3339),
+                        "last_error": cursor.last_error,
+                        "error_at": cursor.error_at.map(rfc3339),
+                    })
+                })
+                .collect();
+            let mut table =
+                String::from("SINK\tKIND\tCURSOR\tLAG\tOLDEST UNDELIVERED\tLAST ERROR\n");
+            for (sink, cursor, lag, oldest) in &rows {
+                table.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\n",
+                    sink.name,
+                    sink.kind.as_str(),
+                    cursor.seq,
+                    lag,
+                    oldest.map(rfc3339).unwrap_or_else(|| "-".to_string()),
+                    cursor
+                        .last_error
+                        .as_deref()
+                        .map(crate::text::visible)
+                        .unwrap_or_else(|| "-".to_string()),
+                ));
+            }
+            if rows.is_empty() {
+                table = "no audit sinks configured ([[audit.sinks]] in the config)\n".to_string();
+            }
+            output.print(json!({ "sinks": json_rows }), table.trim_end().to_string());
         }
         _ => bail!("unreachable command"),
     }

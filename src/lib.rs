@@ -17,6 +17,7 @@ pub mod recording;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod sinks;
 pub mod ssh;
 pub mod store;
 pub mod text;

@@ -148,6 +148,7 @@ impl Server {
             access.clone(),
             shutdown_rx.clone(),
         )));
+        tasks.extend(crate::sinks::start(&access, shutdown_rx.clone()));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,

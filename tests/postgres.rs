@@ -1974,3 +1974,150 @@ fn session_id_of(bastion: &Bastion) -> String {
         .and_then(|event| event["session_id"].as_str().map(str::to_string))
         .expect("a session")
 }
+
+/// The file sink's lines: every file's, in file-name order, parsed.
+fn sink_lines(dir: &std::path::Path) -> Vec<Value> {
+    let mut files = support::files_under(dir, ".jsonl");
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).expect("a JSON line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Waits until every sink holds the chain up to its head.
+fn wait_for_sinks(bastion: &Bastion) {
+    wait_for("the sinks to catch up", Duration::from_secs(30), || {
+        let (code, stdout, _) =
+            support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
+        assert_eq!(code, 0);
+        let sinks: Value = serde_json::from_str(&stdout).unwrap();
+        sinks["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|sink| sink["lag_events"] == 0)
+            .then_some(())
+    });
+}
+
+/// Issue #18: a file sink gets every control event of the chain in order, and every statement
+/// of a database session as its own event (from the query log, anchored by its checkpoints),
+/// each once with a stable id, the chain head with them; across a restart it goes on from its
+/// cursor.
+#[test]
+fn issue_18_a_file_sink_gets_every_event_and_statement_once_in_order() {
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"file\"\ndir = \"{}\"\n",
+        sink_dir.path().display()
+    );
+    let (mut bastion, postgres) = bastion_and_postgres_with("", &sink);
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    const COUNT: usize = 2_000;
+    let script = bastion.config.dir.path().join("many.sql");
+    let statements: String = (0..COUNT).map(|n| format!("select {n};\n")).collect();
+    std::fs::write(&script, statements).unwrap();
+    let output = psql_script(&bastion, &postgres, &token, &script);
+    assert!(output.status.success(), "{output:?}");
+    wait_for("the session to end", Duration::from_secs(20), || {
+        bastion
+            .audit_types()
+            .iter()
+            .any(|kind| kind == "session.ended")
+            .then_some(())
+    });
+    // Across a restart, and events after it.
+    bastion.restart();
+    bastion.grant("alice", "other-db", hour());
+    wait_for_sinks(&bastion);
+
+    let lines = sink_lines(sink_dir.path());
+    let audit = bastion
+        .access()
+        .store()
+        .read(|tx| tx.audit_tail(100_000))
+        .unwrap();
+    let control: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["type"] != "pg.statement" && line["type"] != "chain.head")
+        .map(|line| line["id"].as_str().unwrap())
+        .collect();
+    let chain: Vec<&str> = audit.iter().map(|record| record.id.as_str()).collect();
+    assert_eq!(control, chain, "every control event once, in chain order");
+    let statements: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["type"] == "pg.statement")
+        .collect();
+    let sql: Vec<&str> = statements
+        .iter()
+        .filter(|line| line["statement"]["protocol"] == "simple")
+        .map(|line| line["statement"]["sql"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..COUNT).map(|n| format!("select {n};")).collect();
+    assert_eq!(sql, expected, "every statement once, in order");
+    let ids: std::collections::BTreeSet<&str> = statements
+        .iter()
+        .map(|line| line["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), statements.len(), "statement ids are unique");
+    let first = statements[0];
+    assert_eq!(first["line"], 1);
+    assert_eq!(first["actor"], "alice");
+    assert_eq!(first["target"], "prod-db");
+    assert!(first["statement"]["h"].as_str().is_some(), "{first}");
+    let head = lines
+        .iter()
+        .find(|line| line["type"] == "chain.head")
+        .expect("the chain head");
+    assert!(head["seq"].as_i64().unwrap() > 0 && head["hash"].as_str().unwrap().len() == 64);
+}
+
+/// Issue #18: the file sink's files rotate at UTC midnight, by the events' time.
+#[test]
+fn issue_18_the_file_sink_rotates_at_utc_midnight() {
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"daily\"\nkind = \"file\"\ndir = \"{}\"\nevents = [\"control\"]\n",
+        sink_dir.path().display()
+    );
+    let (bastion, _postgres) = bastion_and_postgres_with("", &sink);
+    let now = bastion.now();
+    let midnight = (now.date() + time::Duration::days(1))
+        .midnight()
+        .assume_utc();
+    bastion.advance((midnight - now - time::Duration::seconds(5)).unsigned_abs());
+    bastion.grant("alice", "prod-db", hour());
+    bastion.advance(Duration::from_secs(10));
+    bastion.grant("alice", "other-db", hour());
+    wait_for_sinks(&bastion);
+    let mut files: Vec<String> = support::files_under(sink_dir.path(), ".jsonl")
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let day = |date: time::Date| {
+        format!(
+            "audit-{:04}-{:02}-{:02}.jsonl",
+            date.year(),
+            u8::from(date.month()),
+            date.day()
+        )
+    };
+    assert!(files.contains(&day(now.date())), "{files:?}");
+    assert!(files.contains(&day(midnight.date())), "{files:?}");
+    let after = std::fs::read_to_string(sink_dir.path().join(day(midnight.date()))).unwrap();
+    assert!(
+        after.contains("other-db"),
+        "the second grant is in the new day's file"
+    );
+    let before = std::fs::read_to_string(sink_dir.path().join(day(now.date()))).unwrap();
+    assert!(!before.contains("other-db"));
+}

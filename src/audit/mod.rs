@@ -18,6 +18,14 @@ use time::OffsetDateTime;
 
 use crate::clock::rfc3339;
 
+/// Type names that readers of stored records match on: the ones `AuditEvent::event_type` gives
+/// these variants, defined once.
+pub mod types {
+    pub const RECORDING_FINALIZED: &str = "recording.finalized";
+    pub const RECORDING_CHECKPOINT: &str = "recording.checkpoint";
+    pub const PG_CHECKPOINT: &str = "pg.checkpoint";
+}
+
 /// The hash that the first record chains to.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -705,11 +713,11 @@ impl AuditEvent {
             AuditEvent::SessionRefused { .. } => "session_refused",
             AuditEvent::SessionStarted { .. } => "session.started",
             AuditEvent::SessionEnded { .. } => "session.ended",
-            AuditEvent::RecordingFinalized { .. } => "recording.finalized",
+            AuditEvent::RecordingFinalized { .. } => types::RECORDING_FINALIZED,
             AuditEvent::RecordingFailed { .. } => "recording.failed",
             AuditEvent::FileOperation { .. } => "file.operation",
-            AuditEvent::PgCheckpoint { .. } => "pg.checkpoint",
-            AuditEvent::RecordingCheckpoint { .. } => "recording.checkpoint",
+            AuditEvent::PgCheckpoint { .. } => types::PG_CHECKPOINT,
+            AuditEvent::RecordingCheckpoint { .. } => types::RECORDING_CHECKPOINT,
             AuditEvent::PortForward { .. } => "forward.closed",
             AuditEvent::PortForwardRefused { .. } => "forward.refused",
             AuditEvent::ServerStarted { .. } => "server_started",

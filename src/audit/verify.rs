@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::AuditRecord;
+use super::types::{PG_CHECKPOINT, RECORDING_CHECKPOINT, RECORDING_FINALIZED};
 use crate::recording::querylog::LineChain;
 
 /// The anchors of the files, gathered from the chain as it is walked.
@@ -132,7 +133,7 @@ impl Anchors {
         let text = |key: &str| detail[key].as_str().map(str::to_string);
         let number = |key: &str| detail[key].as_u64();
         match record.event_type.as_str() {
-            "pg.checkpoint" => {
+            PG_CHECKPOINT => {
                 if let (Some(lines), Some(h)) = (number("lines"), text("h")) {
                     let checkpoint = LineCheckpoint {
                         seq: record.seq,
@@ -142,7 +143,7 @@ impl Anchors {
                     self.query_logs.entry(session).or_default().push(checkpoint);
                 }
             }
-            "recording.checkpoint" | "recording.finalized" => {
+            RECORDING_CHECKPOINT | RECORDING_FINALIZED => {
                 let offset = number("offset").or_else(|| number("size"));
                 let (Some(channel), Some(offset), Some(sha256)) =
                     (number("channel"), offset, text("sha256"))
@@ -158,7 +159,7 @@ impl Anchors {
                     .recordings
                     .entry((session, channel as u32))
                     .or_default();
-                if record.event_type == "recording.finalized" {
+                if record.event_type == RECORDING_FINALIZED {
                     anchors.finalized = Some(checkpoint);
                 } else {
                     anchors.checkpoints.push(checkpoint);
@@ -263,10 +264,10 @@ fn verify_bytes(path: &Path, anchors: &FileAnchors) -> Result<(), FileError> {
     let mut points: Vec<(&ByteCheckpoint, &'static str)> = anchors
         .checkpoints
         .iter()
-        .map(|checkpoint| (checkpoint, "recording.checkpoint"))
+        .map(|checkpoint| (checkpoint, RECORDING_CHECKPOINT))
         .collect();
     if let Some(finalized) = &anchors.finalized {
-        points.push((finalized, "recording.finalized"));
+        points.push((finalized, RECORDING_FINALIZED));
     }
     points.sort_by_key(|(checkpoint, _)| (checkpoint.offset, checkpoint.seq));
     let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(unreadable)?);
@@ -315,7 +316,7 @@ fn verify_bytes(path: &Path, anchors: &FileAnchors) -> Result<(), FileError> {
                 to: finalized.offset + rest.len() as u64,
                 first_line: lines + 1,
                 last_line: lines + rest.iter().filter(|byte| **byte == b'\n').count() as u64,
-                event: "recording.finalized",
+                event: RECORDING_FINALIZED,
                 seq: finalized.seq,
             });
         }

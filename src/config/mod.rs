@@ -19,7 +19,9 @@ use ipnet::IpNet;
 use russh::keys::PublicKey;
 
 pub use duration::{format_duration, parse_duration};
-use raw::{RawAccess, RawConfig, RawLimits, RawServer, RawSlack, RawTarget, RawUser};
+use raw::{
+    RawAccess, RawAudit, RawConfig, RawLimits, RawServer, RawSink, RawSlack, RawTarget, RawUser,
+};
 
 use crate::secret::SecretSource;
 
@@ -42,6 +44,43 @@ pub struct Config {
     pub targets: Vec<Target>,
     pub slack: Option<SlackConfig>,
     pub limits: Limits,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where the activity log goes besides the bastion's own store (issue #18).
+#[derive(Debug, Clone, Default)]
+pub struct AuditConfig {
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One audit sink: it receives the chain's events in order, from its own durable cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    /// Which events it gets.
+    pub events: SinkEvents,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// JSON lines, one file a UTC day, for log shippers.
+    File { dir: PathBuf },
+}
+
+impl SinkKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::File { .. } => "file",
+        }
+    }
+}
+
+/// The streams a sink takes: control events (the audit chain) and statements (query-log lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkEvents {
+    pub control: bool,
+    pub statements: bool,
 }
 
 /// Bounds on what one unauthenticated or authenticated client may hold.
@@ -473,6 +512,7 @@ impl Validator {
         let targets = self.targets(raw.targets, &roles, &access);
         let slack = raw.slack.map(|slack| self.slack(slack));
         let limits = self.limits(raw.limits);
+        let audit = self.audit(raw.audit);
         self.approval_policies(&targets, &users);
         Config {
             path: path.to_path_buf(),
@@ -483,7 +523,88 @@ impl Validator {
             targets,
             slack,
             limits,
+            audit,
         }
+    }
+
+    fn audit(&mut self, raw: RawAudit) -> AuditConfig {
+        let mut sinks: Vec<SinkConfig> = Vec::new();
+        for (index, sink) in raw.sinks.into_iter().enumerate() {
+            let key = format!("audit.sinks[{index}]");
+            if let Some(sink) = self.sink(&key, sink) {
+                if sinks.iter().any(|known| known.name == sink.name) {
+                    self.problem(
+                        format!("{key}.name"),
+                        format!("{:?} names another sink too", sink.name),
+                    );
+                    continue;
+                }
+                sinks.push(sink);
+            }
+        }
+        AuditConfig { sinks }
+    }
+
+    fn sink(&mut self, key: &str, raw: RawSink) -> Option<SinkConfig> {
+        if !is_valid_name(&raw.name) {
+            self.problem(
+                format!("{key}.name"),
+                format!(
+                    "{:?} is not a valid name (a-z, 0-9, '.', '_', '-')",
+                    raw.name
+                ),
+            );
+        }
+        let mut events = SinkEvents {
+            control: true,
+            statements: true,
+        };
+        if let Some(names) = raw.events {
+            events = SinkEvents {
+                control: false,
+                statements: false,
+            };
+            for name in names {
+                match name.as_str() {
+                    "control" => events.control = true,
+                    "statements" => events.statements = true,
+                    other => self.problem(
+                        format!("{key}.events"),
+                        format!("{other:?} is not an event stream (control, statements)"),
+                    ),
+                }
+            }
+        }
+        match raw.format.as_deref() {
+            None | Some("json") => {}
+            Some(other) => self.problem(
+                format!("{key}.format"),
+                format!("{other:?} is not supported (json)"),
+            ),
+        }
+        let kind = match raw.kind.as_str() {
+            "file" => match raw.dir {
+                Some(dir) => SinkKind::File {
+                    dir: self.path(&dir),
+                },
+                None => {
+                    self.problem(format!("{key}.dir"), "a file sink needs a folder");
+                    return None;
+                }
+            },
+            other => {
+                self.problem(
+                    format!("{key}.kind"),
+                    format!("{other:?} is not a sink kind this build has (file)"),
+                );
+                return None;
+            }
+        };
+        Some(SinkConfig {
+            name: raw.name,
+            kind,
+            events,
+        })
     }
 
     fn limits(&mut self, raw: RawLimits) -> Limits {

@@ -23,6 +23,29 @@ pub struct RawConfig {
     pub slack: Option<RawSlack>,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+}
+
+/// One `[[audit.sinks]]` (issue #18).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub name: String,
+    pub kind: String,
+    /// `file`: the folder of the daily files.
+    pub dir: Option<String>,
+    /// `control`, `statements` (default both).
+    pub events: Option<Vec<String>>,
+    /// `json` (default).
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,6 +63,11 @@ pub fn dated_path(dir: &Path, at: OffsetDateTime, file_name: &str) -> PathBuf {
         .join(file_name)
 }
 
+/// The `kind` of a terminal recording's row in the store.
+pub const CAST_KIND: &str = "asciicast";
+/// The `kind` of a query log's row in the store.
+pub const QUERY_LOG_KIND: &str = "pg-query-log";
+
 /// How often buffered lines must reach the file at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 

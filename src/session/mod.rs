@@ -345,7 +345,7 @@ impl Session {
             "cast",
         );
         let recorder = Recorder::create(path, header, capture)?;
-        self.insert_recording_row(channel, "asciicast", recorder.path())?;
+        self.insert_recording_row(channel, crate::recording::CAST_KIND, recorder.path())?;
         Ok(recorder)
     }
 
@@ -373,7 +373,7 @@ impl Session {
             _ => true,
         };
         let log = QueryLog::create(path, &self.inner.id, record_parameters)?;
-        self.insert_recording_row(0, "pg-query-log", log.path())?;
+        self.insert_recording_row(0, crate::recording::QUERY_LOG_KIND, log.path())?;
         Ok(log)
     }
 

@@ -146,6 +146,18 @@ const MIGRATIONS: &[&str] = &[
         reason    TEXT NOT NULL
     ) STRICT;
     ",
+    // 5: audit sinks (issue #18). Each sink's durable cursor: the last audit seq it holds (the
+    // statements of a query log go with the `pg.checkpoint` that anchors them), and its last
+    // error while it is failing.
+    "
+    CREATE TABLE sink_cursors (
+        name         TEXT PRIMARY KEY,
+        seq          INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error   TEXT,
+        error_at     INTEGER
+    ) STRICT;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

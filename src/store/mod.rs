@@ -714,6 +714,102 @@ impl Tx<'_> {
         records.into_iter().collect()
     }
 
+    /// Up to `limit` audit records after `seq`, in order (a sink's next batch).
+    pub fn audit_after(&self, seq: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut statement = self.transaction.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let records = statement
+            .query_map(params![seq, limit], read_audit)?
+            .collect::<Result<Vec<_>, _>>()?;
+        records.into_iter().collect()
+    }
+
+    /// The newest audit record's seq and hash: the chain head.
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The detail of the last `pg.checkpoint` of `session_id` before `seq`, if any.
+    pub fn checkpoint_before(
+        &self,
+        session_id: &str,
+        seq: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT detail FROM audit_events
+                 WHERE session_id = ?1 AND type = 'pg.checkpoint' AND seq < ?2
+                 ORDER BY seq DESC LIMIT 1",
+                params![session_id, seq],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// A sink's cursor (0 for a sink that has delivered nothing).
+    pub fn sink_cursor(&self, name: &str) -> Result<SinkCursor, StoreError> {
+        let row = self
+            .transaction
+            .query_row(
+                "SELECT seq, delivered_at, last_error, error_at FROM sink_cursors WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((seq, delivered_at, last_error, error_at)) = row else {
+            return Ok(SinkCursor::default());
+        };
+        Ok(SinkCursor {
+            seq,
+            delivered_at: delivered_at.map(timestamp).transpose()?,
+            last_error,
+            error_at: error_at.map(timestamp).transpose()?,
+        })
+    }
+
+    /// Moves a sink's cursor past what it now holds, and clears its error.
+    pub fn advance_sink(&self, name: &str, seq: i64, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO sink_cursors (name, seq, delivered_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq,
+               delivered_at = excluded.delivered_at, last_error = NULL, error_at = NULL",
+            params![name, seq, at.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+
+    /// Notes why a sink's delivery failed; its cursor stays.
+    pub fn sink_failed(
+        &self,
+        name: &str,
+        error: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "INSERT INTO sink_cursors (name, seq, last_error, error_at) VALUES (?1, 0, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+               error_at = excluded.error_at",
+            params![name, error, at.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+
     /// Visits every audit record in sequence order without loading the log into memory; stops at
     /// the first `Err` the visitor returns.
     pub fn audit_scan<E>(
@@ -909,6 +1005,17 @@ pub struct SessionTotals {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub statements: u64,
+}
+
+/// Where an audit sink stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkCursor {
+    /// The last audit seq the sink holds (with the statements its checkpoints anchor).
+    pub seq: i64,
+    pub delivered_at: Option<OffsetDateTime>,
+    /// Why the last delivery failed, while it is failing.
+    pub last_error: Option<String>,
+    pub error_at: Option<OffsetDateTime>,
 }
 
 /// A recording row: one per recorded channel.

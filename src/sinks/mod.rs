@@ -1,0 +1,371 @@
+//! Audit sinks (issue #18): the activity log leaves the box.
+//!
+//! Each configured sink has a task and a durable cursor in the store: the seq of the last audit
+//! record it holds. The task reads the chain after its cursor in batches, turns each record into
+//! what the sink gets (a control event; for a `pg.checkpoint`, the query-log lines it anchors,
+//! one statement event each), hands the batch to the sink, and only once the sink has it moves
+//! the cursor. So delivery is in order, survives restarts and `kill -9` (a batch cut short is
+//! sent again: at least once, every event with a stable id), and a sink that is down holds only
+//! its own cursor: sessions, approvals and the relay never wait for it. A failing batch is
+//! retried with backoff and jitter, its error kept for `portcullis audit sinks`.
+//!
+//! Statements are read from the query logs, not from the chain: the checkpoint says which lines
+//! are anchored, and those lines were flushed before it was committed.
+
+mod file;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Seek};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::access::Access;
+use crate::audit::AuditRecord;
+use crate::clock::rfc3339;
+use crate::config::{SinkConfig, SinkKind};
+use crate::store::StoreError;
+
+/// Audit records read a batch.
+const BATCH: u32 = 256;
+/// How often a sink with nothing to send looks again.
+const POLL: Duration = Duration::from_millis(500);
+/// The longest wait between retries of a failing batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One event as a sink gets it.
+#[derive(Debug, Clone)]
+pub enum SinkEvent {
+    /// A record of the audit chain.
+    Control(AuditRecord),
+    /// A line of a query log.
+    Statement(StatementEvent),
+}
+
+/// A query-log line with the session it belongs to.
+#[derive(Debug, Clone)]
+pub struct StatementEvent {
+    pub session_id: String,
+    /// 1-based line number in the session's query log.
+    pub line: u64,
+    pub user: String,
+    pub target: String,
+    /// When it started: the session's start plus the line's `t`.
+    pub at: OffsetDateTime,
+    /// The line as written, parsed.
+    pub record: Value,
+}
+
+impl SinkEvent {
+    /// A stable id: the audit record's, or `<session>:<line>`; a redelivered event has the same.
+    pub fn id(&self) -> String {
+        match self {
+            SinkEvent::Control(record) => record.id.clone(),
+            SinkEvent::Statement(statement) => {
+                format!("{}:{}", statement.session_id, statement.line)
+            }
+        }
+    }
+
+    pub fn at(&self) -> OffsetDateTime {
+        match self {
+            SinkEvent::Control(record) => record.ts,
+            SinkEvent::Statement(statement) => statement.at,
+        }
+    }
+
+    /// The documented JSON form (docs/AUDIT-FORMAT.md, "Sinks").
+    pub fn to_json(&self) -> Value {
+        match self {
+            SinkEvent::Control(record) => crate::views::audit_json(record),
+            SinkEvent::Statement(statement) => json!({
+                "type": "pg.statement",
+                "id": self.id(),
+                "ts": rfc3339(statement.at),
+                "session_id": statement.session_id,
+                "line": statement.line,
+                "actor": statement.user,
+                "target": statement.target,
+                "statement": statement.record,
+            }),
+        }
+    }
+}
+
+/// The chain head when a batch was read, sent along so an outside reader can tell that the
+/// local store was cut or rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// What a batch carries: the events, the seq the cursor moves to once they are held, the head.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub events: Vec<SinkEvent>,
+    pub up_to: i64,
+    pub head: Option<ChainHead>,
+    /// The bastion's clock when it was read.
+    pub now: OffsetDateTime,
+}
+
+/// Why a sink could not take a batch; kept as its last error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Io(String),
+    #[error("cannot read the audit store: {0}")]
+    Store(#[from] StoreError),
+    #[error("query log of {session}: {why}")]
+    QueryLog { session: String, why: String },
+}
+
+/// Starts one task per configured sink; each stops when `shutdown` turns true.
+pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    access
+        .config()
+        .audit
+        .sinks
+        .iter()
+        .map(|config| {
+            let runner = Runner {
+                access: access.clone(),
+                sink: Sink::new(config),
+                config: config.clone(),
+                logs: HashMap::new(),
+            };
+            tokio::spawn(runner.run(shutdown.clone()))
+        })
+        .collect()
+}
+
+/// A sink's destination.
+enum Sink {
+    File(file::FileSink),
+}
+
+impl Sink {
+    fn new(config: &SinkConfig) -> Sink {
+        match &config.kind {
+            SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
+        }
+    }
+
+    async fn deliver(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        match self {
+            Sink::File(file) => file.deliver(batch).await,
+        }
+    }
+}
+
+/// Where the runner last stopped reading a session's query log, so the next checkpoint's lines
+/// are read from there.
+#[derive(Debug, Clone)]
+struct LogPosition {
+    lines: u64,
+    offset: u64,
+}
+
+struct Runner {
+    access: Access,
+    config: SinkConfig,
+    sink: Sink,
+    logs: HashMap<String, LogPosition>,
+}
+
+impl Runner {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match self.step().await {
+                Ok(true) => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(false) => {
+                    failures = 0;
+                    POLL
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let why = error.to_string();
+                    tracing::warn!(sink = %self.config.name, error = %why, "audit sink failed; retrying");
+                    let (access, name) = (self.access.clone(), self.config.name.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let now = access.now();
+                        access.store().write(|tx| tx.sink_failed(&name, &why, now))
+                    })
+                    .await;
+                    backoff(failures)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Reads and delivers one batch; `Ok(true)` when there may be more right away.
+    async fn step(&mut self) -> Result<bool, SinkError> {
+        let Some(batch) = self.read_batch().await? else {
+            return Ok(false);
+        };
+        self.sink.deliver(&batch).await?;
+        let (access, name, up_to) = (self.access.clone(), self.config.name.clone(), batch.up_to);
+        tokio::task::spawn_blocking(move || {
+            let now = access.now();
+            access
+                .store()
+                .write(|tx| tx.advance_sink(&name, up_to, now))
+        })
+        .await
+        .map_err(|error| SinkError::Io(error.to_string()))??;
+        Ok(true)
+    }
+
+    /// The next batch after the sink's cursor, `None` when it holds everything.
+    async fn read_batch(&mut self) -> Result<Option<Batch>, SinkError> {
+        let access = self.access.clone();
+        let name = self.config.name.clone();
+        let events = self.config.events;
+        let mut logs = std::mem::take(&mut self.logs);
+        let read = tokio::task::spawn_blocking(move || {
+            let batch = read_batch(&access, &name, events, &mut logs);
+            (batch, logs)
+        })
+        .await
+        .map_err(|error| SinkError::Io(error.to_string()))?;
+        self.logs = read.1;
+        read.0
+    }
+}
+
+/// Reads the records after the sink's cursor and expands checkpoints into their statements.
+fn read_batch(
+    access: &Access,
+    name: &str,
+    streams: crate::config::SinkEvents,
+    logs: &mut HashMap<String, LogPosition>,
+) -> Result<Option<Batch>, SinkError> {
+    let store = access.store();
+    let (records, head) = store.read(|tx| {
+        let cursor = tx.sink_cursor(name)?;
+        Ok((tx.audit_after(cursor.seq, BATCH)?, tx.audit_head()?))
+    })?;
+    let Some(last) = records.last() else {
+        return Ok(None);
+    };
+    let up_to = last.seq;
+    let mut events = Vec::new();
+    for record in records {
+        if streams.statements && record.event_type == crate::audit::types::PG_CHECKPOINT {
+            events.extend(statements(access, &record, logs)?);
+        }
+        if streams.control {
+            events.push(SinkEvent::Control(record));
+        }
+    }
+    Ok(Some(Batch {
+        events,
+        up_to,
+        head: head.map(|(seq, hash)| ChainHead { seq, hash }),
+        now: access.now(),
+    }))
+}
+
+/// The query-log lines a `pg.checkpoint` anchors that the one before it did not.
+fn statements(
+    access: &Access,
+    checkpoint: &AuditRecord,
+    logs: &mut HashMap<String, LogPosition>,
+) -> Result<Vec<SinkEvent>, SinkError> {
+    let Some(session_id) = checkpoint.session_id.clone() else {
+        return Ok(Vec::new());
+    };
+    let broken = |why: String| SinkError::QueryLog {
+        session: session_id.clone(),
+        why,
+    };
+    let lines = |detail: &str| -> Option<u64> {
+        serde_json::from_str::<Value>(detail).ok()?["lines"].as_u64()
+    };
+    let upto =
+        lines(&checkpoint.detail).ok_or_else(|| broken("checkpoint without lines".into()))?;
+    let (previous, session, path) = access.store().read(|tx| {
+        let previous = tx
+            .checkpoint_before(&session_id, checkpoint.seq)?
+            .and_then(|detail| lines(&detail))
+            .unwrap_or(0);
+        let path = tx
+            .recordings(&session_id)?
+            .into_iter()
+            .find(|row| row.kind == crate::recording::QUERY_LOG_KIND)
+            .map(|row| PathBuf::from(row.path));
+        Ok((previous, tx.session(&session_id)?, path))
+    })?;
+    let session = session.ok_or_else(|| broken("no such session".into()))?;
+    let path = path.ok_or_else(|| broken("no query log recorded".into()))?;
+    if upto <= previous {
+        return Ok(Vec::new());
+    }
+    let file = std::fs::File::open(&path).map_err(|error| broken(error.to_string()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut position = match logs.get(&session_id) {
+        Some(known) if known.lines == previous => known.clone(),
+        _ => LogPosition {
+            lines: 0,
+            offset: 0,
+        },
+    };
+    reader
+        .seek(std::io::SeekFrom::Start(position.offset))
+        .map_err(|error| broken(error.to_string()))?;
+    let mut events = Vec::new();
+    let mut line = Vec::new();
+    while position.lines < upto {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|error| broken(error.to_string()))?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            return Err(broken(format!(
+                "ends at line {}, its checkpoint counts {upto}",
+                position.lines
+            )));
+        }
+        position.lines += 1;
+        position.offset += read as u64;
+        if position.lines <= previous {
+            continue;
+        }
+        let record: Value = serde_json::from_slice(&line[..line.len() - 1])
+            .map_err(|error| broken(format!("line {}: {error}", position.lines)))?;
+        let offset = record["t"].as_f64().unwrap_or(0.0).max(0.0);
+        events.push(SinkEvent::Statement(StatementEvent {
+            session_id: session_id.clone(),
+            line: position.lines,
+            user: session.user.clone(),
+            target: session.target.clone(),
+            at: session.started_at + Duration::from_secs_f64(offset),
+            record,
+        }));
+    }
+    logs.insert(session_id, position);
+    Ok(events)
+}
+
+/// 1 s, 2 s, 4 s ... up to a minute, each with up to a fifth of jitter so sinks that failed
+/// together do not retry together.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF);
+    let jitter = rand::random::<f64>() * 0.2;
+    base.mul_f64(1.0 + jitter)
+}
