@@ -9,7 +9,7 @@
 #   SPLIT=1 bench/postgres.sh          # PostgreSQL and pgbench on CPU 0, each proxy on CPU 1
 #
 # It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
-# mode, and the bastion (query log and pg.query audit on, as always), gets a grant through the
+# mode, and the bastion (chained query log and its checkpoints on, as always), gets a grant through the
 # SSH command interface (alice requests, bob approves) and a token, and runs pgbench through
 # each path: select-only (-S; simple, extended and prepared protocol) and TPC-B-like transactions
 # with persistent connections, and

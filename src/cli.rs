@@ -108,10 +108,16 @@ enum AuditCommand {
         count: u32,
     },
     /// Walk the hash chain, then every query log and recording it anchors, and name the first
-    /// bad sequence number, line or byte range
-    Verify,
+    /// bad sequence number, line or byte range; with --sink, check that a postgres sink holds
+    /// the same events with the same hashes
+    Verify {
+        #[arg(long)]
+        sink: Option<String>,
+    },
     /// Each audit sink's cursor, lag and last error
     Sinks,
+    /// Print the DDL of a postgres sink's tables (to create them with another role)
+    SinkSchema,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -299,7 +305,54 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             );
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { sink: Some(name) },
+        } => {
+            let Some(sink) = access
+                .config()
+                .audit
+                .sinks
+                .iter()
+                .find(|sink| sink.name == name)
+            else {
+                bail!("no audit sink named {name}");
+            };
+            let crate::config::SinkKind::Postgres { url, ca_file } = &sink.kind else {
+                bail!("audit sink {name} is not a postgres sink; only those can be read back");
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let checked = runtime.block_on(crate::sinks::verify_postgres(
+                &access,
+                &name,
+                url,
+                ca_file.as_deref(),
+            ))?;
+            match checked {
+                Ok(count) => output.print(
+                    json!({ "ok": true, "sink": name, "verified": count }),
+                    format!("ok: sink {name} holds the same {count} events with the same hashes"),
+                ),
+                Err(difference) => {
+                    if output.json {
+                        println!(
+                            "{}",
+                            json!({ "ok": false, "sink": name, "error": difference })
+                        );
+                    }
+                    eprintln!("sink {name}: {difference}");
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::SinkSchema,
+        } => {
+            println!("{}", crate::sinks::postgres::SCHEMA.trim_end());
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { sink: None },
         } => {
             let mut verifier = ChainVerifier::default();
             let mut anchors = crate::audit::verify::Anchors::default();

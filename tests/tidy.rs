@@ -71,7 +71,8 @@ const CONFINED: &[(&str, &[&str], &[&str])] = &[
             "CREATE TABLE",
         ],
         // The PostgreSQL front end carries engineers' SQL as data; it never writes its own.
-        &["src/store/", "src/postgres/"],
+        // The postgres audit sink writes the outside database's tables (issue #18).
+        &["src/store/", "src/postgres/", "src/sinks/postgres.rs"],
     ),
     ("HTTP", &["axum", "hyper"], &["src/web/"]),
     // Issue #17: only the core builds audit events; front ends say what happened through it.

@@ -761,19 +761,6 @@ impl AuditRecord {
         ts: OffsetDateTime,
         entry: AuditEntry,
     ) -> AuditRecord {
-        AuditRecord::chain_with(prev, id, ts, entry, &mut Hashing::new(ts))
-    }
-
-    /// `chain` for one of many records appended at once: `hashing` holds what they share (the
-    /// formatted time, a buffer), so a database session's batch of `pg.query` events formats
-    /// its time once, not once an event.
-    pub fn chain_with(
-        prev: Option<(i64, &str)>,
-        id: String,
-        ts: OffsetDateTime,
-        entry: AuditEntry,
-        hashing: &mut Hashing,
-    ) -> AuditRecord {
         let (seq, prev_hash) = match prev {
             Some((seq, hash)) => (seq + 1, hash.to_string()),
             None => (1, GENESIS_HASH.to_string()),
@@ -792,121 +779,36 @@ impl AuditRecord {
             prev_hash,
             hash: String::new(),
         };
-        record.hash = hashing.hash(&record);
+        record.hash = record.compute_hash();
         record
     }
 
-    /// SHA-256 over a JSON array of every field but the hash, in a fixed order. An array, not an
-    /// object, so there is no key order to disagree about.
+    /// The text the hash is over: a JSON array of every field but the hash, in a fixed order
+    /// (`[seq, id, ts, type, actor, target, request_id, grant_id, session_id, detail,
+    /// prev_hash]`, absent values `null`), compact. An array, not an object, so there is no key
+    /// order to disagree about; it is also its own RFC 8785 (JCS) canonical form, so outside
+    /// verifiers can rebuild it with a stock JCS library (a test holds the two equal).
+    pub fn canonical(&self) -> String {
+        serde_json::json!([
+            self.seq,
+            self.id,
+            rfc3339(self.ts),
+            self.event_type,
+            self.actor,
+            self.target,
+            self.request_id,
+            self.grant_id,
+            self.session_id,
+            self.detail,
+            self.prev_hash,
+        ])
+        .to_string()
+    }
+
+    /// SHA-256 (hex) of `canonical`.
     pub fn compute_hash(&self) -> String {
-        Hashing::new(self.ts).hash(self)
+        hex::encode(Sha256::digest(self.canonical().as_bytes()))
     }
-}
-
-/// What computing many records' hashes shares: the formatted time of records stamped at one
-/// time, and the buffer their canonical JSON is written to.
-pub struct Hashing {
-    ts: OffsetDateTime,
-    ts_text: String,
-    canonical: Vec<u8>,
-}
-
-impl Hashing {
-    pub fn new(ts: OffsetDateTime) -> Hashing {
-        Hashing {
-            ts,
-            ts_text: rfc3339(ts),
-            canonical: Vec::with_capacity(512),
-        }
-    }
-
-    /// The record's hash (see `AuditRecord::compute_hash`), over its canonical JSON written into
-    /// a reused buffer and hashed in one call.
-    fn hash(&mut self, record: &AuditRecord) -> String {
-        if record.ts != self.ts {
-            *self = Hashing::new(record.ts);
-        }
-        self.canonical.clear();
-        canonical_json(&mut self.canonical, record, &self.ts_text);
-        // `encode_to_slice`: `hex::encode` builds its string a char at a time, which showed in
-        // `perf` of examples/audit_append.
-        let mut text = [0u8; 64];
-        let _ = hex::encode_to_slice(Sha256::digest(&self.canonical), &mut text);
-        String::from_utf8_lossy(&text).into_owned()
-    }
-}
-
-/// The JSON array the hash is over, byte for byte what serde_json writes for it (a test below
-/// holds the two equal): `[seq, id, ts, type, actor, target, request_id, grant_id, session_id,
-/// detail, prev_hash]`, compact, absent values as `null`.
-///
-/// Written by hand: a database session chains an event a statement, and serde_json's escaping,
-/// a byte at a time, was a tenth of the query writer's instructions (the detail, itself JSON,
-/// is full of quotes to escape).
-fn canonical_json(out: &mut Vec<u8>, record: &AuditRecord, ts_text: &str) {
-    out.push(b'[');
-    out.extend_from_slice(itoa::Buffer::new().format(record.seq).as_bytes());
-    for field in [
-        Some(record.id.as_str()),
-        Some(ts_text),
-        Some(record.event_type.as_str()),
-        record.actor.as_deref(),
-        record.target.as_deref(),
-        record.request_id.as_deref(),
-        record.grant_id.as_deref(),
-        record.session_id.as_deref(),
-        Some(record.detail.as_str()),
-        Some(record.prev_hash.as_str()),
-    ] {
-        out.push(b',');
-        match field {
-            Some(text) => push_json_string(out, text),
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-    out.push(b']');
-}
-
-/// `text` as a JSON string, as serde_json writes one: `"` and `\` escaped with a backslash,
-/// control characters as `\b \t \n \f \r` or `\u00xx`, every other character as it is.
-fn push_json_string(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    out.push(b'"');
-    // Without an early exit this check runs many bytes a step; control characters are rare.
-    let control = bytes
-        .iter()
-        .fold(false, |control, byte| control | (*byte < 0x20));
-    if control {
-        for byte in bytes {
-            match byte {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                0x08 => out.extend_from_slice(b"\\b"),
-                0x09 => out.extend_from_slice(b"\\t"),
-                0x0a => out.extend_from_slice(b"\\n"),
-                0x0c => out.extend_from_slice(b"\\f"),
-                0x0d => out.extend_from_slice(b"\\r"),
-                0x00..=0x1f => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(byte >> 4)]);
-                    out.push(HEX[usize::from(byte & 0xf)]);
-                }
-                _ => out.push(*byte),
-            }
-        }
-    } else {
-        // Runs between quotes and backslashes are found with SIMD and copied whole.
-        let mut rest = bytes;
-        while let Some(at) = memchr::memchr2(b'"', b'\\', rest) {
-            out.extend_from_slice(&rest[..at]);
-            out.push(b'\\');
-            out.push(rest[at]);
-            rest = &rest[at + 1..];
-        }
-        out.extend_from_slice(rest);
-    }
-    out.push(b'"');
 }
 
 /// Why the chain does not verify, at the first record that breaks it.
@@ -1035,11 +937,13 @@ mod tests {
         ])
     }
 
+    /// Issue #18: the canonical text is what RFC 8785 (JCS) makes of the same array, with a
+    /// stock JCS implementation as the oracle, whatever the strings hold.
     #[test]
-    fn the_canonical_json_is_what_serde_json_writes() {
+    fn the_canonical_text_is_rfc_8785() {
         let mut record = chain_of(1).remove(0);
         let mut every_ascii: String = (0u8..0x80).map(char::from).collect();
-        every_ascii.push_str("é→\u{10348}\"\\");
+        every_ascii.push_str("é→\u{10348}\"\\\u{2028}");
         for (actor, detail) in [
             (Some(every_ascii.as_str()), every_ascii.as_str()),
             (
@@ -1051,12 +955,8 @@ mod tests {
         ] {
             record.actor = actor.map(str::to_string);
             record.detail = detail.to_string();
-            let mut written = Vec::new();
-            canonical_json(&mut written, &record, &rfc3339(record.ts));
-            assert_eq!(
-                String::from_utf8_lossy(&written),
-                value_array(&record).to_string()
-            );
+            let oracle = serde_jcs::to_string(&value_array(&record)).unwrap_or_default();
+            assert_eq!(record.canonical(), oracle);
         }
     }
 

@@ -66,12 +66,20 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// JSON lines, one file a UTC day, for log shippers.
     File { dir: PathBuf },
+    /// Tables in a PostgreSQL database, written idempotently.
+    Postgres {
+        /// The connection URL, password included.
+        url: SecretSource,
+        /// `None`: no TLS (`tls = "disable"`); otherwise the CA that verifies the server.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 impl SinkKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             SinkKind::File { .. } => "file",
+            SinkKind::Postgres { .. } => "postgres",
         }
     }
 }
@@ -428,6 +436,11 @@ impl Config {
                 &slack.signing_secret,
             ));
         }
+        for (index, sink) in self.audit.sinks.iter().enumerate() {
+            if let SinkKind::Postgres { url, .. } = &sink.kind {
+                sources.push((secret_key(&format!("audit.sinks[{index}].url"), url), url));
+            }
+        }
         sources
     }
 
@@ -450,6 +463,15 @@ impl Config {
                     }
                 }
                 TargetKind::Container(_) => {}
+            }
+        }
+        for (index, sink) in self.audit.sinks.iter().enumerate() {
+            if let SinkKind::Postgres {
+                ca_file: Some(ca_file),
+                ..
+            } = &sink.kind
+            {
+                files.push((format!("audit.sinks[{index}].ca_file"), ca_file.as_path()));
             }
         }
         files
@@ -592,10 +614,49 @@ impl Validator {
                     return None;
                 }
             },
+            "postgres" => {
+                let url = match (&raw.url_env, &raw.url_file) {
+                    (Some(env), None) if !env.trim().is_empty() => SecretSource::Env(env.clone()),
+                    (None, Some(file)) => SecretSource::File(self.path(file)),
+                    _ => {
+                        self.problem(
+                            format!("{key}.url_env"),
+                            "a postgres sink needs exactly one of url_env, url_file",
+                        );
+                        return None;
+                    }
+                };
+                let ca_file = match (raw.tls.as_deref().unwrap_or("verify-full"), &raw.ca_file) {
+                    ("verify-full", Some(file)) => Some(self.path(file)),
+                    ("verify-full", None) => {
+                        self.problem(
+                            format!("{key}.ca_file"),
+                            "is required with tls = \"verify-full\" (the default)",
+                        );
+                        return None;
+                    }
+                    ("disable", None) => None,
+                    ("disable", Some(_)) => {
+                        self.problem(
+                            format!("{key}.ca_file"),
+                            "is only used with tls = \"verify-full\"",
+                        );
+                        return None;
+                    }
+                    (other, _) => {
+                        self.problem(
+                            format!("{key}.tls"),
+                            format!("{other:?} is not one of verify-full, disable"),
+                        );
+                        return None;
+                    }
+                };
+                SinkKind::Postgres { url, ca_file }
+            }
             other => {
                 self.problem(
                     format!("{key}.kind"),
-                    format!("{other:?} is not a sink kind this build has (file)"),
+                    format!("{other:?} is not a sink kind this build has (file, postgres)"),
                 );
                 return None;
             }

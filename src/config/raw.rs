@@ -42,6 +42,12 @@ pub struct RawSink {
     pub kind: String,
     /// `file`: the folder of the daily files.
     pub dir: Option<String>,
+    /// `postgres`: the connection URL (with its password), from an env var or a file.
+    pub url_env: Option<String>,
+    pub url_file: Option<String>,
+    /// `postgres`: `verify-full` (default, with `ca_file`) or `disable`.
+    pub tls: Option<String>,
+    pub ca_file: Option<String>,
     /// `control`, `statements` (default both).
     pub events: Option<Vec<String>>,
     /// `json` (default).

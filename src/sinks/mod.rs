@@ -13,6 +13,7 @@
 //! are anchored, and those lines were flushed before it was committed.
 
 mod file;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Seek};
@@ -57,6 +58,8 @@ pub struct StatementEvent {
     pub at: OffsetDateTime,
     /// The line as written, parsed.
     pub record: Value,
+    /// The line as written, without its line end.
+    pub text: String,
 }
 
 impl SinkEvent {
@@ -146,18 +149,23 @@ pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::tas
 /// A sink's destination.
 enum Sink {
     File(file::FileSink),
+    Postgres(Box<postgres::PostgresSink>),
 }
 
 impl Sink {
     fn new(config: &SinkConfig) -> Sink {
         match &config.kind {
             SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
+            SinkKind::Postgres { url, ca_file } => Sink::Postgres(Box::new(
+                postgres::PostgresSink::new(url.clone(), ca_file.clone()),
+            )),
         }
     }
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), SinkError> {
         match self {
             Sink::File(file) => file.deliver(batch).await,
+            Sink::Postgres(database) => database.deliver(batch).await,
         }
     }
 }
@@ -356,6 +364,7 @@ fn statements(
             target: session.target.clone(),
             at: session.started_at + Duration::from_secs_f64(offset),
             record,
+            text: String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
         }));
     }
     logs.insert(session_id, position);
@@ -368,4 +377,68 @@ fn backoff(failures: u32) -> Duration {
     let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_BACKOFF);
     let jitter = rand::random::<f64>() * 0.2;
     base.mul_f64(1.0 + jitter)
+}
+
+/// Checks that a postgres sink holds the same events as the local chain, up to the sink's
+/// cursor, with the same hashes, each the SHA-256 of the canonical text stored beside it.
+/// `Ok(Err(why))` names the first difference.
+pub async fn verify_postgres(
+    access: &Access,
+    name: &str,
+    url: &crate::secret::SecretSource,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Result<u64, String>, SinkError> {
+    use sha2::Digest;
+    let client = postgres::connect(url, ca_file).await?;
+    let delivered = access.store().read(|tx| tx.sink_cursor(name))?.seq;
+    let (mut after, mut checked) = (0i64, 0u64);
+    loop {
+        let local = access.store().read(|tx| tx.audit_after(after, 1000))?;
+        let rows = client
+            .query(postgres::SELECT_EVENTS, &[&after, &1000i64])
+            .await
+            .map_err(|error| SinkError::Io(format!("the sink's database: {error}")))?;
+        if local.is_empty() && rows.is_empty() {
+            return Ok(Ok(checked));
+        }
+        let mut remote = rows.iter();
+        for record in &local {
+            let row = remote.next();
+            let Some(row) = row else {
+                if record.seq <= delivered {
+                    return Ok(Err(format!(
+                        "seq {} is missing (the sink's cursor says it was delivered)",
+                        record.seq
+                    )));
+                }
+                return Ok(Ok(checked));
+            };
+            let (seq, hash, canonical): (i64, String, String) =
+                (row.get(0), row.get(1), row.get(2));
+            if seq != record.seq {
+                return Ok(Err(format!(
+                    "seq {} is missing; the next it holds is {seq}",
+                    record.seq
+                )));
+            }
+            if hash != record.hash {
+                return Ok(Err(format!(
+                    "seq {seq} has another hash than the bastion's"
+                )));
+            }
+            if hex::encode(sha2::Sha256::digest(canonical.as_bytes())) != hash {
+                return Ok(Err(format!(
+                    "seq {seq}: its stored canonical text does not hash to its hash (altered)"
+                )));
+            }
+            checked += 1;
+            after = seq;
+        }
+        if let Some(row) = remote.next() {
+            let seq: i64 = row.get(0);
+            return Ok(Err(format!(
+                "it holds seq {seq}, which the bastion's store does not (cut or rewritten here?)"
+            )));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use crate::access::model::{AccessRequest, Approval, Grant, GrantState, RequestState};
-use crate::audit::{AuditEntry, AuditEvent, AuditRecord, Hashing};
+use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::ids::{IdKind, new_id};
 
 #[derive(Debug, thiserror::Error)]
@@ -546,14 +546,12 @@ impl Tx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?;
         let mut last = None;
-        let mut hashing = Hashing::new(at);
         for entry in entries {
-            let record = AuditRecord::chain_with(
+            let record = AuditRecord::chain(
                 prev.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
                 new_id(IdKind::AuditEvent),
                 at,
                 entry,
-                &mut hashing,
             );
             insert.execute(params![
                 record.seq,

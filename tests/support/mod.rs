@@ -308,7 +308,7 @@ impl Postgres {
         // The server's tools live together; resolve links (some images link initdb into PATH).
         let initdb = initdb.canonicalize().unwrap_or(initdb);
         let bin = initdb.parent().map(Path::to_path_buf).unwrap_or_default();
-        let postgres = require_binary("postgres", std::slice::from_ref(&bin), "postgresql");
+        require_binary("postgres", std::slice::from_ref(&bin), "postgresql");
         let dir = tempfile::tempdir().expect("tempdir");
         let run_as_postgres = is_root();
         if run_as_postgres {
@@ -340,25 +340,7 @@ impl Postgres {
         );
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = as_postgres(&postgres, run_as_postgres)
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string()])
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", dir.path().display()))
-                .args(["-c", "fsync=off", "-c", "max_connections=200"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|error| panic!("cannot start {}: {error}", postgres.display()));
-            let ready = wait_for("postgres to accept connections", START_DEADLINE, || {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Some(false);
-                }
-                pg_isready(&bin, port).then_some(true)
-            });
+            let (mut child, ready) = spawn_postgres(&bin, dir.path(), port);
             if ready {
                 return Postgres {
                     port,
@@ -404,6 +386,45 @@ impl Postgres {
         ]));
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
+}
+
+impl Postgres {
+    /// Stops the server (a fast shutdown), keeping its data and port.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, "-INT");
+    }
+
+    /// Starts a stopped server again on its data and port.
+    pub fn start_again(&mut self) {
+        let (child, ready) = spawn_postgres(&self.bin, self.dir.path(), self.port);
+        self.child = child;
+        assert!(ready, "postgres started again");
+    }
+}
+
+/// Starts `postgres` on `dir/data` at `port`; true once it accepts connections.
+fn spawn_postgres(bin: &Path, dir: &Path, port: u16) -> (Child, bool) {
+    let postgres = bin.join("postgres");
+    let mut child = as_postgres(&postgres, is_root())
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {}: {error}", postgres.display()));
+    let ready = wait_for("postgres to accept connections", START_DEADLINE, || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(false);
+        }
+        pg_isready(bin, port).then_some(true)
+    });
+    (child, ready)
 }
 
 impl Drop for Postgres {

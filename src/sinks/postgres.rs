@@ -1,0 +1,297 @@
+//! The PostgreSQL sink: control events and statements in two tables of an outside database,
+//! written a batch a transaction, idempotently (`ON CONFLICT DO NOTHING` on each table's key), so
+//! a batch sent again after a crash adds nothing: exactly once in the tables.
+//!
+//! The bastion creates the tables if they are absent; an operator may instead create them from
+//! `portcullis audit sink-schema` and give the bastion a role that may only INSERT and SELECT.
+//! The events table keeps, beside each field, the exact canonical text the record's hash is over
+//! (`canonical`), so anyone with the table alone can recompute every hash and walk the chain.
+//!
+//! SQL lives here and in `store/` only (`tests/tidy.rs`): this is the outside database's.
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::{Batch, SinkError, SinkEvent};
+use crate::clock::rfc3339;
+use crate::secret::SecretSource;
+
+/// The tables, as `audit sink-schema` prints them.
+pub const SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS portcullis_events (
+    seq        BIGINT PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    ts         TIMESTAMPTZ NOT NULL,
+    type       TEXT NOT NULL,
+    actor      TEXT,
+    target     TEXT,
+    request_id TEXT,
+    grant_id   TEXT,
+    session_id TEXT,
+    detail     JSONB NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    canonical  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS portcullis_events_session ON portcullis_events (session_id);
+CREATE INDEX IF NOT EXISTS portcullis_events_type_ts ON portcullis_events (type, ts);
+CREATE TABLE IF NOT EXISTS portcullis_statements (
+    session_id   TEXT NOT NULL,
+    line         BIGINT NOT NULL,
+    ts           TIMESTAMPTZ NOT NULL,
+    actor        TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    protocol     TEXT NOT NULL,
+    sql          TEXT NOT NULL,
+    params       JSONB,
+    tags         JSONB,
+    rows         BIGINT,
+    error        JSONB,
+    duration_ms  DOUBLE PRECISION,
+    copy_bytes   BIGINT,
+    function_oid BIGINT,
+    record       TEXT NOT NULL,
+    h            TEXT NOT NULL,
+    PRIMARY KEY (session_id, line)
+);
+CREATE INDEX IF NOT EXISTS portcullis_statements_target_ts ON portcullis_statements (target, ts);
+";
+
+const INSERT_EVENTS: &str = "\
+INSERT INTO portcullis_events
+    (seq, id, ts, type, actor, target, request_id, grant_id, session_id, detail, prev_hash,
+     hash, canonical)
+SELECT seq, id, ts::timestamptz, type, actor, target, request_id, grant_id, session_id,
+       detail::jsonb, prev_hash, hash, canonical
+FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::text[])
+     AS batch (seq, id, ts, type, actor, target, request_id, grant_id, session_id, detail,
+               prev_hash, hash, canonical)
+ON CONFLICT DO NOTHING";
+
+const INSERT_STATEMENTS: &str = "\
+INSERT INTO portcullis_statements
+    (session_id, line, ts, actor, target, protocol, sql, params, tags, rows, error,
+     duration_ms, copy_bytes, function_oid, record, h)
+SELECT session_id, line, ts::timestamptz, actor, target, record::jsonb ->> 'protocol',
+       record::jsonb ->> 'sql', record::jsonb -> 'params', record::jsonb -> 'tags',
+       (record::jsonb ->> 'rows')::bigint, record::jsonb -> 'error',
+       (record::jsonb ->> 'duration_ms')::double precision,
+       (record::jsonb ->> 'copy_bytes')::bigint, (record::jsonb ->> 'function_oid')::bigint,
+       record, record::jsonb ->> 'h'
+FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS batch (session_id, line, ts, actor, target, record)
+ON CONFLICT DO NOTHING";
+
+/// Reads the sink's events back, for `audit verify --sink`.
+pub const SELECT_EVENTS: &str = "SELECT seq, hash, canonical FROM portcullis_events \
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+pub(super) struct PostgresSink {
+    url: SecretSource,
+    ca_file: Option<std::path::PathBuf>,
+    client: Option<Client>,
+    schema_ready: bool,
+}
+
+impl PostgresSink {
+    pub(super) fn new(url: SecretSource, ca_file: Option<std::path::PathBuf>) -> PostgresSink {
+        PostgresSink {
+            url,
+            ca_file,
+            client: None,
+            schema_ready: false,
+        }
+    }
+
+    pub(super) async fn deliver(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        let written = self.write(batch).await;
+        if written.is_err() {
+            // Connect afresh for the retry: the connection may be what failed.
+            self.client = None;
+        }
+        written
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(connect(&self.url, self.ca_file.as_deref()).await?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(SinkError::Io("not connected".to_string()));
+        };
+        if !self.schema_ready {
+            client.batch_execute(SCHEMA).await.map_err(database)?;
+            self.schema_ready = true;
+        }
+        let mut events = EventColumns::default();
+        let mut statements = StatementColumns::default();
+        for event in &batch.events {
+            match event {
+                SinkEvent::Control(record) => events.push(record),
+                SinkEvent::Statement(statement) => statements.push(statement),
+            }
+        }
+        let transaction = client.transaction().await.map_err(database)?;
+        if !events.seq.is_empty() {
+            transaction
+                .execute(
+                    INSERT_EVENTS,
+                    &[
+                        &events.seq,
+                        &events.id,
+                        &events.ts,
+                        &events.event_type,
+                        &events.actor,
+                        &events.target,
+                        &events.request_id,
+                        &events.grant_id,
+                        &events.session_id,
+                        &events.detail,
+                        &events.prev_hash,
+                        &events.hash,
+                        &events.canonical,
+                    ],
+                )
+                .await
+                .map_err(database)?;
+        }
+        if !statements.line.is_empty() {
+            transaction
+                .execute(
+                    INSERT_STATEMENTS,
+                    &[
+                        &statements.session_id,
+                        &statements.line,
+                        &statements.ts,
+                        &statements.actor,
+                        &statements.target,
+                        &statements.record,
+                    ],
+                )
+                .await
+                .map_err(database)?;
+        }
+        transaction.commit().await.map_err(database)
+    }
+}
+
+/// Connects to the sink's database, with TLS verified against `ca_file` when given.
+pub async fn connect(
+    url: &SecretSource,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Client, SinkError> {
+    let url = url
+        .read()
+        .map_err(|error| SinkError::Io(format!("the sink's URL: {error}")))?;
+    let config: tokio_postgres::Config = url
+        .expose()
+        .parse()
+        .map_err(|_| SinkError::Io("the sink's URL is not a PostgreSQL URL".to_string()))?;
+    let connect_timeout = std::time::Duration::from_secs(10);
+    let client = match ca_file {
+        None => {
+            let connecting = config.connect(tokio_postgres::NoTls);
+            let (client, connection) = tokio::time::timeout(connect_timeout, connecting)
+                .await
+                .map_err(|_| SinkError::Io("connecting to the sink timed out".to_string()))?
+                .map_err(database)?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(ca_file) => {
+            let tls = tls_config(ca_file)?;
+            let connecting = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls));
+            let (client, connection) = tokio::time::timeout(connect_timeout, connecting)
+                .await
+                .map_err(|_| SinkError::Io("connecting to the sink timed out".to_string()))?
+                .map_err(database)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// TLS 1.2 and 1.3 with the ring provider the binary uses, trusting only `ca_file`.
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, SinkError> {
+    let pem = std::fs::read(ca_file)
+        .map_err(|error| SinkError::Io(format!("cannot read {}: {error}", ca_file.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let certificate: rustls::pki_types::CertificateDer<'static> =
+            certificate.map_err(|_| SinkError::Io(format!("{} is not PEM", ca_file.display())))?;
+        roots
+            .add(certificate)
+            .map_err(|error| SinkError::Io(format!("{}: {error}", ca_file.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|error| SinkError::Io(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn database(error: tokio_postgres::Error) -> SinkError {
+    SinkError::Io(format!("the sink's database: {error}"))
+}
+
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    ts: Vec<String>,
+    event_type: Vec<String>,
+    actor: Vec<Option<String>>,
+    target: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    grant_id: Vec<Option<String>>,
+    session_id: Vec<Option<String>>,
+    detail: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+    canonical: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, record: &crate::audit::AuditRecord) {
+        self.seq.push(record.seq);
+        self.id.push(record.id.clone());
+        self.ts.push(rfc3339(record.ts));
+        self.event_type.push(record.event_type.clone());
+        self.actor.push(record.actor.clone());
+        self.target.push(record.target.clone());
+        self.request_id.push(record.request_id.clone());
+        self.grant_id.push(record.grant_id.clone());
+        self.session_id.push(record.session_id.clone());
+        self.detail.push(record.detail.clone());
+        self.prev_hash.push(record.prev_hash.clone());
+        self.hash.push(record.hash.clone());
+        self.canonical.push(record.canonical());
+    }
+}
+
+#[derive(Default)]
+struct StatementColumns {
+    session_id: Vec<String>,
+    line: Vec<i64>,
+    ts: Vec<String>,
+    actor: Vec<String>,
+    target: Vec<String>,
+    record: Vec<String>,
+}
+
+impl StatementColumns {
+    fn push(&mut self, statement: &super::StatementEvent) {
+        self.session_id.push(statement.session_id.clone());
+        self.line.push(statement.line as i64);
+        self.ts.push(rfc3339(statement.at));
+        self.actor.push(statement.user.clone());
+        self.target.push(statement.target.clone());
+        self.record.push(statement.text.clone());
+    }
+}
