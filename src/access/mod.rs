@@ -594,6 +594,14 @@ impl Access {
         Ok(())
     }
 
+    /// Audits that an audit sink refused a batch for good (issue #18).
+    pub fn sink_refused(&self, sink: &str, why: &str) -> Result<(), AccessError> {
+        self.record(&AuditEvent::SinkRefused {
+            sink: sink.to_string(),
+            why: why.to_string(),
+        })
+    }
+
     /// Audits a successful login and resets the failure counter of that user and source.
     pub fn record_login(
         &self,

@@ -242,6 +242,12 @@ pub enum AuditEvent {
         path: String,
         why: String,
     },
+    /// An audit sink refused a batch for good (a webhook's 4xx, issue #18): the sink holds at
+    /// that batch until an operator acts; `audit sinks` shows it.
+    SinkRefused {
+        sink: String,
+        why: String,
+    },
     /// A user locked (issue #17): at one address after too many failures (`source`, until
     /// `until`), or everywhere by an operator (`source` and `until` absent).
     UserLocked {
@@ -610,6 +616,10 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 detail = json!({ "destination": destination, "why": why });
             }
+            AuditEvent::SinkRefused { sink, why } => {
+                entry.actor = Some(Actor::System.label());
+                detail = json!({ "sink": sink, "why": why });
+            }
             AuditEvent::WebhookRejected { path, why } => {
                 entry.actor = Some("webhook".to_string());
                 detail = json!({ "path": path, "why": why });
@@ -723,6 +733,7 @@ impl AuditEvent {
             AuditEvent::ServerStarted { .. } => "server_started",
             AuditEvent::ServerStopped => "server_stopped",
             AuditEvent::WebhookRejected { .. } => "webhook.rejected",
+            AuditEvent::SinkRefused { .. } => "sink.refused",
             AuditEvent::UserLocked { .. } => "user.locked",
             AuditEvent::UserUnlocked { .. } => "user.unlocked",
             AuditEvent::UserTargeted { .. } => "user.targeted",

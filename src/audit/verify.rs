@@ -69,6 +69,15 @@ pub struct FilesVerified {
 /// The first thing in a file that does not fit its anchors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FileError {
+    #[error(
+        "session {session}: its {what} is anchored in the chain (seq {seq}) but the store \
+         lists no such file (its row was removed or changed)"
+    )]
+    Unlisted {
+        session: String,
+        what: String,
+        seq: i64,
+    },
     #[error("{path}: cannot read it ({why}); its audit events say it exists")]
     Unreadable { path: String, why: String },
     #[error("{path}: line {line} {why} (changed, removed or moved: the first bad line)")]
@@ -180,6 +189,36 @@ impl Anchors {
 
     /// Checks every file against its anchors, in order; stops at the first that does not fit.
     pub fn verify(&self, files: &[RecordedFile]) -> Result<FilesVerified, FileError> {
+        // Every anchored file must be listed (issue #18 review: a removed row hid its file).
+        for (session, checkpoints) in &self.query_logs {
+            let listed = files
+                .iter()
+                .any(|file| file.query_log && &file.session_id == session);
+            if !listed {
+                return Err(FileError::Unlisted {
+                    session: session.clone(),
+                    what: "query log".to_string(),
+                    seq: checkpoints.first().map_or(0, |checkpoint| checkpoint.seq),
+                });
+            }
+        }
+        for ((session, channel), anchors) in &self.recordings {
+            let listed = files
+                .iter()
+                .any(|file| &file.session_id == session && file.channel == *channel);
+            if !listed {
+                let seq = anchors
+                    .checkpoints
+                    .first()
+                    .or(anchors.finalized.as_ref())
+                    .map_or(0, |checkpoint| checkpoint.seq);
+                return Err(FileError::Unlisted {
+                    session: session.clone(),
+                    what: format!("recording of channel {channel}"),
+                    seq,
+                });
+            }
+        }
         let mut verified = FilesVerified::default();
         for file in files {
             let key = (file.session_id.clone(), file.channel);

@@ -66,6 +66,13 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// JSON lines, one file a UTC day, for log shippers.
     File { dir: PathBuf },
+    /// Batches POSTed as JSON, signed the Standard Webhooks way.
+    Webhook {
+        url: String,
+        secret: SecretSource,
+        headers: Vec<(String, String)>,
+        authorization: Option<SecretSource>,
+    },
     /// Tables in a PostgreSQL database, written idempotently.
     Postgres {
         /// The connection URL, password included.
@@ -80,6 +87,7 @@ impl SinkKind {
         match self {
             SinkKind::File { .. } => "file",
             SinkKind::Postgres { .. } => "postgres",
+            SinkKind::Webhook { .. } => "webhook",
         }
     }
 }
@@ -437,8 +445,23 @@ impl Config {
             ));
         }
         for (index, sink) in self.audit.sinks.iter().enumerate() {
-            if let SinkKind::Postgres { url, .. } = &sink.kind {
-                sources.push((secret_key(&format!("audit.sinks[{index}].url"), url), url));
+            match &sink.kind {
+                SinkKind::Postgres { url, .. } => {
+                    sources.push((secret_key(&format!("audit.sinks[{index}].url"), url), url));
+                }
+                SinkKind::Webhook {
+                    secret,
+                    authorization,
+                    ..
+                } => {
+                    let key = format!("audit.sinks[{index}].secret");
+                    sources.push((secret_key(&key, secret), secret));
+                    if let Some(authorization) = authorization {
+                        let key = format!("audit.sinks[{index}].authorization");
+                        sources.push((secret_key(&key, authorization), authorization));
+                    }
+                }
+                SinkKind::File { .. } => {}
             }
         }
         sources
@@ -653,10 +676,55 @@ impl Validator {
                 };
                 SinkKind::Postgres { url, ca_file }
             }
+            "webhook" => {
+                let url = raw.url.unwrap_or_default();
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|prefix| url.starts_with(prefix));
+                if !url.starts_with("https://") && !loopback {
+                    self.problem(
+                        format!("{key}.url"),
+                        format!("{url:?} must be https:// (plain http only to loopback)"),
+                    );
+                    return None;
+                }
+                let secret = match (&raw.secret_env, &raw.secret_file) {
+                    (Some(env), None) if !env.trim().is_empty() => SecretSource::Env(env.clone()),
+                    (None, Some(file)) => SecretSource::File(self.path(file)),
+                    _ => {
+                        self.problem(
+                            format!("{key}.secret_env"),
+                            "a webhook sink needs exactly one of secret_env, secret_file",
+                        );
+                        return None;
+                    }
+                };
+                let authorization = match (&raw.authorization_env, &raw.authorization_file) {
+                    (None, None) => None,
+                    (Some(env), None) => Some(SecretSource::Env(env.clone())),
+                    (None, Some(file)) => Some(SecretSource::File(self.path(file))),
+                    (Some(_), Some(_)) => {
+                        self.problem(
+                            format!("{key}.authorization_env"),
+                            "give one of authorization_env, authorization_file",
+                        );
+                        return None;
+                    }
+                };
+                let headers = raw.headers.unwrap_or_default().into_iter().collect();
+                SinkKind::Webhook {
+                    url,
+                    secret,
+                    headers,
+                    authorization,
+                }
+            }
             other => {
                 self.problem(
                     format!("{key}.kind"),
-                    format!("{other:?} is not a sink kind this build has (file, postgres)"),
+                    format!(
+                        "{other:?} is not a sink kind this build has (file, postgres, webhook)"
+                    ),
                 );
                 return None;
             }

@@ -48,6 +48,15 @@ pub struct RawSink {
     /// `postgres`: `verify-full` (default, with `ca_file`) or `disable`.
     pub tls: Option<String>,
     pub ca_file: Option<String>,
+    /// `webhook` (and `postgres`, in `url_env` / `url_file`): where batches go.
+    pub url: Option<String>,
+    /// `webhook`: the Standard Webhooks secret (`whsec_...`).
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    /// `webhook`: extra headers, and an `Authorization` value kept secret.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub authorization_env: Option<String>,
+    pub authorization_file: Option<String>,
     /// `control`, `statements` (default both).
     pub events: Option<Vec<String>>,
     /// `json` (default).

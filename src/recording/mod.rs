@@ -161,6 +161,18 @@ impl HashedFile {
         })
     }
 
+    /// Flushes, then syncs the file's data to disk.
+    pub fn sync(&mut self) -> Result<(), RecordingError> {
+        self.flush()?;
+        self.file
+            .get_ref()
+            .sync_data()
+            .map_err(|source| RecordingError::Write {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Syncs the file to disk and returns its hash and size.
     pub fn finalize(mut self) -> Result<Finalized, RecordingError> {
         let write_error = |path: &Path, source| RecordingError::Write {

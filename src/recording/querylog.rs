@@ -579,6 +579,11 @@ impl QueryLog {
         self.file.flush()
     }
 
+    /// Flushes and syncs the file's data to disk.
+    pub fn sync(&mut self) -> Result<(), RecordingError> {
+        self.file.sync()
+    }
+
     pub fn finalize(self) -> Result<Finalized, RecordingError> {
         self.file.finalize()
     }

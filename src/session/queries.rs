@@ -180,10 +180,12 @@ impl Shared {
             return None;
         };
         let log = slot.as_mut()?;
+        // Synced, not only flushed: the checkpoint committed next must never point past what a
+        // power loss leaves of the file (issue #18 review).
         let written = statements
             .iter()
             .try_for_each(|statement| log.write(statement))
-            .and_then(|()| log.flush());
+            .and_then(|()| log.sync());
         match written {
             Ok(()) => Some(log.chain().clone()),
             Err(error) => {

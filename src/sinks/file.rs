@@ -8,6 +8,7 @@
 //! someone who trusts only these files can tell that the bastion's store was cut or rewritten.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,9 +84,16 @@ impl State {
             lines.push((batch.now.date(), line));
         }
         for (day, line) in &lines {
-            self.file(*day)?
-                .write_all(line)
-                .map_err(|error| self.io("write to", *day, error))?;
+            let file = self.file(*day)?;
+            // A write that fails partway is cut back, so the batch sent again starts on a line
+            // of its own (issue #18 review: a torn line swallowed the resent one).
+            let before = file.metadata().map(|metadata| metadata.len());
+            if let Err(error) = file.write_all(line) {
+                if let Ok(length) = before {
+                    let _ = file.set_len(length);
+                }
+                return Err(self.io("write to", *day, error));
+            }
         }
         if let Some((day, file)) = &self.open {
             let day = *day;
@@ -105,12 +113,18 @@ impl State {
                 file.sync_data()
                     .map_err(|error| self.io("sync", previous, error))?;
             }
-            std::fs::create_dir_all(&self.dir).map_err(|error| {
-                SinkError::Io(format!("cannot create {}: {error}", self.dir.display()))
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(|error| {
+                    SinkError::Io(format!("cannot create {}: {error}", self.dir.display()))
+                })?;
+            // Readable by the bastion's user only, like recordings: they hold SQL and paths.
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(self.path(day))
                 .map_err(|error| self.io("open", day, error))?;
             self.open = Some((day, file));

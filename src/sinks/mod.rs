@@ -14,6 +14,7 @@
 
 mod file;
 pub mod postgres;
+mod webhook;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Seek};
@@ -34,6 +35,8 @@ use crate::store::StoreError;
 const BATCH: u32 = 256;
 /// How often a sink with nothing to send looks again.
 const POLL: Duration = Duration::from_millis(500);
+/// How long a sink may take with one batch before it counts as failed (and is retried).
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest wait between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -110,6 +113,8 @@ pub struct ChainHead {
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub events: Vec<SinkEvent>,
+    /// The first audit seq of the batch, and the last.
+    pub from: i64,
     pub up_to: i64,
     pub head: Option<ChainHead>,
     /// The bastion's clock when it was read.
@@ -125,6 +130,9 @@ pub enum SinkError {
     Store(#[from] StoreError),
     #[error("query log of {session}: {why}")]
     QueryLog { session: String, why: String },
+    /// The sink refuses this batch for good (a webhook's 4xx): not retried.
+    #[error("{0}; not retried: the sink holds at this batch")]
+    Refused(String),
 }
 
 /// Starts one task per configured sink; each stops when `shutdown` turns true.
@@ -140,6 +148,7 @@ pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::tas
                 sink: Sink::new(config),
                 config: config.clone(),
                 logs: HashMap::new(),
+                pending: None,
             };
             tokio::spawn(runner.run(shutdown.clone()))
         })
@@ -150,12 +159,25 @@ pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::tas
 enum Sink {
     File(file::FileSink),
     Postgres(Box<postgres::PostgresSink>),
+    Webhook(Box<webhook::WebhookSink>),
 }
 
 impl Sink {
     fn new(config: &SinkConfig) -> Sink {
         match &config.kind {
             SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
+            SinkKind::Webhook {
+                url,
+                secret,
+                headers,
+                authorization,
+            } => Sink::Webhook(Box::new(webhook::WebhookSink::new(
+                &config.name,
+                url,
+                secret,
+                headers,
+                authorization.as_ref(),
+            ))),
             SinkKind::Postgres { url, ca_file } => Sink::Postgres(Box::new(
                 postgres::PostgresSink::new(url.clone(), ca_file.clone()),
             )),
@@ -166,6 +188,7 @@ impl Sink {
         match self {
             Sink::File(file) => file.deliver(batch).await,
             Sink::Postgres(database) => database.deliver(batch).await,
+            Sink::Webhook(webhook) => webhook.deliver(batch).await,
         }
     }
 }
@@ -183,6 +206,9 @@ struct Runner {
     config: SinkConfig,
     sink: Sink,
     logs: HashMap<String, LogPosition>,
+    /// The batch being delivered: a retry sends the same batch (same events, same id), not
+    /// whatever the chain holds by then.
+    pending: Option<Batch>,
 }
 
 impl Runner {
@@ -203,14 +229,23 @@ impl Runner {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    let refused = matches!(error, SinkError::Refused(_));
                     let why = error.to_string();
-                    tracing::warn!(sink = %self.config.name, error = %why, "audit sink failed; retrying");
+                    tracing::warn!(sink = %self.config.name, error = %why, "audit sink failed");
                     let (access, name) = (self.access.clone(), self.config.name.clone());
                     let _ = tokio::task::spawn_blocking(move || {
                         let now = access.now();
+                        if refused && let Err(error) = access.sink_refused(&name, &why) {
+                            tracing::error!(%error, "cannot audit a refused sink batch");
+                        }
                         access.store().write(|tx| tx.sink_failed(&name, &why, now))
                     })
                     .await;
+                    if refused {
+                        // Held until a restart: sending it again would be refused again.
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                        return;
+                    }
                     backoff(failures)
                 }
             };
@@ -223,10 +258,23 @@ impl Runner {
 
     /// Reads and delivers one batch; `Ok(true)` when there may be more right away.
     async fn step(&mut self) -> Result<bool, SinkError> {
-        let Some(batch) = self.read_batch().await? else {
+        if self.pending.is_none() {
+            self.pending = self.read_batch().await?;
+        }
+        let Some(batch) = &self.pending else {
             return Ok(false);
         };
-        self.sink.deliver(&batch).await?;
+        match tokio::time::timeout(DELIVER_TIMEOUT, self.sink.deliver(batch)).await {
+            Ok(delivered) => delivered?,
+            Err(_) => {
+                return Err(SinkError::Io(
+                    "the sink took too long; retrying".to_string(),
+                ));
+            }
+        }
+        let Some(batch) = self.pending.take() else {
+            return Ok(false);
+        };
         let (access, name, up_to) = (self.access.clone(), self.config.name.clone(), batch.up_to);
         tokio::task::spawn_blocking(move || {
             let now = access.now();
@@ -268,10 +316,10 @@ fn read_batch(
         let cursor = tx.sink_cursor(name)?;
         Ok((tx.audit_after(cursor.seq, BATCH)?, tx.audit_head()?))
     })?;
-    let Some(last) = records.last() else {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Ok(None);
     };
-    let up_to = last.seq;
+    let (from, up_to) = (first.seq, last.seq);
     let mut events = Vec::new();
     for record in records {
         if streams.statements && record.event_type == crate::audit::types::PG_CHECKPOINT {
@@ -283,6 +331,7 @@ fn read_batch(
     }
     Ok(Some(Batch {
         events,
+        from,
         up_to,
         head: head.map(|(seq, hash)| ChainHead { seq, hash }),
         now: access.now(),
@@ -356,13 +405,19 @@ fn statements(
         }
         let record: Value = serde_json::from_slice(&line[..line.len() - 1])
             .map_err(|error| broken(format!("line {}: {error}", position.lines)))?;
-        let offset = record["t"].as_f64().unwrap_or(0.0).max(0.0);
+        // A `t` no session reaches (an edited log) must not stop the sink: the session's start.
+        let offset =
+            Duration::try_from_secs_f64(record["t"].as_f64().unwrap_or(0.0)).unwrap_or_default();
+        let at = session
+            .started_at
+            .checked_add(time::Duration::try_from(offset).unwrap_or_default())
+            .unwrap_or(session.started_at);
         events.push(SinkEvent::Statement(StatementEvent {
             session_id: session_id.clone(),
             line: position.lines,
             user: session.user.clone(),
             target: session.target.clone(),
-            at: session.started_at + Duration::from_secs_f64(offset),
+            at,
             record,
             text: String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
         }));
@@ -389,6 +444,18 @@ pub async fn verify_postgres(
     ca_file: Option<&std::path::Path>,
 ) -> Result<Result<u64, String>, SinkError> {
     use sha2::Digest;
+    let streams = access
+        .config()
+        .audit
+        .sinks
+        .iter()
+        .find(|sink| sink.name == name)
+        .map(|sink| sink.events);
+    if streams.is_some_and(|streams| !streams.control) {
+        return Ok(Err(
+            "it takes statements only; there are no control events to compare".to_string(),
+        ));
+    }
     let client = postgres::connect(url, ca_file).await?;
     let delivered = access.store().read(|tx| tx.sink_cursor(name))?.seq;
     let (mut after, mut checked) = (0i64, 0u64);

@@ -75,14 +75,15 @@ const INSERT_STATEMENTS: &str = "\
 INSERT INTO portcullis_statements
     (session_id, line, ts, actor, target, protocol, sql, params, tags, rows, error,
      duration_ms, copy_bytes, function_oid, record, h)
-SELECT session_id, line, ts::timestamptz, actor, target, record::jsonb ->> 'protocol',
-       record::jsonb ->> 'sql', record::jsonb -> 'params', record::jsonb -> 'tags',
-       (record::jsonb ->> 'rows')::bigint, record::jsonb -> 'error',
-       (record::jsonb ->> 'duration_ms')::double precision,
-       (record::jsonb ->> 'copy_bytes')::bigint, (record::jsonb ->> 'function_oid')::bigint,
-       record, record::jsonb ->> 'h'
-FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-     AS batch (session_id, line, ts, actor, target, record)
+SELECT session_id, line, ts::timestamptz, actor, target, fields::jsonb ->> 'protocol',
+       fields::jsonb ->> 'sql', fields::jsonb -> 'params', fields::jsonb -> 'tags',
+       (fields::jsonb ->> 'rows')::bigint, fields::jsonb -> 'error',
+       (fields::jsonb ->> 'duration_ms')::double precision,
+       (fields::jsonb ->> 'copy_bytes')::bigint, (fields::jsonb ->> 'function_oid')::bigint,
+       record, fields::jsonb ->> 'h'
+FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[])
+     AS batch (session_id, line, ts, actor, target, record, fields)
 ON CONFLICT DO NOTHING";
 
 /// Reads the sink's events back, for `audit verify --sink`.
@@ -123,7 +124,20 @@ impl PostgresSink {
             return Err(SinkError::Io("not connected".to_string()));
         };
         if !self.schema_ready {
-            client.batch_execute(SCHEMA).await.map_err(database)?;
+            // Tables an operator made (for a role that may only insert and select) are used as
+            // they are: the DDL runs only when one is missing.
+            let present: bool = client
+                .query_one(
+                    "SELECT to_regclass('portcullis_events') IS NOT NULL \
+                     AND to_regclass('portcullis_statements') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(database)?
+                .get(0);
+            if !present {
+                client.batch_execute(SCHEMA).await.map_err(database)?;
+            }
             self.schema_ready = true;
         }
         let mut events = EventColumns::default();
@@ -169,6 +183,7 @@ impl PostgresSink {
                         &statements.actor,
                         &statements.target,
                         &statements.record,
+                        &statements.fields,
                     ],
                 )
                 .await
@@ -186,10 +201,15 @@ pub async fn connect(
     let url = url
         .read()
         .map_err(|error| SinkError::Io(format!("the sink's URL: {error}")))?;
-    let config: tokio_postgres::Config = url
+    let mut config: tokio_postgres::Config = url
         .expose()
         .parse()
         .map_err(|_| SinkError::Io("the sink's URL is not a PostgreSQL URL".to_string()))?;
+    if ca_file.is_some() {
+        // Never `prefer`: a server (or anyone in between) that declines TLS gets no session
+        // (issue #18 review: the URL's default let a man in the middle downgrade it).
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     let connect_timeout = std::time::Duration::from_secs(10);
     let client = match ca_file {
         None => {
@@ -268,7 +288,7 @@ impl EventColumns {
         self.request_id.push(record.request_id.clone());
         self.grant_id.push(record.grant_id.clone());
         self.session_id.push(record.session_id.clone());
-        self.detail.push(record.detail.clone());
+        self.detail.push(jsonb_safe(&record.detail));
         self.prev_hash.push(record.prev_hash.clone());
         self.hash.push(record.hash.clone());
         self.canonical.push(record.canonical());
@@ -282,7 +302,10 @@ struct StatementColumns {
     ts: Vec<String>,
     actor: Vec<String>,
     target: Vec<String>,
+    /// The line exactly as written.
     record: Vec<String>,
+    /// The same for `jsonb` (which refuses `\u0000`).
+    fields: Vec<String>,
 }
 
 impl StatementColumns {
@@ -293,5 +316,60 @@ impl StatementColumns {
         self.actor.push(statement.user.clone());
         self.target.push(statement.target.clone());
         self.record.push(statement.text.clone());
+        self.fields.push(jsonb_safe(&statement.text));
+    }
+}
+
+/// JSON text `jsonb` accepts: `jsonb` refuses the escape `\u0000`, and one NUL in an SFTP path
+/// or a function argument must not stop the sink for good (issue #18 review), so NULs become
+/// U+FFFD in the `jsonb` copy. The exact text is kept beside it (`canonical`, `record`).
+fn jsonb_safe(text: &str) -> String {
+    if !text.contains("\\u0000") {
+        return text.to_string();
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) => {
+            replace_nul(&mut value);
+            value.to_string()
+        }
+        Err(_) => serde_json::Value::String(text.replace('\0', "\u{fffd}")).to_string(),
+    }
+}
+
+fn replace_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => {
+            *text = text.replace('\0', "\u{fffd}");
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        serde_json::Value::Object(fields) => {
+            let keys: Vec<String> = fields
+                .keys()
+                .filter(|key| key.contains('\0'))
+                .cloned()
+                .collect();
+            for key in keys {
+                if let Some(moved) = fields.remove(&key) {
+                    fields.insert(key.replace('\0', "\u{fffd}"), moved);
+                }
+            }
+            fields.values_mut().for_each(replace_nul);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonb_gets_no_nul_and_the_rest_is_untouched() {
+        assert_eq!(jsonb_safe(r#"{"a":"b"}"#), r#"{"a":"b"}"#);
+        let safe = jsonb_safe(r#"{"path":"x\u0000y","k\u0000":["\u0000"]}"#);
+        assert!(!safe.contains("\\u0000"), "{safe}");
+        assert!(safe.contains("x\u{fffd}y"), "{safe}");
+        // A backslash before the text "u0000" is not a NUL and stays.
+        assert_eq!(jsonb_safe(r#"{"a":"\\u0000"}"#), r#"{"a":"\\u0000"}"#);
     }
 }

@@ -158,6 +158,10 @@ const MIGRATIONS: &[&str] = &[
         error_at     INTEGER
     ) STRICT;
     ",
+    // 6: a session's checkpoints found without a scan (sinks, verify; issue #18 review).
+    "
+    CREATE INDEX audit_events_session_type ON audit_events (session_id, type, seq);
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

@@ -5,6 +5,7 @@
 
 pub mod slack;
 pub mod slack_notify;
+pub mod webhook_sink;
 
 use axum::Json;
 use axum::Router;

@@ -1,0 +1,228 @@
+//! Audit sinks that speak HTTP (issue #18): the webhook sink against a real HTTP receiver on
+//! loopback that checks every request's Standard Webhooks signature, fails for a while, refuses
+//! for good. (The file and postgres sinks are tested in tests/postgres.rs, where database
+//! sessions make statements.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use support::bastion::{Bastion, UNREACHED_TARGETS};
+use support::wait_for;
+
+/// The key behind `whsec_...`.
+const KEY: &[u8] = b"a webhook key of 32 bytes, test!";
+
+/// One request as the receiver saw it, with whether its signature held.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    signed: bool,
+    siem_header: Option<String>,
+    authorization: Option<String>,
+    body: Value,
+    answered: u16,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct Shared {
+    /// Statuses to answer, in order; 200 once used up.
+    script: Mutex<Vec<u16>>,
+    received: Mutex<Vec<Received>>,
+}
+
+impl Receiver {
+    fn start(script: Vec<u16>) -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shared = Arc::new(Shared {
+            script: Mutex::new(script.into_iter().rev().collect()),
+            received: Mutex::new(Vec::new()),
+        });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(shared.clone());
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Receiver {
+            addr,
+            shared,
+            _runtime: runtime,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let id = header("webhook-id").unwrap_or_default();
+    let timestamp = header("webhook-timestamp").unwrap_or_default();
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    let signed = header("webhook-signature")
+        .is_some_and(|signatures| signatures.split(' ').any(|one| one == expected));
+    let answered = shared.script.lock().unwrap().pop().unwrap_or(200);
+    shared.received.lock().unwrap().push(Received {
+        id,
+        signed,
+        siem_header: header("x-siem"),
+        authorization: header("authorization"),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        answered,
+    });
+    StatusCode::from_u16(answered).unwrap()
+}
+
+/// A bastion with one webhook sink to `receiver`, control events only.
+fn bastion_to(receiver: &Receiver) -> (Bastion, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("webhook-secret");
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(KEY)
+    );
+    std::fs::write(&secret_file, secret).unwrap();
+    let token_file = secrets.path().join("siem-token");
+    std::fs::write(&token_file, "Bearer siem-token-123").unwrap();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\n\
+         secret_file = \"{}\"\nauthorization_file = \"{}\"\nevents = [\"control\"]\n\
+         headers = {{ x-siem = \"portcullis\" }}\n",
+        receiver.addr,
+        secret_file.display(),
+        token_file.display()
+    );
+    let bastion = Bastion::start(&format!("{UNREACHED_TARGETS}\n{sink}"));
+    (bastion, secrets)
+}
+
+fn sink_status(bastion: &Bastion) -> Value {
+    let (code, stdout, _) =
+        support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
+    assert_eq!(code, 0);
+    serde_json::from_str::<Value>(&stdout).unwrap()["sinks"][0].clone()
+}
+
+/// Issue #18: batches are signed the Standard Webhooks way, carry the chain head, and a 5xx is
+/// retried (same `webhook-id`) until the receiver takes it: every event arrives, in order, once
+/// among the accepted batches.
+#[test]
+fn issue_18_a_webhook_gets_every_event_signed_and_retried_through_5xx() {
+    let receiver = Receiver::start(vec![500, 503]);
+    let (bastion, _secrets) = bastion_to(&receiver);
+    bastion.grant("alice", "web-1", Duration::from_secs(3600));
+    wait_for("the webhook to catch up", Duration::from_secs(30), || {
+        (sink_status(&bastion)["lag_events"] == 0).then_some(())
+    });
+    let received = receiver.received();
+    assert!(received.len() >= 3, "{received:?}");
+    assert!(
+        received.iter().all(|request| request.signed),
+        "{received:?}"
+    );
+    assert!(received.iter().all(
+        |request| request.siem_header.as_deref() == Some("portcullis")
+            && request.authorization.as_deref() == Some("Bearer siem-token-123")
+    ));
+    // The failed attempts and the one that was taken carry the same batch id.
+    assert_eq!(received[0].id, received[1].id);
+    assert_eq!(received[1].id, received[2].id);
+    let delivered: Vec<String> = received
+        .iter()
+        .filter(|request| request.answered == 200)
+        .flat_map(|request| {
+            request.body["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|event| event["id"].as_str().unwrap().to_string())
+        .collect();
+    let chain: Vec<String> = bastion
+        .access()
+        .store()
+        .read(|tx| tx.audit_tail(1000))
+        .unwrap()
+        .into_iter()
+        .map(|record| record.id)
+        .collect();
+    assert_eq!(delivered, chain, "every event once, in order");
+    let head = &received.last().unwrap().body["chain_head"];
+    assert!(head["seq"].as_i64().unwrap() > 0, "{head}");
+    assert_eq!(sink_status(&bastion)["last_error"], Value::Null);
+}
+
+/// Issue #18: a 4xx is not retried: the refusal is audited (`sink.refused`), the sink holds at
+/// that batch and `audit sinks` says why.
+#[test]
+fn issue_18_a_webhook_that_refuses_a_batch_is_not_retried_and_is_audited() {
+    let receiver = Receiver::start(vec![400, 400, 400]);
+    let (bastion, _secrets) = bastion_to(&receiver);
+    let refused = bastion.wait_for_event("sink.refused");
+    assert_eq!(refused["detail"]["sink"], "siem", "{refused}");
+    assert!(
+        refused["detail"]["why"].as_str().unwrap().contains("400"),
+        "{refused}"
+    );
+    let status = sink_status(&bastion);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not retried"),
+        "{status}"
+    );
+    assert!(status["lag_events"].as_u64() > Some(0), "{status}");
+    // New events do not make it try again.
+    bastion.grant("alice", "web-1", Duration::from_secs(3600));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            receiver.received().len(),
+            1,
+            "a refused batch was sent again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
