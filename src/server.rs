@@ -56,6 +56,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 /// A running bastion.
 pub struct Server {
     pub http_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub ssh_addr: SocketAddr,
     pub postgres_addr: SocketAddr,
     pub access: Access,
@@ -94,6 +95,16 @@ impl Server {
             .with_context(|| format!("cannot listen on {} (http)", config.server.http_listen))?;
         let http_addr = http.local_addr()?;
         tracing::info!(address = %http_addr, "http listening");
+        let metrics = tokio::net::TcpListener::bind(config.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (metrics)",
+                    config.server.metrics_listen
+                )
+            })?;
+        let metrics_addr = metrics.local_addr()?;
+        tracing::info!(address = %metrics_addr, "metrics listening");
 
         let ssh = tokio::net::TcpListener::bind(config.server.ssh_listen)
             .await
@@ -149,9 +160,20 @@ impl Server {
             shutdown_rx.clone(),
         )));
         tasks.extend(crate::sinks::start(&access, shutdown_rx.clone()));
+        let mut metrics_shutdown = shutdown_rx.clone();
+        let metrics_access = access.clone();
+        tasks.push(tokio::spawn(async move {
+            let graceful = async move {
+                let _ = metrics_shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = web::metrics::serve(metrics, metrics_access, graceful).await {
+                tracing::error!(%error, "metrics listener failed");
+            }
+        }));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,
+            metrics_addr,
             ssh_addr,
             postgres_addr,
             access,

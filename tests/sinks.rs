@@ -226,3 +226,117 @@ fn issue_18_a_webhook_that_refuses_a_batch_is_not_retried_and_is_audited() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `GET /metrics` from the metrics listener, as text.
+fn scrape(bastion: &Bastion) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(bastion.metrics_addr()).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// One sample: its name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses the Prometheus text format strictly enough to catch a malformed line: every sample's
+/// family has HELP and TYPE, names and label names follow the conventions, values are numbers.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let name_ok = |name: &str| {
+        name.chars().enumerate().all(|(index, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (index > 0 && c.is_ascii_digit())
+        }) && !name.is_empty()
+    };
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                name_ok(name) && ["counter", "gauge"].contains(&kind),
+                "{line}"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "a counter ends in _total: {line}");
+            }
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let labels = rest
+                    .split("\",")
+                    .map(|pair| {
+                        let (label, value) = pair.split_once("=\"").unwrap();
+                        assert!(name_ok(label), "{line}");
+                        (label.to_string(), value.trim_end_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+        };
+        assert!(name_ok(&name) && name.starts_with("portcullis_"), "{line}");
+        assert!(typed.contains(&name), "no TYPE before {line}");
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+/// Issue #18: `/metrics`, on its own listener, shows a failing sink's lag, requests by state
+/// and failed authentications, in the Prometheus text format.
+#[test]
+fn issue_18_metrics_show_sink_lag_and_errors_requests_and_failures() {
+    let receiver = Receiver::start(vec![500; 1000]);
+    let (bastion, _secrets) = bastion_to(&receiver);
+    bastion.grant("alice", "web-1", Duration::from_secs(3600));
+    // A login with a key nobody configured: a failed authentication.
+    let stranger = tempfile::tempdir().unwrap();
+    let _ = support::run(
+        &mut bastion.ssh_command(&support::ssh_keygen(stranger.path(), "mallory").0, "alice"),
+    );
+    let samples = wait_for("the failures in /metrics", Duration::from_secs(30), || {
+        let samples = parse_metrics(&scrape(&bastion));
+        let value = |name: &str, label: Option<(&str, &str)>| {
+            samples
+                .iter()
+                .find(|(sample, labels, _)| {
+                    sample == name
+                        && label.is_none_or(|(key, value)| {
+                            labels.iter().any(|(k, v)| k == key && v == value)
+                        })
+                })
+                .map(|(_, _, value)| *value)
+        };
+        (value("portcullis_sink_failing", Some(("sink", "siem"))) == Some(1.0)
+            && value("portcullis_failed_authentications_total", None) >= Some(1.0))
+        .then_some(samples)
+    });
+    let find = |name: &'static str| samples.iter().filter(move |(sample, _, _)| sample == name);
+    assert!(find("portcullis_sink_lag_events").any(|(_, _, value)| *value > 0.0));
+    assert!(
+        find("portcullis_requests").any(|(_, labels, value)| labels
+            .contains(&("state".into(), "approved".into()))
+            && *value >= 1.0),
+        "{samples:?}"
+    );
+}

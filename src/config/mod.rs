@@ -120,6 +120,9 @@ pub struct ServerConfig {
     pub ssh_listen: SocketAddr,
     pub postgres_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// Prometheus metrics, on a listener of their own so they are never served where Slack's
+    /// endpoints are (issue #18).
+    pub metrics_listen: SocketAddr,
     pub public_url: String,
     /// The PostgreSQL front end's certificate: from files, or generated in the state dir.
     pub postgres_tls: PostgresServerTls,
@@ -821,6 +824,11 @@ impl Validator {
             "127.0.0.1:6432",
         );
         let http_listen = self.socket("server.http_listen", raw.http_listen, "127.0.0.1:8080");
+        let metrics_listen = self.socket(
+            "server.metrics_listen",
+            raw.metrics_listen,
+            "127.0.0.1:9464",
+        );
         let public_url = raw
             .public_url
             .unwrap_or_else(|| format!("http://{http_listen}"));
@@ -861,6 +869,7 @@ impl Validator {
             ssh_listen,
             postgres_listen,
             http_listen,
+            metrics_listen,
             public_url,
             postgres_tls,
             tls_names: Vec::new(),

@@ -80,6 +80,8 @@ pub struct RawServer {
     pub ssh_listen: Option<String>,
     pub postgres_listen: Option<String>,
     pub http_listen: Option<String>,
+    /// `GET /metrics` for Prometheus, on its own listener (issue #18).
+    pub metrics_listen: Option<String>,
     pub public_url: Option<String>,
     pub postgres_tls_cert_file: Option<String>,
     pub postgres_tls_key_file: Option<String>,

@@ -162,6 +162,10 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX audit_events_session_type ON audit_events (session_id, type, seq);
     ",
+    // 7: counts by type for `/metrics` without a scan (issue #18).
+    "
+    CREATE INDEX audit_events_type ON audit_events (type);
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

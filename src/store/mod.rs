@@ -753,6 +753,38 @@ impl Tx<'_> {
             .optional()?)
     }
 
+    /// What `/metrics` shows that lives in the store (issue #18).
+    pub fn metrics(&self) -> Result<StoreMetrics, StoreError> {
+        let pairs = |sql: &str| -> Result<Vec<(String, u64)>, StoreError> {
+            let mut statement = self.transaction.prepare(sql)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(name, count)| (name, count.max(0) as u64))
+                .collect())
+        };
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            let count: i64 = self.transaction.query_row(sql, [], |row| row.get(0))?;
+            Ok(count.max(0) as u64)
+        };
+        Ok(StoreMetrics {
+            live_sessions: pairs(
+                "SELECT protocol, count(*) FROM sessions WHERE ended_at IS NULL GROUP BY protocol",
+            )?,
+            requests: pairs("SELECT state, count(*) FROM requests GROUP BY state")?,
+            failed_authentications: count(
+                "SELECT count(*) FROM audit_events WHERE type = 'auth_failed'",
+            )?,
+            recording_failures: count(
+                "SELECT count(*) FROM audit_events WHERE type = 'recording.failed'",
+            )?,
+        })
+    }
+
     /// A sink's cursor (0 for a sink that has delivered nothing).
     pub fn sink_cursor(&self, name: &str) -> Result<SinkCursor, StoreError> {
         let row = self
@@ -1003,6 +1035,17 @@ pub struct SessionTotals {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub statements: u64,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Sessions not ended yet, by protocol.
+    pub live_sessions: Vec<(String, u64)>,
+    /// Access requests by state.
+    pub requests: Vec<(String, u64)>,
+    pub failed_authentications: u64,
+    pub recording_failures: u64,
 }
 
 /// Where an audit sink stands.

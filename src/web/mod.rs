@@ -3,6 +3,7 @@
 //! It serves `GET /healthz` and, when `[slack]` is configured, `POST /slack/interactions`
 //! (`slack.rs`); the review pages come in a later issue and are routed here.
 
+pub mod metrics;
 pub mod slack;
 pub mod slack_notify;
 pub mod webhook_sink;

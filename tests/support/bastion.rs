@@ -217,6 +217,11 @@ impl Bastion {
         self.server.as_ref().expect("running").http_addr
     }
 
+    /// The metrics listener's address.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().expect("running").metrics_addr
+    }
+
     pub fn port(&self) -> u16 {
         self.server
             .as_ref()

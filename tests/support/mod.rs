@@ -543,6 +543,7 @@ impl TestConfig {
                  ssh_listen = \"127.0.0.1:0\"\n\
                  postgres_listen = \"127.0.0.1:0\"\n\
                  http_listen = \"127.0.0.1:0\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\n\
                  public_url = \"http://127.0.0.1:8080\"\n\n\
                  [access]\n\
                  pending_request_ttl = \"30m\"\n\
