@@ -2269,4 +2269,30 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
         );
     assert_eq!(code, 1);
     assert!(stderr.contains("seq 42"), "{stderr}");
+
+    // Another history under the same seqs (a reset store, a changed sink) is refused, not
+    // skipped in silence by ON CONFLICT DO NOTHING.
+    let last = chain();
+    sink.psql(&format!(
+        "UPDATE portcullis_events SET hash = 'rewritten' WHERE seq = {last}"
+    ));
+    let database = rusqlite::Connection::open(
+        bastion
+            .config
+            .state_dir()
+            .join(portcullis::server::DATABASE_FILE),
+    )
+    .unwrap();
+    database
+        .execute("UPDATE sink_cursors SET seq = seq - 1", [])
+        .unwrap();
+    drop(database);
+    let refused = bastion.wait_for_event("sink.refused");
+    assert!(
+        refused["detail"]["why"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("seq {last} with another hash")),
+        "{refused}"
+    );
 }

@@ -33,6 +33,8 @@ use crate::store::StoreError;
 
 /// Audit records read a batch.
 const BATCH: u32 = 256;
+/// Statement text a batch takes before it ends early (one checkpoint's lines always go whole).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// How often a sink with nothing to send looks again.
 const POLL: Duration = Duration::from_millis(500);
 /// How long a sink may take with one batch before it counts as failed (and is retried).
@@ -319,11 +321,26 @@ fn read_batch(
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Ok(None);
     };
-    let (from, up_to) = (first.seq, last.seq);
-    let mut events = Vec::new();
+    let from = first.seq;
+    let mut up_to = last.seq;
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
     for record in records {
+        // A batch ends once its statements pass the budget (issue #18 review: 256 checkpoints
+        // of large statements held in memory at once); the rest comes in the next batch.
+        if bytes > BATCH_BYTES {
+            break;
+        }
+        up_to = record.seq;
         if streams.statements && record.event_type == crate::audit::types::PG_CHECKPOINT {
-            events.extend(statements(access, &record, logs)?);
+            let lines = statements(access, &record, logs)?;
+            bytes += lines
+                .iter()
+                .map(|event| match event {
+                    SinkEvent::Statement(statement) => statement.text.len(),
+                    SinkEvent::Control(_) => 0,
+                })
+                .sum::<usize>();
+            events.extend(lines);
         }
         if streams.control {
             events.push(SinkEvent::Control(record));

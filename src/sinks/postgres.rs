@@ -172,6 +172,27 @@ impl PostgresSink {
                 .await
                 .map_err(database)?;
         }
+        if !events.seq.is_empty() {
+            // `ON CONFLICT DO NOTHING` must not hide another history: a row already there has to
+            // be this very record (issue #18 review: a reset store reuses seqs, which were then
+            // dropped in silence).
+            let clash: Option<i64> = transaction
+                .query_one(
+                    "SELECT min(e.seq) FROM portcullis_events e \
+                     JOIN UNNEST($1::bigint[], $2::text[]) AS batch (seq, hash) \
+                     ON e.seq = batch.seq WHERE e.hash <> batch.hash",
+                    &[&events.seq, &events.hash],
+                )
+                .await
+                .map_err(database)?
+                .get(0);
+            if let Some(seq) = clash {
+                return Err(SinkError::Refused(format!(
+                    "the sink holds seq {seq} with another hash: the bastion's store was reset or \
+                     replaced, or the sink was changed"
+                )));
+            }
+        }
         if !statements.line.is_empty() {
             transaction
                 .execute(
