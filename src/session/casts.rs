@@ -29,6 +29,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{RecordingHealth, Session};
+use crate::audit::AuditEvent;
 use crate::recording::{Recorder, RecordingError};
 
 /// Packets waiting for the writer, over all channels, before relays wait for it. Short, because an
@@ -211,6 +212,7 @@ impl ChannelCast {
 }
 
 fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
+    let mut checkpoints = Checkpoints::default();
     while let Some(job) = queue.blocking_recv() {
         let written = match job {
             Job::Output(cast, at, data) => {
@@ -227,7 +229,8 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
             }
             Job::Flush(cast) => {
                 cast.write(Recorder::flush);
-                cast.checkpoint();
+                checkpoints.take(cast);
+                checkpoints.commit_if_due(queue.is_empty());
                 continue;
             }
             Job::Written(done) => {
@@ -237,34 +240,82 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
         };
         // Only now may this channel's next small event skip the queue: it comes after this one.
         written.queued.fetch_sub(1, Ordering::SeqCst);
+        checkpoints.commit_if_due(queue.is_empty());
     }
+    checkpoints.commit();
 }
 
-impl Shared {
-    /// Anchors what the recording holds so far in the audit chain, if it grew since the last
-    /// checkpoint (issue #18): once a second at most, after the flush that put it in the file.
-    /// A checkpoint that cannot be audited fails the recording closed.
-    fn checkpoint(&self) {
-        let progress = match self.recorder.lock() {
+/// `recording.checkpoint`s waiting to be committed, every channel's in one transaction (issue
+/// #18 review: one transaction a channel a second, on the thread every recording goes through).
+#[derive(Default)]
+struct Checkpoints {
+    waiting: Vec<(Arc<Shared>, u64, AuditEvent)>,
+    since: Option<Instant>,
+}
+
+/// How long a checkpoint may wait for others to share its transaction.
+const CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Checkpoints {
+    /// Takes the checkpoint of a channel that was just flushed, if it grew since its last.
+    fn take(&mut self, cast: Arc<Shared>) {
+        let progress = match cast.recorder.lock() {
             Ok(slot) => slot.as_ref().map(Recorder::progress),
             Err(_) => None,
         };
         let Some((offset, sha256)) = progress else {
             return;
         };
-        if offset == self.checkpointed.load(Ordering::Relaxed) {
+        if offset == cast.checkpointed.load(Ordering::Relaxed) {
             return;
         }
-        if self
+        let event = cast
             .session
-            .recording_checkpoint(self.channel, offset, sha256)
+            .recording_checkpoint(cast.channel, offset, sha256);
+        self.waiting.push((cast, offset, event));
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Commits when the writer has nothing else to do, or a checkpoint has waited long enough.
+    fn commit_if_due(&mut self, idle: bool) {
+        if self
+            .since
+            .is_some_and(|since| idle || since.elapsed() >= CHECKPOINT_WAIT)
         {
-            self.checkpointed.store(offset, Ordering::Relaxed);
-        } else {
-            self.health.fail_closed();
+            self.commit();
         }
     }
 
+    /// One transaction for every waiting checkpoint; a failure fails their recordings closed.
+    fn commit(&mut self) {
+        self.since = None;
+        let waiting = std::mem::take(&mut self.waiting);
+        let Some((first, _, _)) = waiting.first() else {
+            return;
+        };
+        let access = first.session.inner.access.clone();
+        let events: Vec<AuditEvent> = waiting.iter().map(|(_, _, event)| event.clone()).collect();
+        let now = access.now();
+        match access
+            .store()
+            .write(|tx| tx.append_audits(&events, now).map(|_| ()))
+        {
+            Ok(()) => {
+                for (cast, offset, _) in &waiting {
+                    cast.checkpointed.store(*offset, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot audit recording checkpoints; ending those sessions");
+                for (cast, _, _) in &waiting {
+                    cast.health.fail_closed();
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
     /// Applies `write` on the writer thread.
     fn write(&self, write: impl FnOnce(&mut Recorder) -> Result<(), RecordingError>) {
         match self.recorder.lock() {

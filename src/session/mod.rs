@@ -406,23 +406,16 @@ impl Session {
         }
     }
 
-    /// Anchors a terminal recording's progress in the audit log (issue #18); false when it
-    /// could not be audited. Call on a blocking thread (the cast writer's).
-    pub fn recording_checkpoint(&self, channel: u32, offset: u64, sha256: String) -> bool {
-        let event = AuditEvent::RecordingCheckpoint {
+    /// The `recording.checkpoint` of a terminal recording's progress (issue #18); the cast
+    /// writer commits those of every channel together (see `casts`).
+    fn recording_checkpoint(&self, channel: u32, offset: u64, sha256: String) -> AuditEvent {
+        AuditEvent::RecordingCheckpoint {
             session_id: self.inner.id.clone(),
             user: self.inner.user.clone(),
             target: self.inner.target.name.clone(),
             channel,
             offset,
             sha256,
-        };
-        match self.inner.access.record(&event) {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::error!(%error, "cannot audit a recording checkpoint");
-                false
-            }
         }
     }
 
