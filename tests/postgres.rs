@@ -2296,3 +2296,94 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
         "{refused}"
     );
 }
+
+/// Issue #18: `kill -9` of a bastion process in the middle of delivering to a postgres sink
+/// loses nothing and duplicates nothing: started again, it goes on from its cursor, and the
+/// sink ends with every event exactly once.
+#[test]
+fn issue_18_kill_9_in_the_middle_of_delivery_loses_and_duplicates_nothing() {
+    let sink = Postgres::start();
+    let url_file = sink.dir.path().join("sink-url");
+    std::fs::write(
+        &url_file,
+        format!(
+            "postgresql://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+            sink.password, sink.port
+        ),
+    )
+    .unwrap();
+    let config = support::TestConfig::new(&format!(
+        "[[audit.sinks]]\nname = \"warehouse\"\nkind = \"postgres\"\nurl_file = \"{}\"\n\
+         tls = \"disable\"\n",
+        url_file.display()
+    ));
+    std::fs::create_dir_all(config.state_dir()).unwrap();
+    // 30,000 events waiting before the bastion starts.
+    let store =
+        portcullis::store::Store::open(&config.state_dir().join(portcullis::server::DATABASE_FILE))
+            .unwrap();
+    let events: Vec<portcullis::audit::AuditEvent> = (0..1000)
+        .map(|index| portcullis::audit::AuditEvent::Cancelled {
+            request_id: format!("r-{index}"),
+            requester: "alice".to_string(),
+            target: "prod-db".to_string(),
+        })
+        .collect();
+    for _ in 0..30 {
+        let now = time::OffsetDateTime::now_utc();
+        store
+            .write(|tx| tx.append_audits(&events, now).map(|_| ()))
+            .unwrap();
+    }
+    let chain = || {
+        store
+            .read(|tx| tx.audit_head())
+            .unwrap()
+            .map_or(0, |(seq, _)| seq as u64)
+    };
+    // The tables made by an operator from `audit sink-schema`, as the README says.
+    let (code, ddl, _) = support::run(&mut config.portcullis(&["audit", "sink-schema"]));
+    assert_eq!(code, 0);
+    sink.psql(&ddl);
+    let held = || {
+        let counts =
+            sink.psql("select count(*) || '|' || count(distinct seq) from portcullis_events");
+        let numbers: Vec<u64> = counts.split('|').map(|n| n.parse().unwrap()).collect();
+        (numbers[0], numbers[1])
+    };
+    let serve = || {
+        config
+            .portcullis(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut bastion = serve();
+    wait_for("the sink to be part way", Duration::from_secs(60), || {
+        let (events, _) = held();
+        (events > 0).then_some(())
+    });
+    bastion.kill().unwrap(); // SIGKILL
+    bastion.wait().unwrap();
+    let (at_kill, _) = held();
+    assert!(
+        at_kill < chain(),
+        "killed before the end: {at_kill} of {}",
+        chain()
+    );
+    let mut bastion = serve();
+    let (events, distinct) = wait_for("the sink to catch up", Duration::from_secs(120), || {
+        let (events, distinct) = held();
+        (events >= chain()).then_some((events, distinct))
+    });
+    assert_eq!(events, chain(), "every event");
+    assert_eq!(events, distinct, "none twice");
+    let (code, stdout, stderr) =
+        support::run(&mut config.portcullis(&["audit", "verify", "--sink", "warehouse"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &bastion.id().to_string()])
+        .status();
+    bastion.wait().unwrap();
+}
