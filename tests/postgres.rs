@@ -2387,3 +2387,142 @@ fn issue_18_kill_9_in_the_middle_of_delivery_loses_and_duplicates_nothing() {
         .status();
     bastion.wait().unwrap();
 }
+
+/// `moto_server` (PyPI's moto, the S3-compatible test server): on the PATH or where
+/// scripts/test installs it.
+fn moto_server() -> PathBuf {
+    let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/moto/bin/moto_server");
+    if installed.exists() {
+        return installed;
+    }
+    support::require_binary(
+        "moto_server",
+        &[],
+        "moto[server] (pip; scripts/test installs it)",
+    )
+}
+
+/// A moto S3 server on `port` with the bucket `archive`.
+fn start_s3(port: u16) -> std::process::Child {
+    let child = Command::new(moto_server())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the S3 server", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let (status, _) = http(port, "PUT", "/archive");
+    assert_eq!(status, 200, "bucket created");
+    child
+}
+
+/// A plain HTTP/1.0 request to 127.0.0.1:`port`: (status, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, response[split + 4..].to_vec())
+}
+
+/// Issue #18: finished query logs go to an S3-compatible bucket (and a folder), are read back
+/// and checked against their `recording.finalized` hash, and only then marked archived. With
+/// the bucket's server down, the sink waits and says why; once it is up, the copy is made.
+#[test]
+fn issue_18_finished_logs_are_archived_to_s3_and_a_folder_and_verified() {
+    let port = support::free_port();
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("id"), "test-key").unwrap();
+    std::fs::write(keys.path().join("secret"), "test-secret").unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "[[audit.sinks]]\nname = \"bucket\"\nkind = \"s3\"\nbucket = \"archive\"\n\
+         endpoint = \"http://127.0.0.1:{port}\"\nprefix = \"portcullis/\"\n\
+         access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n\n\
+         [[audit.sinks]]\nname = \"volume\"\nkind = \"folder\"\ndir = \"{}\"\n",
+        keys.path().join("id").display(),
+        keys.path().join("secret").display(),
+        folder.path().display()
+    );
+    let (bastion, postgres) = bastion_and_postgres_with("", &sinks);
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token, "select 42");
+    assert!(ok, "{stderr}");
+    let finalized = bastion.wait_for_event("recording.finalized");
+    let path = PathBuf::from(finalized["detail"]["path"].as_str().unwrap());
+    let sha256 = finalized["detail"]["sha256"].as_str().unwrap().to_string();
+    let relative = path
+        .strip_prefix(bastion.config.dir.path().join("recordings"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // The bucket's server is down: the sink says so and holds.
+    let status = |name: &str| {
+        let (_, stdout, _) =
+            support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
+        let sinks: Value = serde_json::from_str(&stdout).unwrap();
+        sinks["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|sink| sink["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    wait_for("the archive's error", Duration::from_secs(30), || {
+        status("bucket")["last_error"].is_string().then_some(())
+    });
+    let mut s3 = start_s3(port);
+    wait_for("the archive to catch up", Duration::from_secs(60), || {
+        (status("bucket")["lag_events"] == 0 && status("volume")["lag_events"] == 0).then_some(())
+    });
+    // Read back as any S3 client would, signed with the same keys.
+    let object = bastion.runtime.block_on(async {
+        use object_store::ObjectStore;
+        let bucket = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name("archive")
+            .with_region("us-east-1")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .with_access_key_id("test-key")
+            .with_secret_access_key("test-secret")
+            .build()
+            .unwrap();
+        let key = object_store::path::Path::parse(format!("portcullis/{relative}")).unwrap();
+        bucket.get(&key).await.unwrap().bytes().await.unwrap()
+    });
+    assert_eq!(
+        hex::encode(Sha256::digest(&object)),
+        sha256,
+        "the bucket's copy"
+    );
+    let copied = std::fs::read(folder.path().join(&relative)).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&copied)),
+        sha256,
+        "the folder's copy"
+    );
+    let session = finalized["session_id"].as_str().unwrap().to_string();
+    let archived = bastion
+        .access()
+        .store()
+        .read(|tx| tx.archived_at(&session, 0))
+        .unwrap();
+    assert!(archived.is_some(), "marked archived once verified");
+    let _ = s3.kill();
+    let _ = s3.wait();
+}

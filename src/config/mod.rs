@@ -73,6 +73,8 @@ pub enum SinkKind {
         headers: Vec<(String, String)>,
         authorization: Option<SecretSource>,
     },
+    /// Finished recordings and query logs copied, verified and marked archived.
+    Archive(ArchiveTarget),
     /// Tables in a PostgreSQL database, written idempotently.
     Postgres {
         /// The connection URL, password included.
@@ -82,9 +84,29 @@ pub enum SinkKind {
     },
 }
 
+/// Where an archive sink copies recordings to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveTarget {
+    /// An S3-compatible bucket.
+    S3 {
+        bucket: String,
+        /// For S3-compatible services (MinIO, Ceph, R2); AWS's own when absent.
+        endpoint: Option<String>,
+        region: String,
+        /// Put before every key (`portcullis/`, say).
+        prefix: String,
+        access_key_id: SecretSource,
+        secret_access_key: SecretSource,
+    },
+    /// A folder, such as a mounted volume.
+    Folder { dir: PathBuf },
+}
+
 impl SinkKind {
     pub fn as_str(&self) -> &'static str {
         match self {
+            SinkKind::Archive(ArchiveTarget::S3 { .. }) => "s3",
+            SinkKind::Archive(ArchiveTarget::Folder { .. }) => "folder",
             SinkKind::File { .. } => "file",
             SinkKind::Postgres { .. } => "postgres",
             SinkKind::Webhook { .. } => "webhook",
@@ -464,7 +486,17 @@ impl Config {
                         sources.push((secret_key(&key, authorization), authorization));
                     }
                 }
-                SinkKind::File { .. } => {}
+                SinkKind::Archive(ArchiveTarget::S3 {
+                    access_key_id,
+                    secret_access_key,
+                    ..
+                }) => {
+                    let key = format!("audit.sinks[{index}].access_key_id");
+                    sources.push((secret_key(&key, access_key_id), access_key_id));
+                    let key = format!("audit.sinks[{index}].secret_access_key");
+                    sources.push((secret_key(&key, secret_access_key), secret_access_key));
+                }
+                SinkKind::File { .. } | SinkKind::Archive(ArchiveTarget::Folder { .. }) => {}
             }
         }
         sources
@@ -679,6 +711,70 @@ impl Validator {
                 };
                 SinkKind::Postgres { url, ca_file }
             }
+            "folder" => match raw.dir {
+                Some(dir) => SinkKind::Archive(ArchiveTarget::Folder {
+                    dir: self.path(&dir),
+                }),
+                None => {
+                    self.problem(format!("{key}.dir"), "a folder sink needs a folder");
+                    return None;
+                }
+            },
+            "s3" => {
+                let Some(bucket) = raw.bucket.filter(|bucket| !bucket.trim().is_empty()) else {
+                    self.problem(format!("{key}.bucket"), "an s3 sink needs a bucket");
+                    return None;
+                };
+                if let Some(endpoint) = &raw.endpoint {
+                    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                        .iter()
+                        .any(|prefix| endpoint.starts_with(prefix));
+                    if !endpoint.starts_with("https://") && !loopback {
+                        self.problem(
+                            format!("{key}.endpoint"),
+                            format!("{endpoint:?} must be https:// (plain http only to loopback)"),
+                        );
+                        return None;
+                    }
+                }
+                let mut secret =
+                    |name: &str, env: &Option<String>, file: &Option<String>| match (env, file) {
+                        (Some(env), None) if !env.trim().is_empty() => {
+                            Some(SecretSource::Env(env.clone()))
+                        }
+                        (None, Some(file)) => Some(SecretSource::File(self.path(file))),
+                        _ => {
+                            self.problem(
+                                format!("{key}.{name}_env"),
+                                format!("an s3 sink needs exactly one of {name}_env, {name}_file"),
+                            );
+                            None
+                        }
+                    };
+                let access_key_id = secret(
+                    "access_key_id",
+                    &raw.access_key_id_env,
+                    &raw.access_key_id_file,
+                );
+                let secret_access_key = secret(
+                    "secret_access_key",
+                    &raw.secret_access_key_env,
+                    &raw.secret_access_key_file,
+                );
+                let (Some(access_key_id), Some(secret_access_key)) =
+                    (access_key_id, secret_access_key)
+                else {
+                    return None;
+                };
+                SinkKind::Archive(ArchiveTarget::S3 {
+                    bucket,
+                    endpoint: raw.endpoint,
+                    region: raw.region.unwrap_or_else(|| "us-east-1".to_string()),
+                    prefix: raw.prefix.unwrap_or_default(),
+                    access_key_id,
+                    secret_access_key,
+                })
+            }
             "webhook" => {
                 let url = raw.url.unwrap_or_default();
                 let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
@@ -726,12 +822,19 @@ impl Validator {
                 self.problem(
                     format!("{key}.kind"),
                     format!(
-                        "{other:?} is not a sink kind this build has (file, postgres, webhook)"
+                        "{other:?} is not a sink kind this build has (file, postgres, webhook, s3, folder)"
                     ),
                 );
                 return None;
             }
         };
+        if matches!(kind, SinkKind::Archive(_)) {
+            // An archive takes finished recordings, which `recording.finalized` events name.
+            events = SinkEvents {
+                control: true,
+                statements: false,
+            };
+        }
         Some(SinkConfig {
             name: raw.name,
             kind,

@@ -57,6 +57,15 @@ pub struct RawSink {
     pub headers: Option<BTreeMap<String, String>>,
     pub authorization_env: Option<String>,
     pub authorization_file: Option<String>,
+    /// `s3`: the bucket, an S3-compatible endpoint, region, key prefix and keys.
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+    pub access_key_id_env: Option<String>,
+    pub access_key_id_file: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub secret_access_key_file: Option<String>,
     /// `control`, `statements` (default both).
     pub events: Option<Vec<String>>,
     /// `json` (default).

@@ -12,6 +12,7 @@
 //! Statements are read from the query logs, not from the chain: the checkpoint says which lines
 //! are anchored, and those lines were flushed before it was committed.
 
+mod archive;
 mod file;
 pub mod postgres;
 mod webhook;
@@ -147,7 +148,7 @@ pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::tas
         .map(|config| {
             let runner = Runner {
                 access: access.clone(),
-                sink: Sink::new(config),
+                sink: Sink::new(access, config),
                 config: config.clone(),
                 logs: HashMap::new(),
                 pending: None,
@@ -159,14 +160,18 @@ pub fn start(access: &Access, shutdown: watch::Receiver<bool>) -> Vec<tokio::tas
 
 /// A sink's destination.
 enum Sink {
+    Archive(Box<archive::ArchiveSink>),
     File(file::FileSink),
     Postgres(Box<postgres::PostgresSink>),
     Webhook(Box<webhook::WebhookSink>),
 }
 
 impl Sink {
-    fn new(config: &SinkConfig) -> Sink {
+    fn new(access: &Access, config: &SinkConfig) -> Sink {
         match &config.kind {
+            SinkKind::Archive(target) => {
+                Sink::Archive(Box::new(archive::ArchiveSink::new(access, target)))
+            }
             SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
             SinkKind::Webhook {
                 url,
@@ -188,6 +193,7 @@ impl Sink {
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), SinkError> {
         match self {
+            Sink::Archive(archive) => archive.deliver(batch).await,
             Sink::File(file) => file.deliver(batch).await,
             Sink::Postgres(database) => database.deliver(batch).await,
             Sink::Webhook(webhook) => webhook.deliver(batch).await,

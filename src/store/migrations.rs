@@ -166,6 +166,10 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX audit_events_type ON audit_events (type);
     ",
+    // 8: when a recording or query log was archived and verified (issue #18).
+    "
+    ALTER TABLE recordings ADD COLUMN archived_at INTEGER;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

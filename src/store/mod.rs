@@ -753,6 +753,33 @@ impl Tx<'_> {
             .optional()?)
     }
 
+    /// Marks a recording archived (copied and verified by an archive sink).
+    pub fn mark_archived(
+        &self,
+        session_id: &str,
+        channel: u32,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.transaction.execute(
+            "UPDATE recordings SET archived_at = ?3 WHERE session_id = ?1 AND channel = ?2",
+            params![session_id, channel, at.unix_timestamp()],
+        )?;
+        Ok(())
+    }
+
+    /// When a recording was archived, if it was.
+    pub fn archived_at(&self, session_id: &str, channel: u32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT archived_at FROM recordings WHERE session_id = ?1 AND channel = ?2",
+                params![session_id, channel],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// What `/metrics` shows that lives in the store (issue #18).
     pub fn metrics(&self) -> Result<StoreMetrics, StoreError> {
         let pairs = |sql: &str| -> Result<Vec<(String, u64)>, StoreError> {
