@@ -421,16 +421,10 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
         } => {
             let now = access.now();
             let rows = access.store().read(|tx| {
-                let head = tx.audit_head()?.map_or(0, |(seq, _)| seq);
                 let mut rows = Vec::new();
                 for sink in &access.config().audit.sinks {
-                    let cursor = tx.sink_cursor(&sink.name)?;
-                    let oldest = tx
-                        .audit_after(cursor.seq, 1)?
-                        .first()
-                        .map(|record| record.ts);
-                    let lag = head - cursor.seq.min(head);
-                    rows.push((sink.clone(), cursor, lag, oldest));
+                    let lag = tx.sink_lag(&sink.name)?;
+                    rows.push((sink.clone(), lag.cursor, lag.events, lag.oldest));
                 }
                 Ok(rows)
             })?;

@@ -812,6 +812,22 @@ impl Tx<'_> {
         })
     }
 
+    /// Where a sink stands against the chain: its cursor, how many records it lags, and the
+    /// time of the oldest it does not hold (for `audit sinks` and `/metrics`).
+    pub fn sink_lag(&self, name: &str) -> Result<SinkLag, StoreError> {
+        let head = self.audit_head()?.map_or(0, |(seq, _)| seq);
+        let cursor = self.sink_cursor(name)?;
+        let oldest = self
+            .audit_after(cursor.seq, 1)?
+            .first()
+            .map(|record| record.ts);
+        Ok(SinkLag {
+            events: (head - cursor.seq).max(0) as u64,
+            oldest,
+            cursor,
+        })
+    }
+
     /// A sink's cursor (0 for a sink that has delivered nothing).
     pub fn sink_cursor(&self, name: &str) -> Result<SinkCursor, StoreError> {
         let row = self
@@ -1073,6 +1089,16 @@ pub struct StoreMetrics {
     pub requests: Vec<(String, u64)>,
     pub failed_authentications: u64,
     pub recording_failures: u64,
+}
+
+/// A sink's cursor and lag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkLag {
+    pub cursor: SinkCursor,
+    /// Audit records after the cursor.
+    pub events: u64,
+    /// When the oldest of them was made.
+    pub oldest: Option<OffsetDateTime>,
 }
 
 /// Where an audit sink stands.

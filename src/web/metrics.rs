@@ -53,17 +53,14 @@ fn render(access: &Access) -> Option<String> {
     let (counts, sinks) = access
         .store()
         .read(|tx| {
-            let head = tx.audit_head()?.map_or(0, |(seq, _)| seq);
             let mut sinks = Vec::new();
             for sink in &access.config().audit.sinks {
-                let cursor = tx.sink_cursor(&sink.name)?;
-                let oldest = tx
-                    .audit_after(cursor.seq, 1)?
-                    .first()
-                    .map(|record| record.ts);
-                let lag = (head - cursor.seq).max(0) as u64;
-                let age = oldest.map_or(0, |oldest| (now - oldest).whole_seconds().max(0));
-                sinks.push((sink.name.clone(), lag, age, cursor.last_error.is_some()));
+                let lag = tx.sink_lag(&sink.name)?;
+                let age = lag
+                    .oldest
+                    .map_or(0, |oldest| (now - oldest).whole_seconds().max(0));
+                let failing = lag.cursor.last_error.is_some();
+                sinks.push((sink.name.clone(), lag.events, age, failing));
             }
             Ok((tx.metrics()?, sinks))
         })
