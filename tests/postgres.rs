@@ -947,14 +947,7 @@ fn a_session_whose_statements_cannot_be_audited_is_ended() {
     let (bastion, postgres) = bastion_and_postgres("");
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
-    let database = rusqlite::Connection::open(
-        bastion
-            .config
-            .state_dir()
-            .join(portcullis::server::DATABASE_FILE),
-    )
-    .unwrap();
-    database
+    state_database(&bastion)
         .execute_batch(
             "CREATE TRIGGER refuse_queries BEFORE INSERT ON audit_events
              WHEN NEW.type = 'pg.checkpoint' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
@@ -1899,17 +1892,7 @@ fn issue_18_audit_verify_names_the_first_tampered_query_log_line() {
     let original = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     assert_eq!(lines.len(), 6, "startup and five statements: {original}");
-    let verify = || {
-        let output = bastion
-            .config
-            .portcullis(&["audit", "verify"])
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let verify = || bastion.audit_verify();
     assert_eq!(verify(), (true, String::new()));
     let joined = |lines: &[String]| {
         lines
@@ -2154,11 +2137,23 @@ fn append_events(bastion: &Bastion, count: usize) {
     }
 }
 
-fn sink_status(bastion: &Bastion) -> Value {
-    let (code, stdout, _) =
-        support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
-    assert_eq!(code, 0);
-    serde_json::from_str::<Value>(&stdout).unwrap()["sinks"][0].clone()
+/// Moves every sink's cursor back `by` events, as a crash between a sink's commit and the
+/// cursor's move would leave it.
+fn rewind_sink(bastion: &Bastion, by: i64) {
+    state_database(bastion)
+        .execute("UPDATE sink_cursors SET seq = seq - ?1", [by])
+        .unwrap();
+}
+
+/// The bastion's own SQLite database, opened beside it (to break or rewind it).
+fn state_database(bastion: &Bastion) -> rusqlite::Connection {
+    rusqlite::Connection::open(
+        bastion
+            .config
+            .state_dir()
+            .join(portcullis::server::DATABASE_FILE),
+    )
+    .unwrap()
 }
 
 /// Issue #18: a PostgreSQL sink holds every control event and every statement exactly once.
@@ -2218,22 +2213,12 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
         "sessions do not wait for a sink: {output:?}"
     );
     wait_for("the sink's error to show", Duration::from_secs(30), || {
-        let status = sink_status(&bastion);
+        let status = bastion.sink_status();
         (status["last_error"].is_string() && status["lag_events"].as_u64() > Some(5_000))
             .then_some(())
     });
     // A crash after the sink committed a batch but before the cursor moved: the batch again.
-    let database = rusqlite::Connection::open(
-        bastion
-            .config
-            .state_dir()
-            .join(portcullis::server::DATABASE_FILE),
-    )
-    .unwrap();
-    database
-        .execute("UPDATE sink_cursors SET seq = seq - 500", [])
-        .unwrap();
-    drop(database);
+    rewind_sink(&bastion, 500);
     sink.start_again();
     wait_for(
         "the sink to catch up again",
@@ -2247,7 +2232,7 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
     assert_eq!(events, distinct, "no event twice");
     assert_eq!(events, chain());
     assert_eq!(statements, lines(), "each statement once");
-    let status = sink_status(&bastion);
+    let status = bastion.sink_status();
     assert!(status["last_error"].is_null(), "{status}");
     let (code, stdout, stderr) =
         support::run(
@@ -2276,17 +2261,7 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
     sink.psql(&format!(
         "UPDATE portcullis_events SET hash = 'rewritten' WHERE seq = {last}"
     ));
-    let database = rusqlite::Connection::open(
-        bastion
-            .config
-            .state_dir()
-            .join(portcullis::server::DATABASE_FILE),
-    )
-    .unwrap();
-    database
-        .execute("UPDATE sink_cursors SET seq = seq - 1", [])
-        .unwrap();
-    drop(database);
+    rewind_sink(&bastion, 1);
     let refused = bastion.wait_for_event("sink.refused");
     assert!(
         refused["detail"]["why"]

@@ -137,13 +137,6 @@ fn bastion_to(receiver: &Receiver) -> (Bastion, tempfile::TempDir) {
     (bastion, secrets)
 }
 
-fn sink_status(bastion: &Bastion) -> Value {
-    let (code, stdout, _) =
-        support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
-    assert_eq!(code, 0);
-    serde_json::from_str::<Value>(&stdout).unwrap()["sinks"][0].clone()
-}
-
 /// Issue #18: batches are signed the Standard Webhooks way, carry the chain head, and a 5xx is
 /// retried (same `webhook-id`) until the receiver takes it: every event arrives, in order, once
 /// among the accepted batches.
@@ -153,7 +146,7 @@ fn issue_18_a_webhook_gets_every_event_signed_and_retried_through_5xx() {
     let (bastion, _secrets) = bastion_to(&receiver);
     bastion.grant("alice", "web-1", Duration::from_secs(3600));
     wait_for("the webhook to catch up", Duration::from_secs(30), || {
-        (sink_status(&bastion)["lag_events"] == 0).then_some(())
+        (bastion.sink_status()["lag_events"] == 0).then_some(())
     });
     let received = receiver.received();
     assert!(received.len() >= 3, "{received:?}");
@@ -190,7 +183,7 @@ fn issue_18_a_webhook_gets_every_event_signed_and_retried_through_5xx() {
     assert_eq!(delivered, chain, "every event once, in order");
     let head = &received.last().unwrap().body["chain_head"];
     assert!(head["seq"].as_i64().unwrap() > 0, "{head}");
-    assert_eq!(sink_status(&bastion)["last_error"], Value::Null);
+    assert_eq!(bastion.sink_status()["last_error"], Value::Null);
 }
 
 /// Issue #18: a 4xx is not retried: the refusal is audited (`sink.refused`), the sink holds at
@@ -205,7 +198,7 @@ fn issue_18_a_webhook_that_refuses_a_batch_is_not_retried_and_is_audited() {
         refused["detail"]["why"].as_str().unwrap().contains("400"),
         "{refused}"
     );
-    let status = sink_status(&bastion);
+    let status = bastion.sink_status();
     assert!(
         status["last_error"]
             .as_str()

@@ -1389,17 +1389,7 @@ fn issue_18_audit_verify_names_a_tampered_or_cut_recording() {
         .filter(|event| event["type"] == "recording.checkpoint")
         .collect();
     assert!(!checkpoints.is_empty(), "a checkpoint while it ran");
-    let verify = || {
-        let output = bastion
-            .config
-            .portcullis(&["audit", "verify"])
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let verify = || bastion.audit_verify();
     assert_eq!(verify(), (true, String::new()));
     let (path, _) = recordings(&bastion).pop().expect("a recording");
     let original = std::fs::read_to_string(&path).unwrap();

@@ -231,28 +231,27 @@ pub async fn connect(
         // (issue #18 review: the URL's default let a man in the middle downgrade it).
         config.ssl_mode(tokio_postgres::config::SslMode::Require);
     }
-    let connect_timeout = std::time::Duration::from_secs(10);
-    let client = match ca_file {
-        None => {
-            let connecting = config.connect(tokio_postgres::NoTls);
-            let (client, connection) = tokio::time::timeout(connect_timeout, connecting)
-                .await
-                .map_err(|_| SinkError::Io("connecting to the sink timed out".to_string()))?
-                .map_err(database)?;
-            tokio::spawn(connection);
-            client
-        }
+    match ca_file {
+        None => open(&config, tokio_postgres::NoTls).await,
         Some(ca_file) => {
-            let tls = tls_config(ca_file)?;
-            let connecting = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls));
-            let (client, connection) = tokio::time::timeout(connect_timeout, connecting)
-                .await
-                .map_err(|_| SinkError::Io("connecting to the sink timed out".to_string()))?
-                .map_err(database)?;
-            tokio::spawn(connection);
-            client
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(ca_file)?);
+            open(&config, tls).await
         }
-    };
+    }
+}
+
+/// Connects with `tls`, within 10 s, and runs the connection in a task of its own.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, SinkError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let connecting = config.connect(tls);
+    let (client, connection) = tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| SinkError::Io("connecting to the sink timed out".to_string()))?
+        .map_err(database)?;
+    tokio::spawn(connection);
     Ok(client)
 }
 

@@ -284,15 +284,7 @@ impl ConnectionTask {
                 Some(Channel::Local(Local::default()))
             }
             Admitted::Login(login) => {
-                let cap = self
-                    .reach
-                    .access
-                    .config()
-                    .limits
-                    .max_channels_per_connection as usize;
-                if self.channels.len() >= cap {
-                    tracing::info!(source = %self.reach.source, cap,
-                        "channel refused: too many open channels");
+                if self.at_channel_cap() {
                     reply.reject(ChannelOpenFailure::ResourceShortage).await;
                     return;
                 }
@@ -324,16 +316,8 @@ impl ConnectionTask {
         reply: ChannelOpenHandle,
     ) {
         let address = format!("{}:{}", destination.host, destination.port);
-        let cap = self
-            .reach
-            .access
-            .config()
-            .limits
-            .max_channels_per_connection as usize;
-        if self.channels.len() >= cap {
-            // Issue #17 review: each forward holds an upstream channel and its queues.
-            tracing::info!(source = %self.reach.source, cap,
-                "forward refused: too many open channels");
+        // Issue #17 review: each forward holds an upstream channel and its queues too.
+        if self.at_channel_cap() {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return;
         }
@@ -912,6 +896,22 @@ impl ConnectionTask {
             }
             relay::cut(&handle, channel, pty, why).await;
         });
+    }
+
+    /// Whether the connection holds `[limits] max_channels_per_connection` channels already
+    /// (session channels and forwards alike); logged when it does.
+    fn at_channel_cap(&self) -> bool {
+        let cap = self
+            .reach
+            .access
+            .config()
+            .limits
+            .max_channels_per_connection as usize;
+        let full = self.channels.len() >= cap;
+        if full {
+            tracing::info!(source = %self.reach.source, cap, "channel refused: too many open channels");
+        }
+        full
     }
 
     /// Refuses a channel request, from a task of its own (see the module's note).

@@ -314,6 +314,26 @@ impl Bastion {
         })
     }
 
+    /// `portcullis audit verify`: whether it passed, and what it said on stderr.
+    pub fn audit_verify(&self) -> (bool, String) {
+        let output = self
+            .config
+            .portcullis(&["audit", "verify"])
+            .output()
+            .expect("run audit verify");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// The first audit sink's line of `portcullis audit sinks --json`.
+    pub fn sink_status(&self) -> Value {
+        let (code, stdout, _) = run(&mut self.config.portcullis(&["audit", "sinks", "--json"]));
+        assert_eq!(code, 0);
+        serde_json::from_str::<Value>(&stdout).expect("audit sinks json")["sinks"][0].clone()
+    }
+
     pub fn audit_types(&self) -> Vec<String> {
         self.audit()
             .iter()
