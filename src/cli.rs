@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::access::Access;
 use crate::access::model::{AccessRequest, Grant};
-use crate::audit::{Actor, AuditRecord, ChainVerifier};
+use crate::audit::{Actor, AuditRecord};
 use crate::clock::{SystemClock, rfc3339};
 use crate::config::{self, Config, HostKeyPolicy, TargetKind, format_duration};
 use crate::keys;
@@ -118,6 +118,9 @@ enum AuditCommand {
     Sinks,
     /// Print the DDL of a postgres sink's tables (to create them with another role)
     SinkSchema,
+    /// Run the retention job now: remove local events and recordings older than
+    /// [audit] retention_days that every sink holds and that are archived
+    Retention,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -347,6 +350,44 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             }
         }
         Command::Audit {
+            command: AuditCommand::Retention,
+        } => {
+            let report = crate::audit::retention::run(
+                access.store(),
+                &access.config().audit,
+                access.now(),
+                Actor::Operator(operator_name()),
+            )?;
+            let held = if report.held_by.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; held back by: {}",
+                    report
+                        .held_by
+                        .iter()
+                        .map(|name| crate::text::visible(name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            output.print(
+                json!({
+                    "cutoff": rfc3339(report.cutoff),
+                    "removed_events": report.removed_events,
+                    "removed_recordings": report.removed_recordings,
+                    "held_by": report.held_by,
+                    "leftover_files": report.leftover_files,
+                }),
+                format!(
+                    "removed {} events and {} recordings from before {}{held}",
+                    report.removed_events,
+                    report.removed_recordings,
+                    rfc3339(report.cutoff)
+                ),
+            );
+        }
+        Command::Audit {
             command: AuditCommand::SinkSchema,
         } => {
             println!("{}", crate::sinks::postgres::SCHEMA.trim_end());
@@ -354,7 +395,24 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
         Command::Audit {
             command: AuditCommand::Verify { sink: None },
         } => {
-            let mut verifier = ChainVerifier::default();
+            // Issue #18: a chain that retention shortened starts from its anchor.
+            let (first, latest_run) = access.store().read(|tx| {
+                Ok((
+                    tx.audit_first()?.map(|(seq, _)| seq),
+                    tx.latest_audit_of(crate::audit::types::RETENTION_RAN)?,
+                ))
+            })?;
+            let mut verifier = match crate::audit::retention::verifier(first, latest_run.as_ref())
+            {
+                Ok(verifier) => verifier,
+                Err(broken) => {
+                    if output.json {
+                        println!("{}", json!({ "ok": false, "error": broken.to_string() }));
+                    }
+                    eprintln!("{broken}");
+                    return Ok(Outcome::Refused);
+                }
+            };
             let mut anchors = crate::audit::verify::Anchors::default();
             let result = access.store().read(|tx| {
                 tx.audit_scan(|record| -> Result<(), crate::audit::ChainError> {

@@ -30,6 +30,13 @@ pub const DATABASE_FILE: &str = "portcullis.db";
 /// How often the expiry task looks for requests and grants that are due.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the retention task looks at the clock; it runs the job once a day.
+const RETENTION_CHECK: Duration = Duration::from_secs(5);
+
+/// A bastion that never ran retention runs it this long after it starts (not at once, so a
+/// restart loop does not run it each time).
+const RETENTION_FIRST_RUN: time::Duration = time::Duration::HOUR;
+
 /// Opens the state dir (creating it, mode 0700) and its database; shared by `serve` and the CLI.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let state_dir = &config.server.state_dir;
@@ -170,6 +177,10 @@ impl Server {
                 tracing::error!(%error, "metrics listener failed");
             }
         }));
+        tasks.push(tokio::spawn(retention_task(
+            access.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,
@@ -261,6 +272,61 @@ async fn expiry_task(access: Access, mut shutdown: watch::Receiver<bool>) {
             Ok(Ok(now)) => since = now - Duration::from_secs(2),
             Ok(Err(error)) => tracing::error!(%error, "expiry task failed; retrying"),
             Err(error) => tracing::error!(%error, "expiry task panicked; retrying"),
+        }
+    }
+}
+
+/// Runs the retention job (issue #18) once a day by the bastion's clock: a day after the last
+/// run, which the chain remembers across restarts, or an hour after start if there was none.
+async fn retention_task(access: Access, mut shutdown: watch::Receiver<bool>) {
+    let worker = access.clone();
+    let last = tokio::task::spawn_blocking(move || {
+        crate::audit::retention::last_run(worker.store())
+    })
+    .await;
+    let mut next = match last {
+        Ok(Ok(Some(last))) => last + crate::audit::retention::INTERVAL,
+        _ => access.now() + RETENTION_FIRST_RUN,
+    };
+    let mut interval = tokio::time::interval(RETENTION_CHECK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = access.now();
+        if now < next {
+            continue;
+        }
+        let worker = access.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::audit::retention::run(
+                worker.store(),
+                &worker.config().audit,
+                now,
+                crate::audit::Actor::System,
+            )
+        })
+        .await;
+        match result {
+            Ok(Ok(report)) => {
+                tracing::info!(
+                    removed_events = report.removed_events,
+                    removed_recordings = report.removed_recordings,
+                    "retention ran"
+                );
+                next = now + crate::audit::retention::INTERVAL;
+            }
+            // A failed run removed nothing (one transaction): tried again in a minute.
+            Ok(Err(error)) => {
+                tracing::error!(%error, "retention failed; retrying in a minute");
+                next = now + time::Duration::MINUTE;
+            }
+            Err(error) => {
+                tracing::error!(%error, "retention panicked; retrying in a minute");
+                next = now + time::Duration::MINUTE;
+            }
         }
     }
 }

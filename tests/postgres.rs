@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::bastion::Bastion;
 use support::{Postgres, wait_for};
@@ -2500,4 +2500,129 @@ fn issue_18_finished_logs_are_archived_to_s3_and_a_folder_and_verified() {
     assert!(archived.is_some(), "marked archived once verified");
     let _ = s3.kill();
     let _ = s3.wait();
+}
+
+/// Issue #18: the daily retention job removes local events and recordings older than
+/// `retention_days` only once every sink holds them and they are archived. A sink that holds
+/// back keeps everything; once it catches up the next run removes the old session's events and
+/// its query log (the archive keeps its copy), keeps what is newer, and `audit verify` passes
+/// from the anchor the run leaves. A chain cut further than retention cut it fails.
+#[test]
+fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
+    let files = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    // The third sink's folder is a file for now, so it fails and holds at its cursor.
+    let blocker = tempfile::tempdir().unwrap();
+    let stuck = blocker.path().join("archive");
+    std::fs::write(&stuck, "not a folder").unwrap();
+    let sinks = format!(
+        "[[audit.sinks]]\nname = \"files\"\nkind = \"file\"\ndir = \"{}\"\n\n\
+         [[audit.sinks]]\nname = \"volume\"\nkind = \"folder\"\ndir = \"{}\"\n\n\
+         [[audit.sinks]]\nname = \"stuck\"\nkind = \"folder\"\ndir = \"{}\"\n",
+        files.path().display(),
+        folder.path().display(),
+        stuck.display()
+    );
+    let (bastion, postgres) = bastion_and_postgres_with("", &sinks);
+    bastion.grant("alice", "prod-db", hour());
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token(&bastion, "alice"), "select 42");
+    assert!(ok, "{stderr}");
+    let finalized = bastion.wait_for_event("recording.finalized");
+    let old_log = PathBuf::from(finalized["detail"]["path"].as_str().unwrap());
+    let lag = |name: &str| {
+        let (_, stdout, _) =
+            support::run(&mut bastion.config.portcullis(&["audit", "sinks", "--json"]));
+        let sinks: Value = serde_json::from_str(&stdout).unwrap();
+        sinks["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|sink| sink["name"] == name)
+            .map(|sink| sink["lag_events"].as_i64().unwrap())
+            .unwrap()
+    };
+    wait_for("two sinks to catch up", Duration::from_secs(30), || {
+        (lag("files") == 0 && lag("volume") == 0).then_some(())
+    });
+    let runs = || -> Vec<Value> {
+        bastion
+            .audit()
+            .into_iter()
+            .filter(|event| event["type"] == "retention.ran")
+            .collect()
+    };
+
+    // A year and a day on: the stuck sink holds everything back.
+    bastion.advance(Duration::from_secs(366 * 86_400));
+    let first = wait_for("the daily run", Duration::from_secs(20), || {
+        runs().first().cloned()
+    });
+    assert_eq!(first["actor"], "portcullis");
+    assert_eq!(first["detail"]["removed_events"], 0, "{first}");
+    assert_eq!(first["detail"]["removed_recordings"], 0, "{first}");
+    assert_eq!(first["detail"]["held_by"], json!(["stuck"]));
+    assert!(old_log.exists(), "an unarchived-everywhere query log stays");
+    let (verified, stderr) = bastion.audit_verify();
+    assert!(verified, "{stderr}");
+
+    // The stuck sink's folder appears; it catches up. A new session, within retention.
+    std::fs::remove_file(&stuck).unwrap();
+    bastion.grant("alice", "prod-db", hour());
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token(&bastion, "alice"), "select 43");
+    assert!(ok, "{stderr}");
+    let new_log = wait_for("the new query log", Duration::from_secs(10), || {
+        bastion
+            .audit()
+            .into_iter()
+            .filter(|event| event["type"] == "recording.finalized")
+            .map(|event| PathBuf::from(event["detail"]["path"].as_str().unwrap()))
+            .find(|path| *path != old_log)
+    });
+    wait_for("every sink to catch up", Duration::from_secs(90), || {
+        (lag("stuck") == 0 && lag("files") == 0).then_some(())
+    });
+
+    // The next day's run removes the old session, and only it.
+    bastion.advance(Duration::from_secs(86_400 + 1));
+    let second = wait_for("the next daily run", Duration::from_secs(20), || {
+        runs().get(1).cloned()
+    });
+    let detail = &second["detail"];
+    assert!(detail["removed_events"].as_u64().unwrap() > 5, "{second}");
+    assert_eq!(detail["removed_recordings"], 1, "{second}");
+    assert_eq!(detail["held_by"], json!([]));
+    assert!(!old_log.exists(), "the old query log is removed");
+    let relative = old_log
+        .strip_prefix(bastion.config.dir.path().join("recordings"))
+        .unwrap();
+    assert!(folder.path().join(relative).exists(), "the archive keeps it");
+    assert!(new_log.exists(), "a query log within retention stays");
+    let anchor = detail["chain_starts_after"]["seq"].as_i64().unwrap();
+    let kept = bastion
+        .access()
+        .store()
+        .read(|tx| tx.audit_first())
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.0, anchor + 1, "the chain starts after the anchor");
+    assert_eq!(
+        kept.1,
+        detail["chain_starts_after"]["hash"].as_str().unwrap()
+    );
+    let (verified, stderr) = bastion.audit_verify();
+    assert!(verified, "verifies from the anchor: {stderr}");
+    // The file sink still has every event from seq 1.
+    let delivered: Vec<i64> = sink_lines(files.path())
+        .iter()
+        .filter_map(|line| line["seq"].as_i64())
+        .collect();
+    assert_eq!(delivered.first(), Some(&1));
+
+    // Removing one more record at the start is not retention's doing: named.
+    state_database(&bastion)
+        .execute("DELETE FROM audit_events WHERE seq = ?1", [anchor + 1])
+        .unwrap();
+    let (verified, stderr) = bastion.audit_verify();
+    assert!(!verified);
+    assert!(stderr.contains("removed outside retention"), "{stderr}");
 }

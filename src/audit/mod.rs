@@ -8,6 +8,7 @@
 //! (later issues) only consume `AuditRecord`s; nothing outside the core constructs an event type
 //! string.
 
+pub mod retention;
 pub mod verify;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub mod types {
     pub const RECORDING_FINALIZED: &str = "recording.finalized";
     pub const RECORDING_CHECKPOINT: &str = "recording.checkpoint";
     pub const PG_CHECKPOINT: &str = "pg.checkpoint";
+    pub const RETENTION_RAN: &str = "retention.ran";
 }
 
 /// The hash that the first record chains to.
@@ -247,6 +249,19 @@ pub enum AuditEvent {
     SinkRefused {
         sink: String,
         why: String,
+    },
+    /// A run of the retention job (issue #18): what it removed, what sinks held back, and where
+    /// the chain now starts, the anchor `audit verify` starts from.
+    RetentionRan {
+        actor: Actor,
+        retention_days: u32,
+        cutoff: OffsetDateTime,
+        removed_events: u64,
+        removed_recordings: u64,
+        /// The last removed record's seq and hash: the first kept record chains to it.
+        chain_starts_after: Option<(i64, String)>,
+        /// Sinks that have not delivered everything past the cutoff, or why nothing could go.
+        held_by: Vec<String>,
     },
     /// A user locked (issue #17): at one address after too many failures (`source`, until
     /// `until`), or everywhere by an operator (`source` and `until` absent).
@@ -620,6 +635,27 @@ impl AuditEvent {
                 entry.actor = Some(Actor::System.label());
                 detail = json!({ "sink": sink, "why": why });
             }
+            AuditEvent::RetentionRan {
+                actor,
+                retention_days,
+                cutoff,
+                removed_events,
+                removed_recordings,
+                chain_starts_after,
+                held_by,
+            } => {
+                entry.actor = Some(actor.label());
+                detail = json!({
+                    "retention_days": retention_days,
+                    "cutoff": rfc3339(*cutoff),
+                    "removed_events": removed_events,
+                    "removed_recordings": removed_recordings,
+                    "held_by": held_by,
+                });
+                if let Some((seq, hash)) = chain_starts_after {
+                    detail["chain_starts_after"] = json!({ "seq": seq, "hash": hash });
+                }
+            }
             AuditEvent::WebhookRejected { path, why } => {
                 entry.actor = Some("webhook".to_string());
                 detail = json!({ "path": path, "why": why });
@@ -734,6 +770,7 @@ impl AuditEvent {
             AuditEvent::ServerStopped => "server_stopped",
             AuditEvent::WebhookRejected { .. } => "webhook.rejected",
             AuditEvent::SinkRefused { .. } => "sink.refused",
+            AuditEvent::RetentionRan { .. } => types::RETENTION_RAN,
             AuditEvent::UserLocked { .. } => "user.locked",
             AuditEvent::UserUnlocked { .. } => "user.unlocked",
             AuditEvent::UserTargeted { .. } => "user.targeted",
@@ -846,6 +883,7 @@ impl ChainError {
 /// Walks records in sequence order, carrying what the next one must chain to.
 #[derive(Debug)]
 pub struct ChainVerifier {
+    first_seq: i64,
     expected_seq: i64,
     prev_hash: String,
 }
@@ -853,6 +891,7 @@ pub struct ChainVerifier {
 impl Default for ChainVerifier {
     fn default() -> Self {
         ChainVerifier {
+            first_seq: 1,
             expected_seq: 1,
             prev_hash: GENESIS_HASH.to_string(),
         }
@@ -860,6 +899,16 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier for a chain whose records up to `seq` were removed by retention: the first
+    /// kept record must be `seq + 1` and chain to `hash` (issue #18).
+    pub fn starting_after(seq: i64, hash: &str) -> ChainVerifier {
+        ChainVerifier {
+            first_seq: seq + 1,
+            expected_seq: seq + 1,
+            prev_hash: hash.to_string(),
+        }
+    }
+
     pub fn check(&mut self, record: &AuditRecord) -> Result<(), ChainError> {
         if record.seq != self.expected_seq {
             return Err(ChainError::Gap {
@@ -880,7 +929,7 @@ impl ChainVerifier {
 
     /// How many records have verified so far.
     pub fn verified(&self) -> i64 {
-        self.expected_seq - 1
+        self.expected_seq - self.first_seq
     }
 }
 

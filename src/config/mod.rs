@@ -48,9 +48,23 @@ pub struct Config {
 }
 
 /// `[audit]`: where the activity log goes besides the bastion's own store (issue #18).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub sinks: Vec<SinkConfig>,
+    /// Local events and recordings older than this go, once every sink has them (issue #18).
+    pub retention_days: u32,
+}
+
+/// The retention the controls ask for: activity logs kept at least a year.
+pub const MIN_RETENTION_DAYS: u32 = 365;
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sinks: Vec::new(),
+            retention_days: MIN_RETENTION_DAYS,
+        }
+    }
 }
 
 /// One audit sink: it receives the chain's events in order, from its own durable cursor.
@@ -622,7 +636,32 @@ impl Validator {
                 sinks.push(sink);
             }
         }
-        AuditConfig { sinks }
+        let retention_days = match (raw.retention_days, raw.allow_short_retention) {
+            (None, _) => MIN_RETENTION_DAYS,
+            (Some(days), _) if days < 1 || days > 36_500 => {
+                self.problem(
+                    "audit.retention_days",
+                    format!("{days} is not between 1 and 36500"),
+                );
+                MIN_RETENTION_DAYS
+            }
+            (Some(days), Some(true)) => days as u32,
+            (Some(days), _) if days < i64::from(MIN_RETENTION_DAYS) => {
+                self.problem(
+                    "audit.retention_days",
+                    format!(
+                        "{days} is under {MIN_RETENTION_DAYS}: activity logs are kept at least a \
+                         year; set allow_short_retention = true to keep them shorter"
+                    ),
+                );
+                MIN_RETENTION_DAYS
+            }
+            (Some(days), _) => days as u32,
+        };
+        AuditConfig {
+            sinks,
+            retention_days,
+        }
     }
 
     fn sink(&mut self, key: &str, raw: RawSink) -> Option<SinkConfig> {

@@ -32,6 +32,9 @@ pub struct RawConfig {
 pub struct RawAudit {
     #[serde(default)]
     pub sinks: Vec<RawSink>,
+    /// Days local events and recordings are kept once every sink has them (issue #18).
+    pub retention_days: Option<i64>,
+    pub allow_short_retention: Option<bool>,
 }
 
 /// One `[[audit.sinks]]` (issue #18).

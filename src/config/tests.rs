@@ -297,6 +297,15 @@ fn every_problem_names_its_key_path_and_value() {
             format!("{BASE}\n[slack]\nchannel = \"C1\"\n"),
             "slack.bot_token_env: one of bot_token_env or bot_token_file is required",
         ),
+        // Issue #18: activity logs are kept at least a year unless the operator says otherwise.
+        (
+            format!("{BASE}\n[audit]\nretention_days = 90\n"),
+            "audit.retention_days: 90 is under 365",
+        ),
+        (
+            format!("{BASE}\n[audit]\nretention_days = 0\nallow_short_retention = true\n"),
+            "audit.retention_days: 0 is not between 1 and 36500",
+        ),
     ];
     for (text, expected) in cases {
         match parse(&text) {
@@ -367,5 +376,18 @@ fn the_shipped_configs_are_valid() {
         if let Err(error) = Config::load(&path) {
             panic!("{name}: {error}");
         }
+    }
+}
+
+#[test]
+fn issue_18_retention_defaults_to_a_year_and_goes_shorter_only_when_allowed() {
+    let cases = [
+        ("", 365),
+        ("[audit]\nretention_days = 400\n", 400),
+        ("[audit]\nretention_days = 30\nallow_short_retention = true\n", 30),
+    ];
+    for (audit, days) in cases {
+        let config = parse(&format!("{BASE}\n{audit}")).expect("valid");
+        assert_eq!(config.audit.retention_days, days, "{audit}");
     }
 }

@@ -481,7 +481,10 @@ pub async fn verify_postgres(
     }
     let client = postgres::connect(url, ca_file).await?;
     let delivered = access.store().read(|tx| tx.sink_cursor(name))?.seq;
-    let (mut after, mut checked) = (0i64, 0u64);
+    // Retention removes the oldest records here once the sink holds them: compare from where
+    // the local chain starts.
+    let first = access.store().read(|tx| tx.audit_first())?;
+    let (mut after, mut checked) = (first.map_or(0, |(seq, _)| seq - 1), 0u64);
     loop {
         let local = access.store().read(|tx| tx.audit_after(after, 1000))?;
         let rows = client

@@ -780,6 +780,95 @@ impl Tx<'_> {
             .flatten())
     }
 
+    /// The first kept audit record's seq and the hash it chains to: where the chain starts
+    /// once retention has removed its oldest records.
+    pub fn audit_first(&self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT seq, prev_hash FROM audit_events ORDER BY seq LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The newest record of an event type, if any.
+    pub fn latest_audit_of(&self, event_type: &str) -> Result<Option<AuditRecord>, StoreError> {
+        let mut statement = self.transaction.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE type = ?1 ORDER BY seq DESC LIMIT 1"
+        ))?;
+        statement
+            .query_map([event_type], read_audit)?
+            .next()
+            .transpose()?
+            .transpose()
+    }
+
+    /// The retention job's removal (issue #18), in this transaction: the oldest audit records,
+    /// up to the last one stamped before `cutoff` that every sink in `sinks` holds, and then
+    /// the archived recordings finished before `cutoff` that no kept record refers to. The
+    /// rows go here; the caller removes the files once this commits.
+    pub fn prune_audit(
+        &self,
+        cutoff: OffsetDateTime,
+        sinks: &[String],
+    ) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        // Records form a prefix of the chain: up to the first one stamped at or after the
+        // cutoff, so a clock that stepped back never leaves a hole.
+        let first_due: Option<i64> = self
+            .transaction
+            .query_row(
+                "SELECT seq FROM audit_events WHERE ts >= ?1 ORDER BY seq LIMIT 1",
+                [cutoff.unix_timestamp()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let mut through = match first_due {
+            Some(seq) => seq - 1,
+            None => self
+                .transaction
+                .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |row| {
+                    row.get(0)
+                })?,
+        };
+        for name in sinks {
+            let cursor = self.sink_cursor(name)?.seq;
+            if cursor < through {
+                pruned.held_by.push(name.clone());
+                through = cursor;
+            }
+        }
+        let first = self.audit_first()?.map_or(i64::MAX, |(seq, _)| seq);
+        if through >= first {
+            let hash: String = self.transaction.query_row(
+                "SELECT hash FROM audit_events WHERE seq = ?1",
+                [through],
+                |row| row.get(0),
+            )?;
+            pruned.events = self
+                .transaction
+                .execute("DELETE FROM audit_events WHERE seq <= ?1", [through])?
+                as u64;
+            self.transaction
+                .execute("DELETE FROM alerts WHERE audit_seq <= ?1", [through])?;
+            pruned.through = Some((through, hash));
+        }
+        let mut statement = self.transaction.prepare(
+            "DELETE FROM recordings AS r
+             WHERE archived_at IS NOT NULL AND finalized_at IS NOT NULL AND finalized_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.session_id = r.session_id)
+             RETURNING path",
+        )?;
+        pruned.files = statement
+            .query_map([cutoff.unix_timestamp()], |row| {
+                row.get::<_, String>(0).map(PathBuf::from)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pruned)
+    }
+
     /// What `/metrics` shows that lives in the store (issue #18).
     pub fn metrics(&self) -> Result<StoreMetrics, StoreError> {
         let pairs = |sql: &str| -> Result<Vec<(String, u64)>, StoreError> {
@@ -1113,6 +1202,17 @@ pub struct SinkCursor {
 }
 
 /// A recording row: one per recorded channel.
+/// What `Tx::prune_audit` removed, and which sinks held it back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// The last removed record's seq and hash, when any was removed.
+    pub through: Option<(i64, String)>,
+    pub events: u64,
+    /// The recordings and query logs whose rows went: their files are the caller's to remove.
+    pub files: Vec<PathBuf>,
+    pub held_by: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingRow {
     pub session_id: String,
