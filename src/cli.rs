@@ -402,8 +402,7 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                     tx.latest_audit_of(crate::audit::types::RETENTION_RAN)?,
                 ))
             })?;
-            let mut verifier = match crate::audit::retention::verifier(first, latest_run.as_ref())
-            {
+            let mut verifier = match crate::audit::retention::verifier(first, latest_run.as_ref()) {
                 Ok(verifier) => verifier,
                 Err(broken) => {
                     if output.json {

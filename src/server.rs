@@ -280,10 +280,9 @@ async fn expiry_task(access: Access, mut shutdown: watch::Receiver<bool>) {
 /// run, which the chain remembers across restarts, or an hour after start if there was none.
 async fn retention_task(access: Access, mut shutdown: watch::Receiver<bool>) {
     let worker = access.clone();
-    let last = tokio::task::spawn_blocking(move || {
-        crate::audit::retention::last_run(worker.store())
-    })
-    .await;
+    let last =
+        tokio::task::spawn_blocking(move || crate::audit::retention::last_run(worker.store()))
+            .await;
     let mut next = match last {
         Ok(Ok(Some(last))) => last + crate::audit::retention::INTERVAL,
         _ => access.now() + RETENTION_FIRST_RUN,

@@ -2595,7 +2595,10 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
     let relative = old_log
         .strip_prefix(bastion.config.dir.path().join("recordings"))
         .unwrap();
-    assert!(folder.path().join(relative).exists(), "the archive keeps it");
+    assert!(
+        folder.path().join(relative).exists(),
+        "the archive keeps it"
+    );
     assert!(new_log.exists(), "a query log within retention stays");
     let anchor = detail["chain_starts_after"]["seq"].as_i64().unwrap();
     let kept = bastion
@@ -2625,4 +2628,79 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
     let (verified, stderr) = bastion.audit_verify();
     assert!(!verified);
     assert!(stderr.contains("removed outside retention"), "{stderr}");
+}
+
+/// Issue #18: a file sink with `format = "ocsf"` writes statements as OCSF Datastore Activity,
+/// the activity by the statement's verb, failures as failures, the session as Datastore
+/// Connect, and the chain head as a Base Event.
+#[test]
+fn issue_18_a_file_sink_in_ocsf_writes_statements_as_datastore_activity() {
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"file\"\ndir = \"{}\"\nformat = \"ocsf\"\n",
+        sink_dir.path().display()
+    );
+    let (bastion, postgres) = bastion_and_postgres_with("", &sink);
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let script = bastion.config.dir.path().join("ocsf.sql");
+    std::fs::write(
+        &script,
+        "create temp table t (a int);\ninsert into t values (1);\nselect * from t;\n\
+         delete from t;\nselect * from missing_table;\n",
+    )
+    .unwrap();
+    let _ = psql_script(&bastion, &postgres, &token, &script);
+    bastion.wait_for_event("session.ended");
+    wait_for_sinks(&bastion);
+    let lines = sink_lines(sink_dir.path());
+    let statements: Vec<(u64, u64, String)> = lines
+        .iter()
+        .filter(|line| line["message"] == "pg.statement")
+        .inspect(|line| assert_eq!(line["class_uid"], 6005, "{line}"))
+        // psql's own requests before the script (no SQL text) are Other.
+        .filter(|line| line["query_info"]["query_string"] != "")
+        .map(|line| {
+            assert_eq!(line["actor"]["user"]["name"], "alice");
+            assert_eq!(line["database"]["name"], "prod-db");
+            (
+                line["activity_id"].as_u64().unwrap(),
+                line["status_id"].as_u64().unwrap(),
+                line["query_info"]["query_string"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64, String)> = [
+        (6, 1, "create temp table t (a int);"),
+        (5, 1, "insert into t values (1);"),
+        (4, 1, "select * from t;"),
+        (7, 1, "delete from t;"),
+        (4, 2, "select * from missing_table;"),
+    ]
+    .iter()
+    .map(|(activity, status, sql)| (*activity, *status, sql.to_string()))
+    .collect();
+    assert_eq!(statements, expected);
+    let failed = lines
+        .iter()
+        .find(|line| line["message"] == "pg.statement" && line["status_id"] == 2)
+        .unwrap();
+    assert_eq!(failed["status_code"], "42P01", "{failed}");
+    let started = lines
+        .iter()
+        .find(|line| line["message"] == "session.started")
+        .unwrap();
+    assert_eq!(
+        (&started["class_uid"], &started["activity_id"]),
+        (&json!(6005), &json!(3))
+    );
+    let head = lines
+        .iter()
+        .find(|line| line["message"] == "chain.head")
+        .expect("the chain head");
+    assert_eq!(head["class_uid"], 0);
+    assert!(head["unmapped"]["portcullis"]["seq"].as_i64().unwrap() > 0);
 }

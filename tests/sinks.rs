@@ -116,6 +116,10 @@ async fn receive(
 
 /// A bastion with one webhook sink to `receiver`, control events only.
 fn bastion_to(receiver: &Receiver) -> (Bastion, tempfile::TempDir) {
+    bastion_to_as(receiver, "json")
+}
+
+fn bastion_to_as(receiver: &Receiver, format: &str) -> (Bastion, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let secret_file = secrets.path().join("webhook-secret");
     let secret = format!(
@@ -128,7 +132,7 @@ fn bastion_to(receiver: &Receiver) -> (Bastion, tempfile::TempDir) {
     let sink = format!(
         "[[audit.sinks]]\nname = \"siem\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\n\
          secret_file = \"{}\"\nauthorization_file = \"{}\"\nevents = [\"control\"]\n\
-         headers = {{ x-siem = \"portcullis\" }}\n",
+         format = \"{format}\"\nheaders = {{ x-siem = \"portcullis\" }}\n",
         receiver.addr,
         secret_file.display(),
         token_file.display()
@@ -184,6 +188,82 @@ fn issue_18_a_webhook_gets_every_event_signed_and_retried_through_5xx() {
     let head = &received.last().unwrap().body["chain_head"];
     assert!(head["seq"].as_i64().unwrap() > 0, "{head}");
     assert_eq!(bastion.sink_status()["last_error"], Value::Null);
+}
+
+/// Issue #18: `format = "ocsf"`: every event arrives as an OCSF 1.3.0 event of the class the
+/// mapping names, with the base attributes every class requires, and our own record (hashes
+/// included) in `unmapped`, in chain order.
+#[test]
+fn issue_18_a_webhook_in_ocsf_gets_each_event_in_its_class() {
+    let receiver = Receiver::start(Vec::new());
+    let (bastion, _secrets) = bastion_to_as(&receiver, "ocsf");
+    bastion.grant("alice", "web-1", Duration::from_secs(3600));
+    let (code, _, stderr) = bastion.ssh("alice", &["targets"]);
+    assert_eq!(code, 0, "{stderr}");
+    bastion.wait_for_event("logged_in");
+    wait_for("the webhook to catch up", Duration::from_secs(30), || {
+        (bastion.sink_status()["lag_events"] == 0).then_some(())
+    });
+    let events: Vec<Value> = receiver
+        .received()
+        .iter()
+        .flat_map(|request| {
+            request.body["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let chain = bastion
+        .access()
+        .store()
+        .read(|tx| tx.audit_tail(1000))
+        .unwrap();
+    assert_eq!(events.len(), chain.len());
+    for (event, record) in events.iter().zip(&chain) {
+        let class = event["class_uid"].as_u64().unwrap();
+        let activity = event["activity_id"].as_u64().unwrap();
+        assert_eq!(
+            event["category_uid"].as_u64().unwrap(),
+            class / 1000,
+            "{event}"
+        );
+        assert_eq!(event["type_uid"].as_u64().unwrap(), class * 100 + activity);
+        assert_eq!(
+            event["time"].as_i64().unwrap(),
+            record.ts.unix_timestamp() * 1000
+        );
+        assert!(event["severity_id"].as_u64().is_some());
+        assert_eq!(event["metadata"]["version"], "1.3.0");
+        assert_eq!(event["metadata"]["product"]["name"], "portcullis");
+        assert_eq!(event["metadata"]["uid"], record.id.as_str());
+        let ours = &event["unmapped"]["portcullis"];
+        assert_eq!(ours["hash"], record.hash.as_str(), "our record rides along");
+        assert_eq!(ours["type"], record.event_type.as_str());
+    }
+    let of = |kind: &str| {
+        events
+            .iter()
+            .find(|event| event["unmapped"]["portcullis"]["type"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let granted = of("granted");
+    assert_eq!(
+        (
+            granted["class_uid"].as_u64(),
+            granted["activity_id"].as_u64()
+        ),
+        (Some(3005), Some(1))
+    );
+    assert_eq!(granted["user"]["name"], "alice");
+    assert_eq!(granted["resources"][0]["name"], "web-1");
+    assert_eq!(of("requested")["class_uid"], 6003);
+    let login = of("logged_in");
+    assert_eq!(login["class_uid"], 3002);
+    assert_eq!(login["status_id"], 1);
+    assert_eq!(login["user"]["name"], "alice");
+    assert_eq!(login["src_endpoint"]["ip"], "127.0.0.1", "{login}");
 }
 
 /// Issue #18: a 4xx is not retried: the refusal is audited (`sink.refused`), the sink holds at

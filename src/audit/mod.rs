@@ -156,6 +156,7 @@ pub enum AuditEvent {
         user: String,
         target: String,
         grant_id: String,
+        protocol: &'static str,
         reason: &'static str,
         /// Who caused the end: `client`, `target`, `bastion` or `grant`.
         cause: &'static str,
@@ -523,6 +524,7 @@ impl AuditEvent {
                 user,
                 target,
                 grant_id,
+                protocol,
                 reason,
                 cause,
                 bytes_in,
@@ -532,7 +534,7 @@ impl AuditEvent {
                 entry.target = Some(target.clone());
                 entry.grant_id = Some(grant_id.clone());
                 entry.session_id = Some(session_id.clone());
-                detail = json!({ "reason": reason, "cause": cause, "bytes_in": bytes_in,
+                detail = json!({ "protocol": protocol, "reason": reason, "cause": cause, "bytes_in": bytes_in,
                     "bytes_out": bytes_out });
             }
             AuditEvent::RecordingFinalized {

@@ -165,7 +165,8 @@ mod tests {
         let anchored = run_record(50, Some((10, "ab")));
         let unanchored = run_record(50, None);
         // (first kept seq, newest run, verifies from)
-        let cases: &[(Option<i64>, Option<&AuditRecord>, Result<i64, &str>)] = &[
+        type Case<'a> = (Option<i64>, Option<&'a AuditRecord>, Result<i64, &'a str>);
+        let cases: &[Case] = &[
             (None, None, Ok(1)),
             (Some(1), None, Ok(1)),
             (Some(1), Some(&unanchored), Ok(1)),
@@ -173,7 +174,11 @@ mod tests {
             (Some(12), Some(&anchored), Err("removed outside retention")),
             (Some(5), Some(&anchored), Err("removed outside retention")),
             (Some(11), None, Err("records 1 to 10 are missing")),
-            (Some(11), Some(&unanchored), Err("records 1 to 10 are missing")),
+            (
+                Some(11),
+                Some(&unanchored),
+                Err("records 1 to 10 are missing"),
+            ),
         ];
         for (first, run, expected) in cases {
             let got = verifier(*first, *run);

@@ -74,6 +74,18 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// Which events it gets.
     pub events: SinkEvents,
+    /// The shape of each event (file and webhook sinks).
+    pub format: SinkFormat,
+}
+
+/// How a file or webhook sink writes each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkFormat {
+    /// Our documented JSON shape (docs/AUDIT-FORMAT.md).
+    #[default]
+    Json,
+    /// Mapped to OCSF classes, ours kept in `unmapped`.
+    Ocsf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -638,7 +650,7 @@ impl Validator {
         }
         let retention_days = match (raw.retention_days, raw.allow_short_retention) {
             (None, _) => MIN_RETENTION_DAYS,
-            (Some(days), _) if days < 1 || days > 36_500 => {
+            (Some(days), _) if !(1..=36_500).contains(&days) => {
                 self.problem(
                     "audit.retention_days",
                     format!("{days} is not between 1 and 36500"),
@@ -694,13 +706,24 @@ impl Validator {
                 }
             }
         }
-        match raw.format.as_deref() {
-            None | Some("json") => {}
-            Some(other) => self.problem(
-                format!("{key}.format"),
-                format!("{other:?} is not supported (json)"),
-            ),
-        }
+        let format = match raw.format.as_deref() {
+            None | Some("json") => SinkFormat::Json,
+            Some("ocsf") if matches!(raw.kind.as_str(), "file" | "webhook") => SinkFormat::Ocsf,
+            Some("ocsf") => {
+                self.problem(
+                    format!("{key}.format"),
+                    "\"ocsf\" is for file and webhook sinks",
+                );
+                SinkFormat::Json
+            }
+            Some(other) => {
+                self.problem(
+                    format!("{key}.format"),
+                    format!("{other:?} is not one of json, ocsf"),
+                );
+                SinkFormat::Json
+            }
+        };
         let kind = match raw.kind.as_str() {
             "file" => match raw.dir {
                 Some(dir) => SinkKind::File {
@@ -878,6 +901,7 @@ impl Validator {
             name: raw.name,
             kind,
             events,
+            format,
         })
     }
 

@@ -384,7 +384,10 @@ fn issue_18_retention_defaults_to_a_year_and_goes_shorter_only_when_allowed() {
     let cases = [
         ("", 365),
         ("[audit]\nretention_days = 400\n", 400),
-        ("[audit]\nretention_days = 30\nallow_short_retention = true\n", 30),
+        (
+            "[audit]\nretention_days = 30\nallow_short_retention = true\n",
+            30,
+        ),
     ];
     for (audit, days) in cases {
         let config = parse(&format!("{BASE}\n{audit}")).expect("valid");

@@ -186,6 +186,7 @@ pub struct Session {
 struct Inner {
     id: String,
     user: String,
+    protocol: &'static str,
     target: Target,
     grant: Grant,
     access: Access,
@@ -276,6 +277,7 @@ impl Session {
             inner: Arc::new(Inner {
                 id,
                 user: user.to_string(),
+                protocol,
                 target,
                 grant,
                 access: access.clone(),
@@ -509,6 +511,7 @@ impl Session {
             user: self.inner.user.clone(),
             target: self.inner.target.name.clone(),
             grant_id: self.inner.grant.id.clone(),
+            protocol: self.inner.protocol,
             reason: reason.as_str(),
             cause: reason.cause().as_str(),
             bytes_in,

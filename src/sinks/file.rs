@@ -13,11 +13,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use time::{Date, OffsetDateTime};
 
 use super::{Batch, SinkError};
-use crate::clock::rfc3339;
+use crate::config::SinkFormat;
 
 /// How often the chain head is written at the least.
 const HEAD_EVERY: Duration = Duration::from_secs(3600);
@@ -28,6 +27,7 @@ pub(super) struct FileSink {
 
 struct State {
     dir: PathBuf,
+    format: SinkFormat,
     /// The day file open for appending.
     open: Option<(Date, std::fs::File)>,
     /// When the chain head was last written (bastion clock).
@@ -35,10 +35,11 @@ struct State {
 }
 
 impl FileSink {
-    pub(super) fn new(dir: PathBuf) -> FileSink {
+    pub(super) fn new(dir: PathBuf, format: SinkFormat) -> FileSink {
         FileSink {
             state: Arc::new(Mutex::new(State {
                 dir,
+                format,
                 open: None,
                 head_written: None,
             })),
@@ -64,7 +65,7 @@ impl State {
     fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let mut lines: Vec<(Date, Vec<u8>)> = Vec::with_capacity(batch.events.len() + 1);
         for event in &batch.events {
-            let mut line = serde_json::to_vec(&event.to_json())
+            let mut line = serde_json::to_vec(&event.render(self.format))
                 .map_err(|error| SinkError::Io(error.to_string()))?;
             line.push(b'\n');
             lines.push((event.at().date(), line));
@@ -73,13 +74,8 @@ impl State {
             .head_written
             .is_none_or(|written| batch.now - written >= HEAD_EVERY);
         if head_due && let Some(head) = &batch.head {
-            let mut line = serde_json::to_vec(&json!({
-                "type": "chain.head",
-                "seq": head.seq,
-                "hash": head.hash,
-                "ts": rfc3339(batch.now),
-            }))
-            .map_err(|error| SinkError::Io(error.to_string()))?;
+            let mut line = serde_json::to_vec(&head.render(self.format, batch.now))
+                .map_err(|error| SinkError::Io(error.to_string()))?;
             line.push(b'\n');
             lines.push((batch.now.date(), line));
         }

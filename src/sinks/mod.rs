@@ -14,6 +14,7 @@
 
 mod archive;
 mod file;
+mod ocsf;
 pub mod postgres;
 mod webhook;
 
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 use crate::access::Access;
 use crate::audit::AuditRecord;
 use crate::clock::rfc3339;
-use crate::config::{SinkConfig, SinkKind};
+use crate::config::{SinkConfig, SinkFormat, SinkKind};
 use crate::store::StoreError;
 
 /// Audit records read a batch.
@@ -86,6 +87,14 @@ impl SinkEvent {
         }
     }
 
+    /// The event as a sink of `format` writes it.
+    pub fn render(&self, format: SinkFormat) -> Value {
+        match format {
+            SinkFormat::Json => self.to_json(),
+            SinkFormat::Ocsf => ocsf::event(self),
+        }
+    }
+
     /// The documented JSON form (docs/AUDIT-FORMAT.md, "Sinks").
     pub fn to_json(&self) -> Value {
         match self {
@@ -110,6 +119,21 @@ impl SinkEvent {
 pub struct ChainHead {
     pub seq: i64,
     pub hash: String,
+}
+
+impl ChainHead {
+    /// The file sink's `chain.head` line, stamped `now`.
+    pub fn render(&self, format: SinkFormat, now: OffsetDateTime) -> Value {
+        match format {
+            SinkFormat::Json => json!({
+                "type": "chain.head",
+                "seq": self.seq,
+                "hash": self.hash,
+                "ts": rfc3339(now),
+            }),
+            SinkFormat::Ocsf => ocsf::chain_head(self, now),
+        }
+    }
 }
 
 /// What a batch carries: the events, the seq the cursor moves to once they are held, the head.
@@ -172,7 +196,7 @@ impl Sink {
             SinkKind::Archive(target) => {
                 Sink::Archive(Box::new(archive::ArchiveSink::new(access, target)))
             }
-            SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone())),
+            SinkKind::File { dir } => Sink::File(file::FileSink::new(dir.clone(), config.format)),
             SinkKind::Webhook {
                 url,
                 secret,
@@ -180,6 +204,7 @@ impl Sink {
                 authorization,
             } => Sink::Webhook(Box::new(webhook::WebhookSink::new(
                 &config.name,
+                config.format,
                 url,
                 secret,
                 headers,

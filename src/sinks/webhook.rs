@@ -8,11 +8,13 @@
 use serde_json::json;
 
 use super::{Batch, SinkError};
+use crate::config::SinkFormat;
 use crate::secret::SecretSource;
 use crate::web::webhook_sink::{Posted, WebhookClient};
 
 pub(super) struct WebhookSink {
     name: String,
+    format: SinkFormat,
     url: String,
     secret: SecretSource,
     headers: Vec<(String, String)>,
@@ -23,6 +25,7 @@ pub(super) struct WebhookSink {
 impl WebhookSink {
     pub(super) fn new(
         name: &str,
+        format: SinkFormat,
         url: &str,
         secret: &SecretSource,
         headers: &[(String, String)],
@@ -30,6 +33,7 @@ impl WebhookSink {
     ) -> WebhookSink {
         WebhookSink {
             name: name.to_string(),
+            format,
             url: url.to_string(),
             secret: secret.clone(),
             headers: headers.to_vec(),
@@ -58,8 +62,11 @@ impl WebhookSink {
         let Some(client) = &self.client else {
             return Err(SinkError::Io("no webhook client".to_string()));
         };
-        let events: Vec<serde_json::Value> =
-            batch.events.iter().map(|event| event.to_json()).collect();
+        let events: Vec<serde_json::Value> = batch
+            .events
+            .iter()
+            .map(|event| event.render(self.format))
+            .collect();
         let body = json!({
             "events": events,
             "chain_head": batch.head.as_ref().map(|head| json!({ "seq": head.seq, "hash": head.hash })),

@@ -827,11 +827,11 @@ impl Tx<'_> {
             .optional()?;
         let mut through = match first_due {
             Some(seq) => seq - 1,
-            None => self
-                .transaction
-                .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |row| {
-                    row.get(0)
-                })?,
+            None => self.transaction.query_row(
+                "SELECT coalesce(max(seq), 0) FROM audit_events",
+                [],
+                |row| row.get(0),
+            )?,
         };
         for name in sinks {
             let cursor = self.sink_cursor(name)?.seq;
