@@ -7,6 +7,7 @@
 #   SECONDS_PER_RUN=5 CLIENTS=4 bench/postgres.sh
 #   ONLY=select-prepared PROFILE=1 bench/postgres.sh   # perf of the bastion, plaintext run
 #   SPLIT=1 bench/postgres.sh          # PostgreSQL and pgbench on CPU 0, each proxy on CPU 1
+#   SINK=1 bench/postgres.sh           # the bastion also forwards to a postgres audit sink
 #
 # It builds portcullis in release mode, starts PostgreSQL (scram-sha-256), pgbouncer in session
 # mode, and the bastion (chained query log and its checkpoints on, as always), gets a grant through the
@@ -14,7 +15,10 @@
 # each path: select-only (-S; simple, extended and prepared protocol) and TPC-B-like transactions
 # with persistent connections, and
 # select-only with a new connection per transaction (-C). The bastion is measured both with
-# TLS (what engineers use) and without (like for like with the plaintext baselines).
+# TLS (what engineers use) and without (like for like with the plaintext baselines), and so is
+# pgbouncer (client TLS with a P-256 certificate, as the bastion's), so TLS compares with TLS.
+# SINK=1 configures a postgres audit sink (a database on the same server) and reports its lag
+# when the last run ends and how long it takes to catch up.
 # Needs: postgresql, pgbouncer, openssh-client, python3 (installed here if missing, on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,7 +88,13 @@ pool_mode = session
 max_client_conn = 400
 default_pool_size = 100
 logfile = $WORK/bouncer/log
+client_tls_sslmode = allow
+client_tls_key_file = $WORK/bouncer/key.pem
+client_tls_cert_file = $WORK/bouncer/cert.pem
 EOF
+# Client TLS for pgbouncer: a P-256 certificate, the key type the bastion generates.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -keyout "$WORK/bouncer/key.pem" -out "$WORK/bouncer/cert.pem" 2>/dev/null
 echo "\"bench\" \"$PASSWORD\"" > "$WORK/bouncer/users.txt"
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK/bouncer"
 as_postgres "${ON_PROXY[@]}" pgbouncer "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
@@ -138,6 +148,18 @@ tls = "disable"
 requestable_by = ["engineer"]
 approvers = ["leader"]
 EOF
+if [ -n "${SINK:-}" ]; then
+  PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -q -c "create database audit" >/dev/null
+  echo "postgres://bench:$PASSWORD@127.0.0.1:$PG_PORT/audit" > "$WORK/sink-url"
+  cat >> "$WORK/portcullis.toml" <<EOF
+
+[[audit.sinks]]
+name = "warehouse"
+kind = "postgres"
+url_file = "$WORK/sink-url"
+tls = "disable"
+EOF
+fi
 BENCH_DB_PASSWORD=$PASSWORD "${ON_PROXY[@]}" "$BIN" --config "$WORK/portcullis.toml" serve --log-format json 2>"$WORK/bastion.log" &
 BASTION_PID=$!
 PIDS+=("$BASTION_PID")
@@ -157,13 +179,14 @@ PGPASSWORD=$PASSWORD "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U bench -i -s 
 declare -A PATHS=(
   [direct]="$PG_PORT bench $PASSWORD postgres disable"
   [pgbouncer]="$BOUNCER_PORT bench $PASSWORD bench disable"
+  [pgbouncer_tls]="$BOUNCER_PORT bench $PASSWORD bench require"
   [relay]="$RELAY_PORT bench $PASSWORD postgres disable"
   [portcullis]="$BASTION_PG alice $TOKEN prod-db disable"
   [portcullis_tls]="$BASTION_PG alice $TOKEN prod-db require"
 )
-ORDER=(direct pgbouncer relay portcullis portcullis_tls)
+ORDER=(direct pgbouncer pgbouncer_tls relay portcullis portcullis_tls)
 
-declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [relay]=$RELAY_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
+declare -A PROXY=([direct]="" [pgbouncer]=$BOUNCER_PID [pgbouncer_tls]=$BOUNCER_PID [relay]=$RELAY_PID [portcullis]=$BASTION_PID [portcullis_tls]=$BASTION_PID)
 # Idle and total clock ticks of the CPUs PostgreSQL and pgbench run on (CPU 0 when split, all
 # otherwise): if they sit idle, the clients are waiting on the proxy, not the other way round.
 SERVER_CPU=cpu; [ -n "${SPLIT:-}" ] && SERVER_CPU=cpu0
@@ -178,7 +201,7 @@ proxy_counters() {
   echo "$ticks $switches"
 }
 
-# run path args... -> "tps latency_ms proxy_cpu_us proxy_switches proxy_system_cpu_us server_idle_%"
+# run path args... -> "tps latency_ms proxy_cpu_us proxy_switches proxy_system_cpu_us server_idle_% proxy_user_cpu_us"
 # (the proxy figures per transaction)
 run() {
   read -r port user password database sslmode <<<"${PATHS[$1]}"
@@ -202,7 +225,8 @@ switches = (s1 - s0) / n if n else 0
 (i0, t0), (i1, t1) = [map(int, os.environ[k].split()) for k in ("SERVER_BEFORE", "SERVER_AFTER")]
 idle = 100 * (i1 - i0) / (t1 - t0) if t1 > t0 else 0
 print(tps.group(1) if tps else "0", latency.group(1) if latency else "0",
-      f"{per(u1 - u0 + k1 - k0):.1f}", f"{switches:.2f}", f"{per(k1 - k0):.1f}", f"{idle:.1f}")'
+      f"{per(u1 - u0 + k1 - k0):.1f}", f"{switches:.2f}", f"{per(k1 - k0):.1f}", f"{idle:.1f}",
+      f"{per(u1 - u0):.1f}")'
 }
 export WORK
 
@@ -229,13 +253,29 @@ for workload in "${WORKLOADS[@]}"; do
   done
 done
 RSS_KIB=$(awk '/VmRSS/ {print $2}' "/proc/$BASTION_PID/status")
+if [ -n "${SINK:-}" ]; then
+  sink_lag() {
+    BENCH_DB_PASSWORD=$PASSWORD "$BIN" --config "$WORK/portcullis.toml" audit sinks --json 2>/dev/null |
+      python3 -c 'import json,sys; s=json.load(sys.stdin)["sinks"][0]; print(s["lag_events"], s["lag_seconds"] or 0)'
+  }
+  read -r LAG_EVENTS LAG_SECONDS <<<"$(sink_lag)"
+  CATCH_START=$(date +%s.%N)
+  while :; do
+    read -r lag _ <<<"$(sink_lag)"
+    [ "$lag" = 0 ] && break
+    sleep 0.5
+  done
+  CATCH_UP=$(python3 -c "import time; print(f'{time.time() - $CATCH_START:.1f}')")
+  SINK_ROWS=$(PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d audit -At \
+    -c "select (select count(*) from portcullis_events) || ' events, ' || (select count(*) from portcullis_statements) || ' statements'")
+fi
 
 ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}' if b else '-')"; }
-echo "| measure | direct | pgbouncer | tokio relay | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| measure | direct | pgbouncer | pgbouncer TLS | tokio relay | portcullis | portcullis TLS | portcullis / pgbouncer | portcullis TLS / pgbouncer TLS |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for name in select-simple select-extended select-prepared tpcb connect; do
   [[ $name =~ $ONLY ]] || continue
-  for column in 1 2 3 5 4 6; do
+  for column in 1 2 3 7 5 4 6; do
     case $column in
       1) label="$name tps" ;;
       2) label="$name latency ms" ;;
@@ -243,6 +283,7 @@ for name in select-simple select-extended select-prepared tpcb connect; do
       4) label="$name proxy context switches per transaction" ;;
       5) label="$name proxy CPU µs per transaction in the kernel" ;;
       6) label="$name server CPU idle %" ;;
+      7) label="$name proxy CPU µs per transaction in user space" ;;
     esac
     row="| $label"
     values=()
@@ -251,10 +292,13 @@ for name in select-simple select-extended select-prepared tpcb connect; do
       values+=("$value"); row="$row | $value"
     done
     if [ "$column" = 6 ]; then echo "$row | - | - |"; continue; fi
-    echo "$row | $(ratio "${values[3]}" "${values[1]}") | $(ratio "${values[4]}" "${values[1]}") |"
+    echo "$row | $(ratio "${values[4]}" "${values[1]}") | $(ratio "${values[5]}" "${values[2]}") |"
   done
 done
 echo
 LAYOUT="shared (everything on both CPUs)"
 [ -n "${SPLIT:-}" ] && LAYOUT="split (PostgreSQL and pgbench on CPU 0, each proxy on CPU 1)"
 echo "bastion RSS after the runs: ${RSS_KIB} KiB; clients: $CLIENTS; seconds per run: $RUN; layout: $LAYOUT"
+if [ -n "${SINK:-}" ]; then
+  echo "postgres sink: when the last run ended it lagged $LAG_EVENTS events (oldest undelivered ${LAG_SECONDS} s old); caught up $CATCH_UP s later; it holds $SINK_ROWS"
+fi

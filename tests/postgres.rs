@@ -2241,8 +2241,36 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
                 .portcullis(&["audit", "verify", "--sink", "warehouse"]),
         );
     assert_eq!(code, 0, "{stdout}{stderr}");
+    let verify_sink = || {
+        support::run(
+            &mut bastion
+                .config
+                .portcullis(&["audit", "verify", "--sink", "warehouse"]),
+        )
+    };
 
-    // Tampering in the sink is named.
+    // A statement changed in the sink, then one removed, is named by its line.
+    let first_session = "(SELECT min(session_id) FROM portcullis_statements)".to_string();
+    sink.psql(&format!(
+        "UPDATE portcullis_statements SET record = record || ' ' \
+         WHERE line = 7 AND session_id = {first_session}"
+    ));
+    let (code, _, stderr) = verify_sink();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("statement line 7"), "{stderr}");
+    sink.psql(&format!(
+        "UPDATE portcullis_statements SET record = rtrim(record, ' ') \
+         WHERE line = 7 AND session_id = {first_session}"
+    ));
+    assert_eq!(verify_sink().0, 0, "restored");
+    sink.psql(&format!(
+        "DELETE FROM portcullis_statements WHERE line = 3 AND session_id = {first_session}"
+    ));
+    let (code, _, stderr) = verify_sink();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("statement line 3 is missing"), "{stderr}");
+
+    // Tampering with an event in the sink is named.
     sink.psql(
         "UPDATE portcullis_events SET detail = '{}' , canonical = canonical || ' ' WHERE seq = 42",
     );

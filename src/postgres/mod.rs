@@ -11,6 +11,7 @@
 
 pub mod codec;
 mod observe;
+mod scram;
 mod startup;
 pub mod tls;
 mod upstream;

@@ -1,16 +1,18 @@
 //! The bastion's own connection to a database target (issue #4): TCP, TLS per target, and
-//! authentication with the injected credential (SCRAM-SHA-256 through postgres-protocol, md5,
-//! cleartext). Engineers never see the credential; a refusal is reported as a target problem.
+//! authentication with the injected credential (SCRAM-SHA-256 through `scram`, which caches the
+//! salted password; md5; cleartext). Engineers never see the credential; a refusal is reported
+//! as a target problem.
 
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, MAX_MESSAGE, Message};
+use super::scram::ScramClient;
 use super::tls;
 use crate::config::{PostgresTarget, PostgresTls};
 use crate::secret::Secret;
@@ -194,7 +196,7 @@ async fn authenticate(
     login: &str,
     password: Option<&Secret<String>>,
 ) -> Result<(), UpstreamError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     let mut out = BytesMut::new();
     let needs_password = || {
         password.ok_or_else(|| {
@@ -239,9 +241,8 @@ async fn authenticate(
                     return Err(UpstreamError::Unsupported(code));
                 }
                 let password = needs_password()?;
-                let client =
-                    ScramSha256::new(password.expose().as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)
+                let client = ScramClient::new(password.expose());
+                frontend::sasl_initial_response(SCRAM_SHA_256, &client.first(), &mut out)
                     .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
                 scram = Some(client);
             }
@@ -249,10 +250,10 @@ async fn authenticate(
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL continue without start".into()))?;
-                client
-                    .update(&body)
+                let response = client
+                    .continue_with(&body)
                     .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
-                frontend::sasl_response(client.message(), &mut out)
+                frontend::sasl_response(&response, &mut out)
                     .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
             }
             12 => {
@@ -261,7 +262,7 @@ async fn authenticate(
                     .ok_or_else(|| UpstreamError::Protocol("SASL final without start".into()))?;
                 client
                     .finish(&body)
-                    .map_err(|_| UpstreamError::Protocol("the database failed SCRAM".into()))?;
+                    .map_err(|error| UpstreamError::Protocol(error.to_string()))?;
                 continue;
             }
             other => return Err(UpstreamError::Unsupported(other)),

@@ -491,7 +491,6 @@ pub async fn verify_postgres(
     url: &crate::secret::SecretSource,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Result<u64, String>, SinkError> {
-    use sha2::Digest;
     let streams = access
         .config()
         .audit
@@ -506,6 +505,26 @@ pub async fn verify_postgres(
     }
     let client = postgres::connect(url, ca_file).await?;
     let delivered = access.store().read(|tx| tx.sink_cursor(name))?.seq;
+    let checked = match verify_events(access, &client, delivered).await? {
+        Ok(checked) => checked,
+        Err(difference) => return Ok(Err(difference)),
+    };
+    if streams.is_some_and(|streams| streams.statements) {
+        if let Err(difference) = verify_statements(access, &client, delivered).await? {
+            return Ok(Err(difference));
+        }
+    }
+    Ok(Ok(checked))
+}
+
+/// The control events: the same seqs with the same hashes, each the SHA-256 of its canonical
+/// text.
+async fn verify_events(
+    access: &Access,
+    client: &tokio_postgres::Client,
+    delivered: i64,
+) -> Result<Result<u64, String>, SinkError> {
+    use sha2::Digest;
     // Retention removes the oldest records here once the sink holds them: compare from where
     // the local chain starts.
     let first = access.store().read(|tx| tx.audit_first())?;
@@ -559,4 +578,77 @@ pub async fn verify_postgres(
             )));
         }
     }
+}
+
+/// The statements: for every session whose `pg.checkpoint`s the sink has, its lines are there
+/// from line 1 without a gap, each as written (its `h` chains from the one before, so a
+/// changed, removed or reordered line is found), reaching the `h` of every delivered
+/// checkpoint.
+async fn verify_statements(
+    access: &Access,
+    client: &tokio_postgres::Client,
+    delivered: i64,
+) -> Result<Result<(), String>, SinkError> {
+    let checkpoints = access
+        .store()
+        .read(|tx| tx.pg_checkpoints_through(delivered))?;
+    let mut by_session: std::collections::BTreeMap<String, Vec<(u64, String)>> =
+        std::collections::BTreeMap::new();
+    for (session, detail) in checkpoints {
+        let detail: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
+        if let (Some(lines), Some(h)) = (detail["lines"].as_u64(), detail["h"].as_str()) {
+            by_session
+                .entry(session)
+                .or_default()
+                .push((lines, h.to_string()));
+        }
+    }
+    for (session, checkpoints) in by_session {
+        let rows = client
+            .query(postgres::SELECT_STATEMENTS, &[&session])
+            .await
+            .map_err(|error| SinkError::Io(format!("the sink's database: {error}")))?;
+        let mut chain = crate::recording::querylog::LineChain::start(&session);
+        let mut reached = std::collections::HashMap::new();
+        for row in &rows {
+            let (line, record, h): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+            let expected = chain.lines + 1;
+            if line != expected as i64 {
+                return Ok(Err(format!(
+                    "session {session}: statement line {expected} is missing; the next it \
+                     holds is {line}"
+                )));
+            }
+            if let Err(why) = chain.verify_line(record.as_bytes()) {
+                return Ok(Err(format!(
+                    "session {session}: statement line {line} {why}"
+                )));
+            }
+            if h != chain.h {
+                return Ok(Err(format!(
+                    "session {session}: statement line {line}: its h column is not the line's"
+                )));
+            }
+            reached.insert(chain.lines, chain.h.clone());
+        }
+        for (lines, h) in &checkpoints {
+            match reached.get(lines) {
+                Some(reached) if reached == h => {}
+                Some(_) => {
+                    return Ok(Err(format!(
+                        "session {session}: statement lines up to {lines} do not lead to their \
+                         pg.checkpoint (rewritten)"
+                    )));
+                }
+                None => {
+                    return Ok(Err(format!(
+                        "session {session}: holds {} statement lines, a delivered \
+                         pg.checkpoint counts {lines}",
+                        chain.lines
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
 }

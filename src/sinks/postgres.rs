@@ -90,6 +90,10 @@ ON CONFLICT DO NOTHING";
 pub const SELECT_EVENTS: &str = "SELECT seq, hash, canonical FROM portcullis_events \
      WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+/// A session's statements as the sink holds them, for `audit verify --sink`.
+pub const SELECT_STATEMENTS: &str = "SELECT line, record, h FROM portcullis_statements \
+     WHERE session_id = $1 ORDER BY line";
+
 pub(super) struct PostgresSink {
     url: SecretSource,
     ca_file: Option<std::path::PathBuf>,

@@ -780,6 +780,18 @@ impl Tx<'_> {
             .flatten())
     }
 
+    /// Every `pg.checkpoint` up to `seq`, in order: its session and detail.
+    pub fn pg_checkpoints_through(&self, seq: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let mut statement = self.transaction.prepare(
+            "SELECT session_id, detail FROM audit_events
+             WHERE type = 'pg.checkpoint' AND seq <= ?1 AND session_id IS NOT NULL ORDER BY seq",
+        )?;
+        let rows = statement
+            .query_map([seq], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// The first kept audit record's seq and the hash it chains to: where the chain starts
     /// once retention has removed its oldest records.
     pub fn audit_first(&self) -> Result<Option<(i64, String)>, StoreError> {
