@@ -413,10 +413,23 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 }
             };
             let mut anchors = crate::audit::verify::Anchors::default();
+            let mut last_anchor = 0i64;
             let result = access.store().read(|tx| {
                 tx.audit_scan(|record| -> Result<(), crate::audit::ChainError> {
                     verifier.check(&record)?;
                     anchors.collect(&record);
+                    if record.event_type == crate::audit::types::RETENTION_RAN
+                        && let Some((seq, after, _)) = crate::audit::retention::anchor_of(&record)
+                    {
+                        if after < last_anchor {
+                            return Err(crate::audit::ChainError::AnchorBack {
+                                seq,
+                                after,
+                                earlier: last_anchor,
+                            });
+                        }
+                        last_anchor = after;
+                    }
                     Ok(())
                 })
             })?;
@@ -429,6 +442,25 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                     );
                 }
                 eprintln!("{broken}");
+                return Ok(Outcome::Refused);
+            }
+            // Records removed from the end show against what the sinks were given (issue #18
+            // review): the chain must reach every sink's cursor.
+            let head = access
+                .store()
+                .read(|tx| tx.audit_head())?
+                .map_or(0, |(seq, _)| seq);
+            let delivered = access.store().read(|tx| tx.max_sink_cursor())?;
+            if let Some((sink, cursor)) = delivered.filter(|(_, cursor)| *cursor > head) {
+                let why = format!(
+                    "audit chain ends at seq {head}, but sink {} was given records up to seq \
+                     {cursor}: records were removed from the end",
+                    crate::text::visible(&sink)
+                );
+                if output.json {
+                    println!("{}", json!({ "ok": false, "error": why }));
+                }
+                eprintln!("{why}");
                 return Ok(Outcome::Refused);
             }
             // Issue #18: the query logs and recordings the chain anchors.

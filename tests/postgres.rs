@@ -2180,6 +2180,12 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
         url_file.display()
     );
     let (bastion, postgres) = bastion_and_postgres_with("", &config);
+    // A login name with a NUL (russh sends what OpenSSH will not): its auth_failed event must
+    // not stop the sink, whose `text` columns refuse NUL (issue #18 review).
+    let refused = bastion
+        .runtime
+        .block_on(bastion.russh_client("alice", "mallory\0x"));
+    assert!(refused.is_none());
     bastion.grant("alice", "prod-db", hour());
     let token = token(&bastion, "alice");
     append_events(&bastion, 10_000);
@@ -2656,6 +2662,23 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
     let (verified, stderr) = bastion.audit_verify();
     assert!(!verified);
     assert!(stderr.contains("removed outside retention"), "{stderr}");
+    // A retention run does not make the cut look like its own (issue #18 review): it removes
+    // nothing, keeps the old anchor, and verify still fails.
+    let (code, stdout, stderr) =
+        support::run(&mut bastion.config.portcullis(&["audit", "retention", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["removed_events"], 0, "{report}");
+    assert!(
+        report["held_by"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not start where the last run left it"),
+        "{report}"
+    );
+    let (verified, stderr) = bastion.audit_verify();
+    assert!(!verified, "still fails after a retention run");
+    assert!(stderr.contains("removed outside retention"), "{stderr}");
 }
 
 /// Issue #18: a file sink with `format = "ocsf"` writes statements as OCSF Datastore Activity,
@@ -2731,4 +2754,84 @@ fn issue_18_a_file_sink_in_ocsf_writes_statements_as_datastore_activity() {
         .expect("the chain head");
     assert_eq!(head["class_uid"], 0);
     assert!(head["unmapped"]["portcullis"]["seq"].as_i64().unwrap() > 0);
+}
+
+/// Issue #18 review: once SCRAM has started, a hostile "database" (or a man in the middle on a
+/// target without verified TLS) can neither skip the server's signature with an early
+/// AuthenticationOk nor downgrade to cleartext or md5 to collect the injected password.
+#[test]
+fn issue_18_a_target_cannot_skip_or_downgrade_scram() {
+    use std::io::{Read, Write};
+    const PASSWORD: &str = "injected-secret-password";
+    // What the hostile server sends after the client's SCRAM start, by case.
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("an early AuthenticationOk", {
+            let mut ok = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+            ok.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+            ok
+        }),
+        ("a switch to cleartext", vec![b'R', 0, 0, 0, 8, 0, 0, 0, 3]),
+        (
+            "a switch to md5",
+            vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4],
+        ),
+    ];
+    for (case, reply) in cases {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut length = [0u8; 4];
+            stream.read_exact(&mut length).unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+            stream.read_exact(&mut startup).unwrap();
+            let mechanisms = b"SCRAM-SHA-256\0\0";
+            let mut sasl = vec![b'R'];
+            sasl.extend_from_slice(&((8 + mechanisms.len()) as u32).to_be_bytes());
+            sasl.extend_from_slice(&10u32.to_be_bytes());
+            sasl.extend_from_slice(mechanisms);
+            stream.write_all(&sasl).unwrap();
+            let mut header = [0u8; 5];
+            stream.read_exact(&mut header).unwrap();
+            let mut initial =
+                vec![
+                    0u8;
+                    u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4
+                ];
+            stream.read_exact(&mut initial).unwrap();
+            stream.write_all(&reply).unwrap();
+            // Whatever the bastion sends next, until it closes.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            rest
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, PASSWORD).unwrap();
+        let bastion = Bastion::start_configured("postgres_allow_plaintext = true", |_| {
+            format!(
+                "[[targets]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"{address}\"\n\
+                 database = \"postgres\"\nlogin = \"x\"\npassword_file = \"{}\"\n\
+                 tls = \"disable\"\nrequestable_by = [\"engineer\"]\napprovers = [\"leader\"]\n",
+                password_file.display()
+            )
+        });
+        let runtime = client_runtime();
+        bastion.grant("alice", "prod-db", hour());
+        let alice = token(&bastion, "alice");
+        let result = connect(&runtime, &bastion, "alice", "prod-db", &alice);
+        assert!(result.is_err(), "{case}: the login went through");
+        let sent = server.join().unwrap();
+        let text = String::from_utf8_lossy(&sent);
+        assert!(
+            !text.contains(PASSWORD),
+            "{case}: the password was sent: {text:?}"
+        );
+        let md5 =
+            postgres_protocol::authentication::md5_hash(b"x", PASSWORD.as_bytes(), [1, 2, 3, 4]);
+        assert!(!text.contains(&md5), "{case}: an md5 answer was sent");
+    }
 }

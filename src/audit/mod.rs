@@ -870,6 +870,11 @@ pub enum ChainError {
     PrevHash { seq: i64 },
     #[error("audit chain broken at seq {seq}: its hash does not match its contents (altered)")]
     Hash { seq: i64 },
+    #[error(
+        "audit chain broken at seq {seq}: this retention.ran says the chain starts after seq \
+         {after}, an earlier one said after seq {earlier} (anchors only move forward)"
+    )]
+    AnchorBack { seq: i64, after: i64, earlier: i64 },
 }
 
 impl ChainError {
@@ -877,7 +882,8 @@ impl ChainError {
         match self {
             ChainError::Gap { seq, .. }
             | ChainError::PrevHash { seq }
-            | ChainError::Hash { seq } => *seq,
+            | ChainError::Hash { seq }
+            | ChainError::AnchorBack { seq, .. } => *seq,
         }
     }
 }

@@ -37,19 +37,45 @@ pub fn run(
     actor: Actor,
 ) -> Result<Report, StoreError> {
     let cutoff = now - time::Duration::days(i64::from(config.retention_days));
+    // Every sink's cursor holds removal back (a statements-only sink still reads the query logs
+    // the checkpoints name; an archive sink must have copied what its cursor passed), but events
+    // go only when some sink keeps the control events themselves (issue #18 review: with only
+    // an archive sink, no copy of the chain would ever have left the box).
     let sinks: Vec<String> = config.sinks.iter().map(|sink| sink.name.clone()).collect();
+    let keeps_chain = config.sinks.iter().any(|sink| {
+        sink.events.control && !matches!(sink.kind, crate::config::SinkKind::Archive(_))
+    });
     let pruned = store.write(|tx| {
         let mut pruned = crate::store::Pruned::default();
-        if sinks.is_empty() {
+        let previous = tx
+            .latest_audit_of(RETENTION_RAN)?
+            .as_ref()
+            .and_then(anchor_of)
+            .map(|(_, seq, hash)| (seq, hash));
+        // The chain must start where the last run left it: records removed by anything else
+        // are not made to look like retention's doing by a new anchor (issue #18 review).
+        let starts_where_left = match (tx.audit_first()?, &previous) {
+            (None, _) => true,
+            (Some((1, _)), None) => true,
+            (Some((first, prev_hash)), Some((seq, hash))) => first == seq + 1 && prev_hash == *hash,
+            (Some(_), None) => false,
+        };
+        if !starts_where_left {
+            pruned.held_by.push(
+                "the chain does not start where the last run left it (records removed outside \
+                 retention): nothing removed; see audit verify"
+                    .to_string(),
+            );
+        } else if sinks.is_empty() {
             pruned.held_by.push("no sink is configured".to_string());
+        } else if !keeps_chain {
+            pruned
+                .held_by
+                .push("no sink takes the control events (file, postgres, webhook)".to_string());
         } else {
             pruned = tx.prune_audit(cutoff, &sinks)?;
         }
-        // The anchor is where the chain starts now, whether this run removed anything or not.
-        let chain_starts_after = tx
-            .audit_first()?
-            .filter(|(seq, _)| *seq > 1)
-            .map(|(seq, prev_hash)| (seq - 1, prev_hash));
+        let chain_starts_after = pruned.through.clone().or(previous);
         tx.append_audit(
             &AuditEvent::RetentionRan {
                 actor,
@@ -108,6 +134,17 @@ pub enum AnchorError {
     },
 }
 
+/// A `retention.ran` record's seq and the anchor it names, if it names one.
+pub fn anchor_of(record: &AuditRecord) -> Option<(i64, i64, String)> {
+    let detail: serde_json::Value = serde_json::from_str(&record.detail).ok()?;
+    let after = &detail["chain_starts_after"];
+    Some((
+        record.seq,
+        after["seq"].as_i64()?,
+        after["hash"].as_str()?.to_string(),
+    ))
+}
+
 /// The verifier for the kept chain: from genesis when nothing was removed, else from the anchor
 /// the newest `retention.ran` names (whose own hash the walk then checks). `first` is the first
 /// kept record's seq.
@@ -115,15 +152,7 @@ pub fn verifier(
     first: Option<i64>,
     latest_run: Option<&AuditRecord>,
 ) -> Result<ChainVerifier, AnchorError> {
-    let anchor = latest_run.and_then(|record| {
-        let detail: serde_json::Value = serde_json::from_str(&record.detail).ok()?;
-        let after = &detail["chain_starts_after"];
-        Some((
-            record.seq,
-            after["seq"].as_i64()?,
-            after["hash"].as_str()?.to_string(),
-        ))
-    });
+    let anchor = latest_run.and_then(anchor_of);
     match (first, anchor) {
         (None, _) | (Some(1), None) => Ok(ChainVerifier::default()),
         (Some(first), None) => Err(AnchorError::Unanchored { first }),

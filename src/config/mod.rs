@@ -691,6 +691,12 @@ impl Validator {
             statements: true,
         };
         if let Some(names) = raw.events {
+            if names.is_empty() {
+                self.problem(
+                    format!("{key}.events"),
+                    "is empty: a sink takes control, statements or both",
+                );
+            }
             events = SinkEvents {
                 control: false,
                 statements: false,

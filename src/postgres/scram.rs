@@ -47,6 +47,8 @@ pub struct ScramClient {
     password: Vec<u8>,
     nonce: String,
     state: State,
+    /// The server's signature verified: only then may the login succeed.
+    verified: bool,
 }
 
 enum State {
@@ -71,6 +73,7 @@ impl ScramClient {
             password,
             nonce,
             state: State::Started,
+            verified: false,
         }
     }
 
@@ -146,7 +149,14 @@ impl ScramClient {
         mac.update(auth_message.as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&verifier)
-            .map_err(|_| ScramError::Signature)
+            .map_err(|_| ScramError::Signature)?;
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Whether the server proved it knows the password.
+    pub fn verified(&self) -> bool {
+        self.verified
     }
 }
 

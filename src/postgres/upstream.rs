@@ -215,6 +215,24 @@ async fn authenticate(
         }
         let mut body = message.body.clone();
         let code = body.get_i32();
+        // Once SCRAM has started, the login ends only through it: an AuthenticationOk before the
+        // server's signature, or a switch to cleartext or md5, would let a man in the middle
+        // skip the check or collect the password (issue #18 review).
+        if let Some(client) = &scram {
+            match code {
+                0 if !client.verified() => {
+                    return Err(UpstreamError::Protocol(
+                        "the database ended SCRAM without proving it knows the password".into(),
+                    ));
+                }
+                3 | 5 | 10 => {
+                    return Err(UpstreamError::Protocol(
+                        "the database asked for another password exchange during SCRAM".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
         match code {
             0 => return Ok(()),
             3 => {

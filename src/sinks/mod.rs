@@ -509,10 +509,10 @@ pub async fn verify_postgres(
         Ok(checked) => checked,
         Err(difference) => return Ok(Err(difference)),
     };
-    if streams.is_some_and(|streams| streams.statements) {
-        if let Err(difference) = verify_statements(access, &client, delivered).await? {
-            return Ok(Err(difference));
-        }
+    if streams.is_some_and(|streams| streams.statements)
+        && let Err(difference) = verify_statements(access, &client, delivered).await?
+    {
+        return Ok(Err(difference));
     }
     Ok(Ok(checked))
 }

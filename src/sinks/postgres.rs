@@ -307,11 +307,16 @@ impl EventColumns {
         self.id.push(record.id.clone());
         self.ts.push(rfc3339(record.ts));
         self.event_type.push(record.event_type.clone());
-        self.actor.push(record.actor.clone());
-        self.target.push(record.target.clone());
-        self.request_id.push(record.request_id.clone());
-        self.grant_id.push(record.grant_id.clone());
-        self.session_id.push(record.session_id.clone());
+        // A failed login's user name is whatever the client sent, NULs included (issue #18
+        // review): `text` refuses them, so they become U+FFFD here; `canonical` keeps them.
+        self.actor.push(record.actor.as_deref().map(text_safe));
+        self.target.push(record.target.as_deref().map(text_safe));
+        self.request_id
+            .push(record.request_id.as_deref().map(text_safe));
+        self.grant_id
+            .push(record.grant_id.as_deref().map(text_safe));
+        self.session_id
+            .push(record.session_id.as_deref().map(text_safe));
         self.detail.push(jsonb_safe(&record.detail));
         self.prev_hash.push(record.prev_hash.clone());
         self.hash.push(record.hash.clone());
@@ -334,11 +339,11 @@ struct StatementColumns {
 
 impl StatementColumns {
     fn push(&mut self, statement: &super::StatementEvent) {
-        self.session_id.push(statement.session_id.clone());
+        self.session_id.push(text_safe(&statement.session_id));
         self.line.push(statement.line as i64);
         self.ts.push(rfc3339(statement.at));
-        self.actor.push(statement.user.clone());
-        self.target.push(statement.target.clone());
+        self.actor.push(text_safe(&statement.user));
+        self.target.push(text_safe(&statement.target));
         self.record.push(statement.text.clone());
         self.fields.push(jsonb_safe(&statement.text));
     }
@@ -358,6 +363,11 @@ fn jsonb_safe(text: &str) -> String {
         }
         Err(_) => serde_json::Value::String(text.replace('\0', "\u{fffd}")).to_string(),
     }
+}
+
+/// Text PostgreSQL's `text` accepts: NUL becomes U+FFFD.
+fn text_safe(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 fn replace_nul(value: &mut serde_json::Value) {

@@ -929,6 +929,18 @@ impl Tx<'_> {
         })
     }
 
+    /// The furthest any sink's cursor has gone, and that sink's name.
+    pub fn max_sink_cursor(&self) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT name, seq FROM sink_cursors ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// A sink's cursor (0 for a sink that has delivered nothing).
     pub fn sink_cursor(&self, name: &str) -> Result<SinkCursor, StoreError> {
         let row = self
