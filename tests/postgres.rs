@@ -2269,6 +2269,27 @@ fn issue_18_a_postgres_sink_holds_every_event_and_statement_exactly_once() {
          WHERE line = 7 AND session_id = {first_session}"
     ));
     assert_eq!(verify_sink().0, 0, "restored");
+    // A queryable column changed, its hashed text left alone, is named too.
+    sink.psql("UPDATE portcullis_events SET actor = 'someone-else' WHERE seq = 40");
+    let (code, _, stderr) = verify_sink();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("seq 40: its columns differ"), "{stderr}");
+    sink.psql("UPDATE portcullis_events SET actor = canonical::jsonb ->> 4 WHERE seq = 40");
+    sink.psql(&format!(
+        "UPDATE portcullis_statements SET sql = 'select 0' \
+         WHERE line = 5 AND session_id = {first_session}"
+    ));
+    let (code, _, stderr) = verify_sink();
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("statement line 5: its columns differ"),
+        "{stderr}"
+    );
+    sink.psql(&format!(
+        "UPDATE portcullis_statements SET sql = record::jsonb ->> 'sql' \
+         WHERE line = 5 AND session_id = {first_session}"
+    ));
+    assert_eq!(verify_sink().0, 0, "restored");
     sink.psql(&format!(
         "DELETE FROM portcullis_statements WHERE line = 3 AND session_id = {first_session}"
     ));
@@ -2834,4 +2855,51 @@ fn issue_18_a_target_cannot_skip_or_downgrade_scram() {
             postgres_protocol::authentication::md5_hash(b"x", PASSWORD.as_bytes(), [1, 2, 3, 4]);
         assert!(!text.contains(&md5), "{case}: an md5 answer was sent");
     }
+}
+
+/// Issue #18 review: while a sink lags, a query log changed on disk is not shipped as if it were
+/// the record: the sink checks each line's chain up to its checkpoint, holds, and says why.
+#[test]
+fn issue_18_a_sink_does_not_ship_a_query_log_changed_while_it_lagged() {
+    let blocker = tempfile::tempdir().unwrap();
+    let sink_dir = blocker.path().join("sink");
+    std::fs::write(&sink_dir, "not a folder yet").unwrap();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"file\"\ndir = \"{}\"\n",
+        sink_dir.display()
+    );
+    let (bastion, postgres) = bastion_and_postgres_with("", &sink);
+    bastion.grant("alice", "prod-db", hour());
+    let token = token(&bastion, "alice");
+    let script = bastion.config.dir.path().join("few.sql");
+    std::fs::write(&script, "select 101;\nselect 102;\nselect 103;\n").unwrap();
+    assert!(
+        psql_script(&bastion, &postgres, &token, &script)
+            .status
+            .success()
+    );
+    let finalized = bastion.wait_for_event("recording.finalized");
+    let log = PathBuf::from(finalized["detail"]["path"].as_str().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("select 102;"));
+    std::fs::write(&log, text.replace("select 102;", "select 999;")).unwrap();
+    std::fs::remove_file(&sink_dir).unwrap();
+    let error = wait_for(
+        "the sink to refuse the changed log",
+        Duration::from_secs(60),
+        || {
+            bastion.sink_status()["last_error"]
+                .as_str()
+                .filter(|error| error.contains("the query log was changed"))
+                .map(str::to_string)
+        },
+    );
+    assert!(error.contains("line"), "{error}");
+    let shipped = sink_lines(&sink_dir);
+    assert!(
+        shipped
+            .iter()
+            .all(|line| !line.to_string().contains("select 999")),
+        "the changed line was shipped"
+    );
 }

@@ -26,6 +26,7 @@ pub mod types {
     pub const RECORDING_CHECKPOINT: &str = "recording.checkpoint";
     pub const PG_CHECKPOINT: &str = "pg.checkpoint";
     pub const RETENTION_RAN: &str = "retention.ran";
+    pub const SESSION_ENDED: &str = "session.ended";
 }
 
 /// The hash that the first record chains to.
@@ -760,7 +761,7 @@ impl AuditEvent {
             AuditEvent::LoggedIn { .. } => "logged_in",
             AuditEvent::SessionRefused { .. } => "session_refused",
             AuditEvent::SessionStarted { .. } => "session.started",
-            AuditEvent::SessionEnded { .. } => "session.ended",
+            AuditEvent::SessionEnded { .. } => types::SESSION_ENDED,
             AuditEvent::RecordingFinalized { .. } => types::RECORDING_FINALIZED,
             AuditEvent::RecordingFailed { .. } => "recording.failed",
             AuditEvent::FileOperation { .. } => "file.operation",

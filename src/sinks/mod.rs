@@ -232,6 +232,9 @@ impl Sink {
 struct LogPosition {
     lines: u64,
     offset: u64,
+    /// The line chain up to here: lines are checked before they are sent, so a log changed on
+    /// disk while a sink lagged is not shipped as if it were the record (issue #18 review).
+    chain: crate::recording::querylog::LineChain,
 }
 
 struct Runner {
@@ -373,6 +376,13 @@ fn read_batch(
                 .sum::<usize>();
             events.extend(lines);
         }
+        // A finished session's place in its query log is not needed again (a checkpoint after
+        // this would only read the log from the start): the map does not grow without bound.
+        if record.event_type == crate::audit::types::SESSION_ENDED
+            && let Some(session) = &record.session_id
+        {
+            logs.remove(session);
+        }
         if streams.control {
             events.push(SinkEvent::Control(record));
         }
@@ -404,6 +414,10 @@ fn statements(
     };
     let upto =
         lines(&checkpoint.detail).ok_or_else(|| broken("checkpoint without lines".into()))?;
+    let anchored_h = serde_json::from_str::<Value>(&checkpoint.detail)
+        .ok()
+        .and_then(|detail| detail["h"].as_str().map(str::to_string))
+        .ok_or_else(|| broken("checkpoint without h".into()))?;
     let (previous, session, path) = access.store().read(|tx| {
         let previous = tx
             .checkpoint_before(&session_id, checkpoint.seq)?
@@ -428,6 +442,7 @@ fn statements(
         _ => LogPosition {
             lines: 0,
             offset: 0,
+            chain: crate::recording::querylog::LineChain::start(&session_id),
         },
     };
     reader
@@ -446,6 +461,15 @@ fn statements(
                 position.lines
             )));
         }
+        position
+            .chain
+            .verify_line(&line[..line.len() - 1])
+            .map_err(|why| {
+                broken(format!(
+                    "line {} {why}: the query log was changed; run portcullis audit verify",
+                    position.lines + 1
+                ))
+            })?;
         position.lines += 1;
         position.offset += read as u64;
         if position.lines <= previous {
@@ -469,6 +493,13 @@ fn statements(
             record,
             text: String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
         }));
+    }
+    if position.chain.h != anchored_h {
+        return Err(broken(format!(
+            "lines up to {upto} do not lead to pg.checkpoint seq {}: the query log was \
+             rewritten; run portcullis audit verify",
+            checkpoint.seq
+        )));
     }
     logs.insert(session_id, position);
     Ok(events)
@@ -513,6 +544,30 @@ pub async fn verify_postgres(
         && let Err(difference) = verify_statements(access, &client, delivered).await?
     {
         return Ok(Err(difference));
+    }
+    // The columns reviewers query must say what the hashed text says.
+    let failed =
+        |error: tokio_postgres::Error| SinkError::Io(format!("the sink's database: {error}"));
+    if let Some(row) = client
+        .query_opt(postgres::DIFFERENT_EVENT, &[])
+        .await
+        .map_err(failed)?
+    {
+        let seq: i64 = row.get(0);
+        return Ok(Err(format!(
+            "seq {seq}: its columns differ from its canonical text (altered in the sink)"
+        )));
+    }
+    if let Some(row) = client
+        .query_opt(postgres::DIFFERENT_STATEMENT, &[])
+        .await
+        .map_err(failed)?
+    {
+        let (session, line): (String, i64) = (row.get(0), row.get(1));
+        return Ok(Err(format!(
+            "session {session}: statement line {line}: its columns differ from the line as \
+             written (altered in the sink)"
+        )));
     }
     Ok(Ok(checked))
 }

@@ -90,6 +90,36 @@ ON CONFLICT DO NOTHING";
 pub const SELECT_EVENTS: &str = "SELECT seq, hash, canonical FROM portcullis_events \
      WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+/// The first event whose queryable columns say something else than its canonical text, the
+/// text the hash is over (issue #18 review: a reviewer queries `actor` and `detail`, not
+/// `canonical`). `\u0000` is read as U+FFFD, as the sink wrote the columns.
+pub const DIFFERENT_EVENT: &str = "\
+WITH c AS (SELECT e.*, replace(canonical, '\\u0000', '\\ufffd')::jsonb AS j
+           FROM portcullis_events AS e)
+SELECT seq FROM c
+WHERE (j ->> 0)::bigint IS DISTINCT FROM seq OR j ->> 1 IS DISTINCT FROM id
+   OR (j ->> 2)::timestamptz IS DISTINCT FROM ts OR j ->> 3 IS DISTINCT FROM type
+   OR j ->> 4 IS DISTINCT FROM actor OR j ->> 5 IS DISTINCT FROM target
+   OR j ->> 6 IS DISTINCT FROM request_id OR j ->> 7 IS DISTINCT FROM grant_id
+   OR j ->> 8 IS DISTINCT FROM session_id
+   OR replace(j ->> 9, '\\u0000', '\\ufffd')::jsonb IS DISTINCT FROM detail
+   OR j ->> 10 IS DISTINCT FROM prev_hash
+ORDER BY seq LIMIT 1";
+
+/// The first statement whose columns say something else than its line as written.
+pub const DIFFERENT_STATEMENT: &str = "\
+WITH r AS (SELECT s.*, replace(record, '\\u0000', '\\ufffd')::jsonb AS j
+           FROM portcullis_statements AS s)
+SELECT session_id, line FROM r
+WHERE j ->> 'protocol' IS DISTINCT FROM protocol OR j ->> 'sql' IS DISTINCT FROM sql
+   OR j -> 'params' IS DISTINCT FROM params OR j -> 'tags' IS DISTINCT FROM tags
+   OR (j ->> 'rows')::bigint IS DISTINCT FROM rows OR j -> 'error' IS DISTINCT FROM error
+   OR (j ->> 'duration_ms')::double precision IS DISTINCT FROM duration_ms
+   OR (j ->> 'copy_bytes')::bigint IS DISTINCT FROM copy_bytes
+   OR (j ->> 'function_oid')::bigint IS DISTINCT FROM function_oid
+   OR j ->> 'h' IS DISTINCT FROM h
+ORDER BY session_id, line LIMIT 1";
+
 /// A session's statements as the sink holds them, for `audit verify --sink`.
 pub const SELECT_STATEMENTS: &str = "SELECT line, record, h FROM portcullis_statements \
      WHERE session_id = $1 ORDER BY line";
