@@ -355,6 +355,7 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             let report = crate::audit::retention::run(
                 access.store(),
                 &access.config().audit,
+                &access.config().server.recordings_dir,
                 access.now(),
                 Actor::Operator(operator_name()),
             )?;

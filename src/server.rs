@@ -303,6 +303,7 @@ async fn retention_task(access: Access, mut shutdown: watch::Receiver<bool>) {
             crate::audit::retention::run(
                 worker.store(),
                 &worker.config().audit,
+                &worker.config().server.recordings_dir,
                 now,
                 crate::audit::Actor::System,
             )

@@ -33,6 +33,7 @@ pub struct Report {
 pub fn run(
     store: &Store,
     config: &AuditConfig,
+    recordings_dir: &std::path::Path,
     now: OffsetDateTime,
     actor: Actor,
 ) -> Result<Report, StoreError> {
@@ -92,6 +93,18 @@ pub fn run(
     })?;
     let mut leftover_files = Vec::new();
     for file in &pruned.files {
+        // Only files under the recordings folder: a row changed to name another file must not
+        // make retention remove it (issue #18 review).
+        let inside = file.strip_prefix(recordings_dir).is_ok_and(|relative| {
+            relative
+                .components()
+                .all(|part| matches!(part, std::path::Component::Normal(_)))
+        });
+        if !inside {
+            tracing::warn!(path = %file.display(), "retention: not under the recordings folder; kept");
+            leftover_files.push(file.display().to_string());
+            continue;
+        }
         match std::fs::remove_file(file) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}

@@ -12,6 +12,9 @@ use crate::config::SinkFormat;
 use crate::secret::SecretSource;
 use crate::web::webhook_sink::{Posted, WebhookClient};
 
+/// The most JSON of events one POST carries (one larger event goes alone).
+const MAX_BODY: usize = 1024 * 1024;
+
 pub(super) struct WebhookSink {
     name: String,
     format: SinkFormat,
@@ -62,21 +65,78 @@ impl WebhookSink {
         let Some(client) = &self.client else {
             return Err(SinkError::Io("no webhook client".to_string()));
         };
-        let events: Vec<serde_json::Value> = batch
-            .events
-            .iter()
-            .map(|event| event.render(self.format))
-            .collect();
-        let body = json!({
-            "events": events,
-            "chain_head": batch.head.as_ref().map(|head| json!({ "seq": head.seq, "hash": head.hash })),
-        });
-        let body = serde_json::to_vec(&body).map_err(|error| SinkError::Io(error.to_string()))?;
-        let id = format!("{}-{}-{}", self.name, batch.from, batch.up_to);
-        match client.post(&id, batch.now.unix_timestamp(), body).await {
-            Posted::Accepted => Ok(()),
-            Posted::Retry(why) => Err(SinkError::Io(why)),
-            Posted::Refused(why) => Err(SinkError::Refused(why)),
+        // A batch goes in parts of at most MAX_BODY of events (issue #18 review: one second of
+        // large statements made a body a receiver refuses with 413, which held the sink for
+        // good). The parts of a batch are the same on every attempt, with the same ids.
+        let chain_head = batch
+            .head
+            .as_ref()
+            .map(|head| json!({ "seq": head.seq, "hash": head.hash }));
+        let rendered = batch.events.iter().map(|event| event.render(self.format));
+        let parts = split(rendered, MAX_BODY);
+        let count = parts.len();
+        for (index, events) in parts.into_iter().enumerate() {
+            let body = json!({ "events": events, "chain_head": chain_head });
+            let body =
+                serde_json::to_vec(&body).map_err(|error| SinkError::Io(error.to_string()))?;
+            let mut id = format!("{}-{}-{}", self.name, batch.from, batch.up_to);
+            if count > 1 {
+                id.push_str(&format!("-{}", index + 1));
+            }
+            match client.post(&id, batch.now.unix_timestamp(), body).await {
+                Posted::Accepted => {}
+                Posted::Retry(why) => return Err(SinkError::Io(why)),
+                Posted::Refused(why) => return Err(SinkError::Refused(why)),
+            }
         }
+        Ok(())
+    }
+}
+
+/// Events in order, in parts of at most `max` bytes of JSON each (an event larger than that
+/// goes alone); always at least one part, so an empty batch still carries the chain head.
+fn split(
+    events: impl Iterator<Item = serde_json::Value>,
+    max: usize,
+) -> Vec<Vec<serde_json::Value>> {
+    let mut parts: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for event in events {
+        let length = event.to_string().len();
+        if size + length > max && parts.last().is_some_and(|part| !part.is_empty()) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += length;
+        if let Some(part) = parts.last_mut() {
+            part.push(event);
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_go_in_parts_under_the_limit_in_order() {
+        let event = |n: usize, size: usize| json!({ "n": n, "pad": "x".repeat(size) });
+        let sizes = [10, 10, 100, 10, 10, 10];
+        let parts = split(
+            sizes.iter().enumerate().map(|(n, size)| event(n, *size)),
+            60,
+        );
+        let numbers: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|part| {
+                part.iter()
+                    .map(|event| event["n"].as_u64().unwrap())
+                    .collect()
+            })
+            .collect();
+        // Each small event is 29 bytes of JSON: two fit in 60; the large one goes alone.
+        assert_eq!(numbers, vec![vec![0, 1], vec![2], vec![3, 4], vec![5]]);
+        assert_eq!(split(std::iter::empty(), 60).len(), 1);
     }
 }

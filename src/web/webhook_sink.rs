@@ -17,6 +17,8 @@ use crate::secret::Secret;
 
 /// How long one POST may take before it counts as a timeout (retried).
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of a receiver's answer read (it is dropped anyway).
+const RESPONSE_LIMIT: usize = 64 * 1024;
 
 /// How a POST went.
 #[derive(Debug)]
@@ -107,7 +109,11 @@ impl WebhookClient {
         let status = response.status();
         // The body is read (and dropped) so the connection can be reused; a receiver's words are
         // not kept.
-        let _ = tokio::time::timeout(TIMEOUT, response.into_body().collect()).await;
+        let _ = tokio::time::timeout(
+            TIMEOUT,
+            http_body_util::Limited::new(response.into_body(), RESPONSE_LIMIT).collect(),
+        )
+        .await;
         if status.is_success() {
             Posted::Accepted
         } else if status.is_client_error() {
