@@ -36,7 +36,7 @@ use crate::store::StoreError;
 /// Audit records read a batch.
 const BATCH: u32 = 256;
 /// Statement text a batch takes before it ends early (one checkpoint's lines always go whole).
-const BATCH_BYTES: usize = 16 * 1024 * 1024;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a sink with nothing to send looks again.
 const POLL: Duration = Duration::from_millis(500);
 /// How long a sink may take with one batch before it counts as failed (and is retried).
@@ -63,10 +63,22 @@ pub struct StatementEvent {
     pub target: String,
     /// When it started: the session's start plus the line's `t`.
     pub at: OffsetDateTime,
-    /// The line as written, parsed.
-    pub record: Value,
-    /// The line as written, without its line end.
+    /// The line as written, without its line end. Parsed only by the sinks that need the
+    /// fields (a parsed copy per statement cost most of a batch's memory).
     pub text: String,
+}
+
+impl StatementEvent {
+    /// The line as written, parsed (it was checked against its chain, so it parses).
+    pub fn record(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|_| Value::String(self.text.clone()))
+    }
+}
+
+/// The one field of a query-log line the runner reads.
+#[derive(serde::Deserialize)]
+struct LineTime {
+    t: Option<f64>,
 }
 
 impl SinkEvent {
@@ -107,7 +119,7 @@ impl SinkEvent {
                 "line": statement.line,
                 "actor": statement.user,
                 "target": statement.target,
-                "statement": statement.record,
+                "statement": statement.record(),
             }),
         }
     }
@@ -475,11 +487,10 @@ fn statements(
         if position.lines <= previous {
             continue;
         }
-        let record: Value = serde_json::from_slice(&line[..line.len() - 1])
+        let timing: LineTime = serde_json::from_slice(&line[..line.len() - 1])
             .map_err(|error| broken(format!("line {}: {error}", position.lines)))?;
         // A `t` no session reaches (an edited log) must not stop the sink: the session's start.
-        let offset =
-            Duration::try_from_secs_f64(record["t"].as_f64().unwrap_or(0.0)).unwrap_or_default();
+        let offset = Duration::try_from_secs_f64(timing.t.unwrap_or(0.0)).unwrap_or_default();
         let at = session
             .started_at
             .checked_add(time::Duration::try_from(offset).unwrap_or_default())
@@ -490,7 +501,6 @@ fn statements(
             user: session.user.clone(),
             target: session.target.clone(),
             at,
-            record,
             text: String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
         }));
     }

@@ -150,7 +150,7 @@ pub fn event(event: &SinkEvent) -> Value {
             value
         }
         SinkEvent::Statement(statement) => {
-            let record = &statement.record;
+            let record = &statement.record();
             let sql = record["sql"].as_str().unwrap_or_default();
             let class = statement_class(sql, !record["error"].is_null());
             let mut value = envelope(class, statement.at, &event.id(), &ours);
