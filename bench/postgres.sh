@@ -19,7 +19,8 @@
 # pgbouncer (client TLS with a P-256 certificate, as the bastion's), so TLS compares with TLS.
 # SINK=1 configures a postgres audit sink (a database on the same server) and reports its lag
 # when the last run ends and how long it takes to catch up.
-# Needs: postgresql, pgbouncer, openssh-client, python3 (installed here if missing, on Debian).
+# Needs: postgresql, pgbouncer, openssl, openssh-client, python3 (pgbouncer and openssl are
+# installed here if missing, on Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,9 @@ else
   ON_SERVER=(); ON_PROXY=()
 fi
 
+if ! command -v openssl >/dev/null; then
+  apt-get install -y -q openssl >/dev/null || { apt-get update -q && apt-get install -y -q openssl >/dev/null; }
+fi
 if ! command -v pgbouncer >/dev/null; then
   apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer >/dev/null; }
 fi
