@@ -70,6 +70,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Recorded sessions, newest first, with their grant's reason and approvers (issue #19)
+    Sessions(crate::commands::SessionArgs),
     /// End a grant at once
     Revoke {
         grant: String,
@@ -248,6 +250,11 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() }),
                 grants_table(&grants),
             );
+        }
+        Command::Sessions(args) => {
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            let (value, text) = crate::commands::sessions(&access, &viewer, &args)?;
+            output.print(value, text);
         }
         Command::Revoke { grant, reason } => {
             let actor = Actor::Operator(operator_name());

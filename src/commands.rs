@@ -1,5 +1,6 @@
 //! The bastion's command interface for engineers and leaders: `targets`, `request`, `status`,
-//! `cancel`, `grants`, `approve`, `deny`, `pending`, `revoke`, `help` (issue #3).
+//! `cancel`, `grants`, `approve`, `deny`, `pending`, `revoke`, `help` (issue #3), `sessions`
+//! (issue #19).
 //!
 //! Protocol-blind: the SSH front end hands over an authenticated user name and the words of the
 //! command line and writes back what this returns; a Slack slash command can do the same. Every
@@ -115,6 +116,76 @@ enum Command {
         #[arg(long, num_args = 1..)]
         reason: Vec<String>,
     },
+    /// Recorded sessions, newest first: yours; an approver's targets' too; a reviewer's all
+    Sessions(SessionArgs),
+}
+
+/// The filters of `sessions`, on the host CLI and over SSH (issue #19).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    /// Only this user's sessions
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only sessions on this target
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Started at or after: a time (2026-12-01T00:00:00Z) or an age (7d, 12h)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Started before: a time or an age
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// At most this many (newest first)
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// Lists the sessions `viewer` may see that match `args`: the JSON and the text of `sessions`.
+pub fn sessions(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+    args: &SessionArgs,
+) -> Result<(Value, String), AccessError> {
+    let now = access.now();
+    let when = |text: &Option<String>| -> Result<Option<time::OffsetDateTime>, AccessError> {
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        if let Ok(at) =
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        {
+            return Ok(Some(at));
+        }
+        let age = parse_duration(text).map_err(|_| {
+            AccessError::BadDuration(format!(
+                "{:?} is neither a time (2026-12-01T00:00:00Z) nor an age (7d, 12h)",
+                crate::text::visible(text)
+            ))
+        })?;
+        Ok(Some(now - age))
+    };
+    let filter = crate::store::SessionFilter {
+        user: args.user.clone(),
+        target: args.target.clone(),
+        since: when(&args.since)?,
+        until: when(&args.until)?,
+        limit: args.limit.clamp(1, 10_000),
+        visible_to: None,
+    };
+    let found = access.find_sessions(viewer, filter)?;
+    let text = if found.is_empty() {
+        "no sessions".to_string()
+    } else {
+        found
+            .iter()
+            .map(crate::views::session_line)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok((
+        json!({ "sessions": found.iter().map(crate::views::session_json).collect::<Vec<_>>() }),
+        text,
+    ))
 }
 
 /// The grant an id names: a grant id as it is, a request id for the grant it produced (issue #3:
@@ -340,6 +411,11 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
             ))
         }
         Command::Token { target, pgpass } => token(access, user, &target, pgpass),
+        Command::Sessions(args) => sessions(
+            access,
+            &crate::access::Viewer::User(user.to_string()),
+            &args,
+        ),
         Command::Revoke { grant, reason } => {
             let grant = grant_of(access, &grant)?;
             let reason = if reason.is_empty() {

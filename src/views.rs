@@ -7,6 +7,69 @@ use serde_json::{Value, json};
 use crate::access::model::{AccessRequest, Grant};
 use crate::audit::AuditRecord;
 use crate::clock::rfc3339;
+use crate::store::SessionSummary;
+
+/// A session as `sessions --json` shows it (issue #19).
+pub fn session_json(found: &SessionSummary) -> Value {
+    let session = &found.session;
+    json!({
+        "id": session.id,
+        "user": session.user,
+        "target": session.target,
+        "protocol": session.protocol,
+        "client_address": session.client_address,
+        "grant_id": session.grant_id,
+        "request_id": found.request_id,
+        "reason": found.reason,
+        "approvers": found.approvers,
+        "started_at": rfc3339(session.started_at),
+        "ended_at": session.ended_at.map(rfc3339),
+        "duration_seconds": session
+            .ended_at
+            .map(|ended| (ended - session.started_at).whole_seconds()),
+        "end_reason": session.end_reason,
+        "bytes_in": session.bytes_in,
+        "bytes_out": session.bytes_out,
+        "statements": session.statements,
+        "recordings": found.recordings.iter().map(|(channel, kind)| json!({
+            "id": format!("{}/{channel}", session.id),
+            "kind": kind,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A session as one line of `sessions`; text from users is shown escaped.
+pub fn session_line(found: &SessionSummary) -> String {
+    let session = &found.session;
+    let duration = match session.ended_at {
+        Some(ended) => crate::config::format_duration(
+            (ended - session.started_at).try_into().unwrap_or_default(),
+        ),
+        None => "live".to_string(),
+    };
+    let moved = if session.protocol == "postgres" {
+        format!("{} statements", session.statements)
+    } else {
+        format!("{} B in, {} B out", session.bytes_in, session.bytes_out)
+    };
+    format!(
+        "{}  {}  {}  {}  {}  {}  {}  {}  approved by {}  reason: {}",
+        session.id,
+        crate::text::visible(&session.user),
+        crate::text::visible(&session.target),
+        session.protocol,
+        rfc3339(session.started_at),
+        duration,
+        session.end_reason.as_deref().unwrap_or("-"),
+        moved,
+        if found.approvers.is_empty() {
+            "-".to_string()
+        } else {
+            crate::text::visible(&found.approvers.join(", "))
+        },
+        crate::text::visible(found.reason.as_deref().unwrap_or("-")),
+    )
+}
 
 pub fn request_json(request: &AccessRequest) -> Value {
     json!({

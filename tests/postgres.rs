@@ -2903,3 +2903,70 @@ fn issue_18_a_sink_does_not_ship_a_query_log_changed_while_it_lagged() {
         "the changed line was shipped"
     );
 }
+
+/// Issue #19: `sessions` over SSH and on the host CLI lists a real database session with its
+/// grant's reason and approvers, its statements and its query log; the engineer sees their own,
+/// the approver of the target sees it too, and each search is audited.
+#[test]
+fn issue_19_sessions_lists_a_database_session_with_its_grant() {
+    let (bastion, postgres) = bastion_and_postgres("");
+    bastion.grant("alice", "prod-db", hour());
+    let (ok, _, stderr) = psql(&bastion, &postgres, &token(&bastion, "alice"), "select 42");
+    assert!(ok, "{stderr}");
+    bastion.wait_for_event("session.ended");
+    let listed = |user: &str, args: &[&str]| -> Vec<Value> {
+        let mut words = vec!["sessions", "--json"];
+        words.extend_from_slice(args);
+        let (code, stdout, stderr) = bastion.ssh(user, &words);
+        assert_eq!(code, 0, "{user}: {stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let mine = listed("alice", &[]);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    let session = &mine[0];
+    assert_eq!(session["user"], "alice");
+    assert_eq!(session["target"], "prod-db");
+    assert_eq!(session["protocol"], "postgres");
+    assert_eq!(session["end_reason"], "closed");
+    assert!(session["statements"].as_u64().unwrap() >= 1, "{session}");
+    assert!(
+        !session["approvers"].as_array().unwrap().is_empty(),
+        "{session}"
+    );
+    assert!(session["reason"].as_str().is_some(), "{session}");
+    assert_eq!(
+        session["recordings"][0]["kind"], "pg-query-log",
+        "{session}"
+    );
+    assert_eq!(
+        listed("bob", &["--target", "prod-db"]).len(),
+        1,
+        "an approver of prod-db"
+    );
+    assert!(listed("alice", &["--target", "other-db"]).is_empty());
+    assert!(
+        listed("alice", &["--until", "1h"]).is_empty(),
+        "started within the hour"
+    );
+    assert_eq!(listed("alice", &["--since", "1h"]).len(), 1);
+    // The operator on the host sees it as well, in text.
+    let (code, stdout, stderr) =
+        support::run(&mut bastion.config.portcullis(&["sessions", "--user", "alice"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("prod-db") && stdout.contains("statements"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = bastion.ssh("alice", &["sessions", "--since", "yesterday"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("neither a time"), "{stderr}");
+    let searches = bastion
+        .audit_types()
+        .iter()
+        .filter(|kind| *kind == "sessions.searched")
+        .count();
+    assert_eq!(searches, 6);
+}

@@ -22,11 +22,30 @@ use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::config::{Config, MIN_REQUEST_DURATION, Target, format_duration};
 use crate::ids::IdKind;
-use crate::store::{GrantFilter, RequestFilter, Store, StoreError, Tx};
+use crate::store::{
+    GrantFilter, RequestFilter, SessionFilter, SessionSummary, Store, StoreError, Tx,
+};
 use model::{AccessRequest, Approval, Grant, GrantEnded, GrantState, RequestState};
 
 /// The longest reason accepted; reasons are shown in tables and Slack messages.
 pub const MAX_REASON_CHARS: usize = 500;
+
+/// Who looks at sessions and recordings: the operator on the bastion host, or a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// The host CLI, with the OS user that ran it.
+    Operator(String),
+    User(String),
+}
+
+impl Viewer {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Viewer::Operator(os_user) => Actor::Operator(os_user.clone()),
+            Viewer::User(name) => Actor::User(name.clone()),
+        }
+    }
+}
 
 /// A refusal, worded for the person who asked. Store failures are separate: they deny too, but
 /// they are the bastion's problem, not the user's.
@@ -642,6 +661,59 @@ impl Access {
 
     pub fn requests(&self, filter: RequestFilter) -> Result<Vec<AccessRequest>, AccessError> {
         Ok(self.store.read(|tx| tx.requests(filter))?)
+    }
+
+    /// The sessions `viewer` may see that match `filter` (issue #19): a holder of a reviewer
+    /// role or the operator sees every session, an approver the sessions on the targets they
+    /// approve, everyone their own. The search is audited (`sessions.searched`) in the same
+    /// transaction: no result without its record.
+    pub fn find_sessions(
+        &self,
+        viewer: &Viewer,
+        mut filter: SessionFilter,
+    ) -> Result<Vec<SessionSummary>, AccessError> {
+        filter.visible_to = match viewer {
+            Viewer::Operator(_) => None,
+            Viewer::User(name) => {
+                let user = self
+                    .config
+                    .user(name)
+                    .ok_or_else(|| AccessError::UnknownUser(name.clone()))?;
+                if user
+                    .roles
+                    .iter()
+                    .any(|role| self.config.access.reviewer_roles.contains(role))
+                {
+                    None
+                } else {
+                    let approves = self
+                        .config
+                        .targets
+                        .iter()
+                        .filter(|target| policy::is_approver(user, target))
+                        .map(|target| target.name.clone())
+                        .collect();
+                    Some((name.clone(), approves))
+                }
+            }
+        };
+        let now = self.now();
+        let found = self.store.write(|tx| {
+            let found = tx.find_sessions(&filter)?;
+            tx.append_audit(
+                &AuditEvent::SessionsSearched {
+                    actor: viewer.actor(),
+                    user: filter.user.clone(),
+                    target: filter.target.clone(),
+                    since: filter.since,
+                    until: filter.until,
+                    results: found.len() as u64,
+                },
+                now,
+            )?;
+            Ok(found)
+        })?;
+        Ok(found)
     }
 
     pub fn grants(&self, active_only: bool, limit: Option<u32>) -> Result<Vec<Grant>, AccessError> {

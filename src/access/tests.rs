@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use super::model::{GrantState, RequestState};
-use super::{Access, AccessError, Approved};
+use super::{Access, AccessError, Approved, Viewer};
 use crate::audit::{Actor, ChainVerifier};
 use crate::clock::ManualClock;
 use crate::config::Config;
@@ -617,4 +617,113 @@ fn concurrent_approvals_produce_exactly_one_grant() {
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(grants.len(), 1);
     }
+}
+
+/// Issue #19: who sees which sessions. A reviewer role sees all, an approver the sessions on
+/// the targets they approve, everyone their own, the operator all; every search is audited.
+#[test]
+fn issue_19_sessions_are_visible_by_role() {
+    let text = CONFIG.replace(
+        "leader = \"approves\"",
+        "leader = \"approves\"\ndba = \"approves analytics\"\nreviewer = \"reviews sessions\"",
+    ) + r#"
+[[users]]
+name = "dan"
+roles = ["dba"]
+
+[[users]]
+name = "rita"
+roles = ["reviewer"]
+
+[[targets]]
+name = "analytics-db"
+kind = "ssh"
+address = "10.0.3.5:22"
+login = "deploy"
+host_key = "accept-first"
+requestable_by = ["engineer"]
+approvers = ["dba"]
+"#;
+    let config = Config::parse(&text, Path::new("test.toml"), Path::new("/tmp"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let store = Store::open(&dir.path().join("state.db")).unwrap_or_else(|error| panic!("{error}"));
+    let clock = Arc::new(ManualClock::new(START));
+    let fixture = Fixture {
+        access: Access::new(Arc::new(config), store, clock.clone()),
+        clock,
+        _dir: dir,
+    };
+    let open = |user: &str, target: &str| -> String {
+        let session = crate::session::Session::open(
+            &fixture.access,
+            user,
+            target,
+            "ssh",
+            "127.0.0.1",
+            vec![],
+        )
+        .unwrap_or_else(|error| panic!("{user} on {target}: {error:?}"));
+        session.end(crate::session::EndReason::Closed);
+        session.id().to_string()
+    };
+    fixture.grant("alice", "web-1", &["bob"]);
+    let alice_web = open("alice", "web-1");
+    fixture.grant("dave", "analytics-db", &["dan"]);
+    let dave_analytics = open("dave", "analytics-db");
+    fixture.grant("alice", "analytics-db", &["dan"]);
+    let alice_analytics = open("alice", "analytics-db");
+    let all = vec![&alice_web, &dave_analytics, &alice_analytics];
+    let cases: Vec<(Viewer, Vec<&String>)> = vec![
+        (
+            Viewer::User("alice".into()),
+            vec![&alice_web, &alice_analytics],
+        ),
+        (Viewer::User("bob".into()), vec![&alice_web]),
+        (
+            Viewer::User("dan".into()),
+            vec![&dave_analytics, &alice_analytics],
+        ),
+        (
+            Viewer::User("dave".into()),
+            vec![&alice_web, &dave_analytics],
+        ),
+        (Viewer::User("rita".into()), all.clone()),
+        (Viewer::User("erin".into()), vec![]),
+        (Viewer::Operator("root".into()), all.clone()),
+    ];
+    for (viewer, expected) in &cases {
+        let filter = crate::store::SessionFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let mut found: Vec<String> = fixture
+            .access
+            .find_sessions(viewer, filter)
+            .unwrap_or_else(|error| panic!("{viewer:?}: {error}"))
+            .into_iter()
+            .map(|summary| summary.session.id)
+            .collect();
+        found.sort();
+        let mut expected: Vec<String> = expected.iter().map(|id| id.to_string()).collect();
+        expected.sort();
+        assert_eq!(found, expected, "{viewer:?}");
+    }
+    // A filter narrows what the role allows, never widens it.
+    let filter = crate::store::SessionFilter {
+        user: Some("dave".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let found = fixture
+        .access
+        .find_sessions(&Viewer::User("alice".into()), filter)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(found.is_empty(), "alice asked for dave's sessions");
+    let searches = fixture
+        .event_types()
+        .iter()
+        .filter(|kind| *kind == "sessions.searched")
+        .count();
+    assert_eq!(searches, cases.len() + 1, "every search is audited");
 }

@@ -252,6 +252,15 @@ pub enum AuditEvent {
         sink: String,
         why: String,
     },
+    /// A search of sessions (issue #19), with its filters and how many it found.
+    SessionsSearched {
+        actor: Actor,
+        user: Option<String>,
+        target: Option<String>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+        results: u64,
+    },
     /// A run of the retention job (issue #18): what it removed, what sinks held back, and where
     /// the chain now starts, the anchor `audit verify` starts from.
     RetentionRan {
@@ -638,6 +647,27 @@ impl AuditEvent {
                 entry.actor = Some(Actor::System.label());
                 detail = json!({ "sink": sink, "why": why });
             }
+            AuditEvent::SessionsSearched {
+                actor,
+                user,
+                target,
+                since,
+                until,
+                results,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.target = target.clone();
+                detail = json!({ "results": results });
+                if let Some(user) = user {
+                    detail["user"] = json!(user);
+                }
+                if let Some(since) = since {
+                    detail["since"] = json!(rfc3339(*since));
+                }
+                if let Some(until) = until {
+                    detail["until"] = json!(rfc3339(*until));
+                }
+            }
             AuditEvent::RetentionRan {
                 actor,
                 retention_days,
@@ -774,6 +804,7 @@ impl AuditEvent {
             AuditEvent::WebhookRejected { .. } => "webhook.rejected",
             AuditEvent::SinkRefused { .. } => "sink.refused",
             AuditEvent::RetentionRan { .. } => types::RETENTION_RAN,
+            AuditEvent::SessionsSearched { .. } => "sessions.searched",
             AuditEvent::UserLocked { .. } => "user.locked",
             AuditEvent::UserUnlocked { .. } => "user.unlocked",
             AuditEvent::UserTargeted { .. } => "user.targeted",

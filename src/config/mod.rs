@@ -219,6 +219,9 @@ pub struct AccessConfig {
     pub lockout_after: u32,
     /// How long such a lock lasts.
     pub lockout_for: Duration,
+    /// Roles whose holders see every session and recording (issue #19); approvers see the
+    /// sessions on the targets they approve, everyone their own.
+    pub reviewer_roles: BTreeSet<String>,
 }
 
 impl AccessConfig {
@@ -612,8 +615,13 @@ impl Validator {
 
     fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
         let server = self.server(raw.server);
+        let reviewer_roles = raw.access.reviewer_roles.clone();
         let access = self.access(raw.access);
         let roles = self.roles(raw.roles);
+        // Named explicitly, a reviewer role must exist (a typo would give nobody the view).
+        if let Some(names) = reviewer_roles {
+            self.role_refs("access.reviewer_roles", names, &roles);
+        }
         let users = self.users(raw.users, &roles);
         let targets = self.targets(raw.targets, &roles, &access);
         let slack = raw.slack.map(|slack| self.slack(slack));
@@ -1127,6 +1135,12 @@ impl Validator {
                 raw.lockout_for,
                 Duration::from_secs(30 * 60),
             ),
+            reviewer_roles: raw
+                .reviewer_roles
+                .clone()
+                .unwrap_or_else(|| vec!["reviewer".to_string()])
+                .into_iter()
+                .collect(),
         };
         if access.default_duration > access.max_duration {
             self.problem(

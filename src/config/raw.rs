@@ -115,6 +115,8 @@ pub struct RawAccess {
     pub ip_allow: Option<Vec<String>>,
     pub lockout_after: Option<i64>,
     pub lockout_for: Option<String>,
+    /// Roles whose holders see every session (issue #19).
+    pub reviewer_roles: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

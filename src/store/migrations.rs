@@ -170,6 +170,12 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE recordings ADD COLUMN archived_at INTEGER;
     ",
+    // 9: finding sessions by time, user and target (issue #19).
+    "
+    CREATE INDEX sessions_by_start ON sessions (started_at);
+    CREATE INDEX sessions_by_user_start ON sessions (user, started_at);
+    CREATE INDEX sessions_by_target_start ON sessions (target, started_at);
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

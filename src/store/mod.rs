@@ -792,6 +792,115 @@ impl Tx<'_> {
         Ok(rows)
     }
 
+    /// Sessions matching `filter`, newest first.
+    pub fn find_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
+        let (everyone, viewer, targets) = match &filter.visible_to {
+            None => (true, String::new(), String::from("[]")),
+            Some((viewer, targets)) => (
+                false,
+                viewer.clone(),
+                serde_json::to_string(targets).unwrap_or_else(|_| "[]".to_string()),
+            ),
+        };
+        let mut statement = self.transaction.prepare(
+            "SELECT s.id, s.grant_id, s.user, s.target, s.protocol, s.client_address,
+                    s.started_at, s.ended_at, s.end_reason, s.bytes_in, s.bytes_out, s.statements,
+                    g.request_id, r.reason,
+                    (SELECT group_concat(approver, char(10)) FROM
+                       (SELECT approver FROM approvals WHERE request_id = g.request_id
+                        ORDER BY at)),
+                    (SELECT group_concat(channel || ':' || kind, char(10)) FROM
+                       (SELECT channel, kind FROM recordings WHERE session_id = s.id
+                        ORDER BY channel))
+             FROM sessions AS s
+             LEFT JOIN grants AS g ON g.id = s.grant_id
+             LEFT JOIN requests AS r ON r.id = g.request_id
+             WHERE (?1 IS NULL OR s.user = ?1) AND (?2 IS NULL OR s.target = ?2)
+               AND (?3 IS NULL OR s.started_at >= ?3) AND (?4 IS NULL OR s.started_at < ?4)
+               AND (?5 OR s.user = ?6 OR s.target IN (SELECT value FROM json_each(?7)))
+             ORDER BY s.started_at DESC, s.id DESC
+             LIMIT ?8",
+        )?;
+        let rows = statement.query_map(
+            params![
+                filter.user,
+                filter.target,
+                filter.since.map(OffsetDateTime::unix_timestamp),
+                filter.until.map(OffsetDateTime::unix_timestamp),
+                everyone,
+                viewer,
+                targets,
+                filter.limit,
+            ],
+            |row| {
+                Ok((
+                    (
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                    ),
+                    (
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
+                        row.get::<_, Option<String>>(8)?,
+                        row.get::<_, i64>(9)?,
+                        row.get::<_, i64>(10)?,
+                        row.get::<_, i64>(11)?,
+                    ),
+                    (
+                        row.get::<_, Option<String>>(12)?,
+                        row.get::<_, Option<String>>(13)?,
+                        row.get::<_, Option<String>>(14)?,
+                        row.get::<_, Option<String>>(15)?,
+                    ),
+                ))
+            },
+        )?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (
+                (id, grant_id, user, target, protocol, client_address),
+                (started_at, ended_at, end_reason, bytes_in, bytes_out, statements),
+                (request_id, reason, approvers, recordings),
+            ) = row?;
+            let lines = |text: Option<String>| -> Vec<String> {
+                text.map(|text| text.split('\n').map(str::to_string).collect())
+                    .unwrap_or_default()
+            };
+            let recordings = lines(recordings)
+                .into_iter()
+                .filter_map(|entry| {
+                    let (channel, kind) = entry.split_once(':')?;
+                    Some((channel.parse().ok()?, kind.to_string()))
+                })
+                .collect();
+            found.push(SessionSummary {
+                session: SessionRow {
+                    id,
+                    grant_id,
+                    user,
+                    target,
+                    protocol,
+                    client_address: client_address.unwrap_or_default(),
+                    started_at: timestamp(started_at)?,
+                    ended_at: ended_at.map(timestamp).transpose()?,
+                    end_reason,
+                    bytes_in: bytes_in as u64,
+                    bytes_out: bytes_out as u64,
+                    statements: statements as u64,
+                },
+                request_id,
+                reason,
+                approvers: lines(approvers),
+                recordings,
+            });
+        }
+        Ok(found)
+    }
+
     /// The first kept audit record's seq and the hash it chains to: where the chain starts
     /// once retention has removed its oldest records.
     pub fn audit_first(&self) -> Result<Option<(i64, String)>, StoreError> {
@@ -1226,6 +1335,29 @@ pub struct SinkCursor {
 }
 
 /// A recording row: one per recorded channel.
+/// Which sessions a search asks for, and which the searcher may see (issue #19).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub limit: u32,
+    /// `None`: every session; otherwise only this user's own and those on these targets.
+    pub visible_to: Option<(String, Vec<String>)>,
+}
+
+/// A session as a reviewer lists it: the row, the request's reason and approvers, and its
+/// recordings (`channel:kind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub session: SessionRow,
+    pub request_id: Option<String>,
+    pub reason: Option<String>,
+    pub approvers: Vec<String>,
+    pub recordings: Vec<(u32, String)>,
+}
+
 /// What `Tx::prune_audit` removed, and which sinks held it back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
