@@ -162,7 +162,14 @@ pub fn sessions(
                 crate::text::visible(text)
             ))
         })?;
-        Ok(Some(now - age))
+        let age = time::Duration::try_from(age).ok();
+        match age.and_then(|age| now.checked_sub(age)) {
+            Some(at) => Ok(Some(at)),
+            None => Err(AccessError::BadDuration(format!(
+                "{:?} reaches back further than any session",
+                crate::text::visible(text)
+            ))),
+        }
     };
     let filter = crate::store::SessionFilter {
         user: args.user.clone(),

@@ -2963,6 +2963,13 @@ fn issue_19_sessions_lists_a_database_session_with_its_grant() {
     let (code, _, stderr) = bastion.ssh("alice", &["sessions", "--since", "yesterday"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("neither a time"), "{stderr}");
+    // An age past the calendar, or a filter that is no name, is refused, not a panic.
+    let (code, _, stderr) = bastion.ssh("alice", &["sessions", "--since", "99999999d"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("further than any session"), "{stderr}");
+    let (code, _, stderr) = bastion.ssh("alice", &["sessions", "--target", "Prod-DB"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--target takes"), "{stderr}");
     let searches = bastion
         .audit_types()
         .iter()

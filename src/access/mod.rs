@@ -71,6 +71,8 @@ pub enum AccessError {
     },
     #[error("{0}")]
     BadDuration(String),
+    #[error("{0}")]
+    BadFilter(String),
     #[error("{0} is shorter than the 1m minimum")]
     TooShort(String),
     #[error("no request {0}")]
@@ -672,6 +674,15 @@ impl Access {
         viewer: &Viewer,
         mut filter: SessionFilter,
     ) -> Result<Vec<SessionSummary>, AccessError> {
+        for (flag, name) in [("--user", &filter.user), ("--target", &filter.target)] {
+            if let Some(name) = name
+                && !crate::config::is_valid_name(name)
+            {
+                return Err(AccessError::BadFilter(format!(
+                    "{flag} takes a user or target name (a-z, 0-9, '.', '_', '-')"
+                )));
+            }
+        }
         filter.visible_to = match viewer {
             Viewer::Operator(_) => None,
             Viewer::User(name) => {
@@ -698,7 +709,13 @@ impl Access {
             }
         };
         let now = self.now();
-        let found = self.store.write(|tx| {
+        self.store.write(|tx| {
+            // A locked user sees nothing more (issue #19 review).
+            if let Viewer::User(name) = viewer
+                && let Err(refusal) = self.ensure_unlocked(tx, name)?
+            {
+                return Ok(Err(refusal));
+            }
             let found = tx.find_sessions(&filter)?;
             tx.append_audit(
                 &AuditEvent::SessionsSearched {
@@ -711,9 +728,8 @@ impl Access {
                 },
                 now,
             )?;
-            Ok(found)
-        })?;
-        Ok(found)
+            Ok(Ok(found))
+        })?
     }
 
     pub fn grants(&self, active_only: bool, limit: Option<u32>) -> Result<Vec<Grant>, AccessError> {

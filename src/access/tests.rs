@@ -726,4 +726,20 @@ approvers = ["dba"]
         .filter(|kind| *kind == "sessions.searched")
         .count();
     assert_eq!(searches, cases.len() + 1, "every search is audited");
+    // A locked reviewer sees nothing.
+    fixture
+        .access
+        .lock_user(&Actor::Operator("root".into()), "rita", "left the company")
+        .unwrap_or_else(|error| panic!("{error}"));
+    let refused = fixture.access.find_sessions(
+        &Viewer::User("rita".into()),
+        crate::store::SessionFilter {
+            limit: 100,
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(refused, Err(AccessError::Locked(_))),
+        "{refused:?}"
+    );
 }

@@ -591,7 +591,7 @@ fn toml_message(text: &str, error: &toml::de::Error) -> String {
 
 /// Names of users, targets and roles: they appear in SSH logins (`alice+web-1`), ids and messages,
 /// so they are kept to characters that need no quoting anywhere. `+` is the login separator.
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
