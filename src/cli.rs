@@ -72,6 +72,11 @@ enum Command {
     },
     /// Recorded sessions, newest first, with their grant's reason and approvers (issue #19)
     Sessions(crate::commands::SessionArgs),
+    /// Who can reach production right now (issue #19)
+    Access {
+        #[command(subcommand)]
+        command: crate::commands::AccessCommand,
+    },
     /// End a grant at once
     Revoke {
         grant: String,
@@ -250,6 +255,13 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 json!({ "grants": grants.iter().map(grant_json).collect::<Vec<_>>() }),
                 grants_table(&grants),
             );
+        }
+        Command::Access {
+            command: crate::commands::AccessCommand::Now,
+        } => {
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            let (value, text) = crate::commands::access_now(&access, &viewer)?;
+            output.print(value, text);
         }
         Command::Sessions(args) => {
             let viewer = crate::access::Viewer::Operator(operator_name());

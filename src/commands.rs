@@ -1,6 +1,6 @@
 //! The bastion's command interface for engineers and leaders: `targets`, `request`, `status`,
 //! `cancel`, `grants`, `approve`, `deny`, `pending`, `revoke`, `help` (issue #3), `sessions`
-//! (issue #19).
+//! and `access now` (issue #19).
 //!
 //! Protocol-blind: the SSH front end hands over an authenticated user name and the words of the
 //! command line and writes back what this returns; a Slack slash command can do the same. Every
@@ -118,6 +118,79 @@ enum Command {
     },
     /// Recorded sessions, newest first: yours; an approver's targets' too; a reviewer's all
     Sessions(SessionArgs),
+    /// Who can reach production right now
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+}
+
+/// `access now` (issue #19).
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum AccessCommand {
+    /// Every active grant you may see: user, target, approvers, reason, end, live sessions
+    Now,
+}
+
+/// The JSON and text of `access now` for `viewer`.
+pub fn access_now(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+) -> Result<(Value, String), AccessError> {
+    let rows = access.access_now(viewer)?;
+    let approvers = |request: &Option<AccessRequest>| -> Vec<String> {
+        request
+            .iter()
+            .flat_map(|request| {
+                request
+                    .approvals
+                    .iter()
+                    .map(|approval| approval.approver.clone())
+            })
+            .collect()
+    };
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let (grant, request, live) = (&row.grant, &row.request, &row.live_sessions);
+            json!({
+                "grant": grant_json(grant),
+                "reason": request.as_ref().map(|request| request.reason.clone()),
+                "approvers": approvers(request),
+                "live_sessions": live,
+            })
+        })
+        .collect();
+    let text = if rows.is_empty() {
+        "no active grants".to_string()
+    } else {
+        rows.iter()
+            .map(|row| {
+                let (grant, request, live) = (&row.grant, &row.request, &row.live_sessions);
+                format!(
+                    "{}  {}  {}  until {}  approved by {}  live sessions: {}  reason: {}",
+                    grant.id,
+                    crate::text::visible(&grant.user),
+                    crate::text::visible(&grant.target),
+                    rfc3339(grant.ends_at),
+                    crate::text::visible(&approvers(request).join(", ")),
+                    if live.is_empty() {
+                        "none".to_string()
+                    } else {
+                        live.join(", ")
+                    },
+                    crate::text::visible(
+                        request
+                            .as_ref()
+                            .map(|request| request.reason.as_str())
+                            .unwrap_or("-")
+                    ),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok((json!({ "access": json_rows }), text))
 }
 
 /// The filters of `sessions`, on the host CLI and over SSH (issue #19).
@@ -423,6 +496,9 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
             &crate::access::Viewer::User(user.to_string()),
             &args,
         ),
+        Command::Access {
+            command: AccessCommand::Now,
+        } => access_now(access, &crate::access::Viewer::User(user.to_string())),
         Command::Revoke { grant, reason } => {
             let grant = grant_of(access, &grant)?;
             let reason = if reason.is_empty() {

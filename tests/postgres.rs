@@ -2977,3 +2977,50 @@ fn issue_19_sessions_lists_a_database_session_with_its_grant() {
         .count();
     assert_eq!(searches, 6);
 }
+
+/// Issue #19: `access now` shows who can reach production right now: each active grant with its
+/// approvers, reason, end and live sessions, over SSH and on the host CLI.
+#[test]
+fn issue_19_access_now_shows_active_grants_and_their_live_sessions() {
+    let (bastion, _postgres) = bastion_and_postgres("postgres_allow_plaintext = true");
+    let grant = bastion.grant("alice", "prod-db", hour());
+    let runtime = client_runtime();
+    let alice = token(&bastion, "alice");
+    let client = connect(&runtime, &bastion, "alice", "prod-db", &alice).expect("connect");
+    runtime
+        .block_on(client.simple_query("select 1"))
+        .expect("query");
+    let now = |user: &str| -> Vec<Value> {
+        let (code, stdout, stderr) = bastion.ssh(user, &["access", "now", "--json"]);
+        assert_eq!(code, 0, "{user}: {stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()["access"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let rows = now("alice");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["grant"]["id"], grant.as_str());
+    assert_eq!(rows[0]["grant"]["target"], "prod-db");
+    assert_eq!(
+        rows[0]["live_sessions"].as_array().unwrap().len(),
+        1,
+        "{rows:?}"
+    );
+    assert!(!rows[0]["approvers"].as_array().unwrap().is_empty());
+    assert_eq!(now("bob").len(), 1, "the approver of prod-db sees it");
+    let (code, stdout, stderr) = support::run(&mut bastion.config.portcullis(&["access", "now"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&grant) && stdout.contains("alice"),
+        "{stdout}"
+    );
+    drop(client);
+    wait_for("the session to end", Duration::from_secs(10), || {
+        now("alice")[0]["live_sessions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+}

@@ -30,6 +30,15 @@ use model::{AccessRequest, Approval, Grant, GrantEnded, GrantState, RequestState
 /// The longest reason accepted; reasons are shown in tables and Slack messages.
 pub const MAX_REASON_CHARS: usize = 500;
 
+/// An active grant as `access now` shows it: its request (reason, approvals) and the ids of
+/// its live sessions.
+#[derive(Debug, Clone)]
+pub struct ActiveGrant {
+    pub grant: Grant,
+    pub request: Option<AccessRequest>,
+    pub live_sessions: Vec<String>,
+}
+
 /// Who looks at sessions and recordings: the operator on the bastion host, or a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Viewer {
@@ -683,31 +692,7 @@ impl Access {
                 )));
             }
         }
-        filter.visible_to = match viewer {
-            Viewer::Operator(_) => None,
-            Viewer::User(name) => {
-                let user = self
-                    .config
-                    .user(name)
-                    .ok_or_else(|| AccessError::UnknownUser(name.clone()))?;
-                if user
-                    .roles
-                    .iter()
-                    .any(|role| self.config.access.reviewer_roles.contains(role))
-                {
-                    None
-                } else {
-                    let approves = self
-                        .config
-                        .targets
-                        .iter()
-                        .filter(|target| policy::is_approver(user, target))
-                        .map(|target| target.name.clone())
-                        .collect();
-                    Some((name.clone(), approves))
-                }
-            }
-        };
+        filter.visible_to = self.visibility(viewer)?;
         let now = self.now();
         self.store.write(|tx| {
             // A locked user sees nothing more (issue #19 review).
@@ -730,6 +715,77 @@ impl Access {
             )?;
             Ok(Ok(found))
         })?
+    }
+
+    /// What `viewer` may see: `None` for everything (the operator, a reviewer role), else their
+    /// own name and the targets they approve.
+    pub fn visibility(
+        &self,
+        viewer: &Viewer,
+    ) -> Result<Option<(String, Vec<String>)>, AccessError> {
+        let Viewer::User(name) = viewer else {
+            return Ok(None);
+        };
+        let user = self
+            .config
+            .user(name)
+            .ok_or_else(|| AccessError::UnknownUser(name.clone()))?;
+        if user
+            .roles
+            .iter()
+            .any(|role| self.config.access.reviewer_roles.contains(role))
+        {
+            return Ok(None);
+        }
+        let approves = self
+            .config
+            .targets
+            .iter()
+            .filter(|target| policy::is_approver(user, target))
+            .map(|target| target.name.clone())
+            .collect();
+        Ok(Some((name.clone(), approves)))
+    }
+
+    /// Who can reach which target right now (issue #19): every active grant `viewer` may see,
+    /// with its request (reason, approvals) and the ids of its live sessions.
+    pub fn access_now(&self, viewer: &Viewer) -> Result<Vec<ActiveGrant>, AccessError> {
+        let visible = self.visibility(viewer)?;
+        if let Viewer::User(name) = viewer {
+            let locked = self.store.read(|tx| tx.user_lock(name))?;
+            if locked.is_some() {
+                return Err(AccessError::Locked(name.clone()));
+            }
+        }
+        let now = self.now();
+        self.store
+            .read(|tx| {
+                let grants = tx.grants(GrantFilter {
+                    active_at: Some(now),
+                    limit: None,
+                })?;
+                let mut rows = Vec::new();
+                for grant in grants {
+                    let shown = match &visible {
+                        None => true,
+                        Some((user, targets)) => {
+                            &grant.user == user || targets.contains(&grant.target)
+                        }
+                    };
+                    if !shown {
+                        continue;
+                    }
+                    let request = tx.request(&grant.request_id)?;
+                    let live = tx.live_sessions_of(&grant.id)?;
+                    rows.push(ActiveGrant {
+                        grant,
+                        request,
+                        live_sessions: live,
+                    });
+                }
+                Ok(rows)
+            })
+            .map_err(AccessError::from)
     }
 
     pub fn grants(&self, active_only: bool, limit: Option<u32>) -> Result<Vec<Grant>, AccessError> {

@@ -792,6 +792,17 @@ impl Tx<'_> {
         Ok(rows)
     }
 
+    /// The ids of a grant's sessions that have not ended.
+    pub fn live_sessions_of(&self, grant_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.transaction.prepare(
+            "SELECT id FROM sessions WHERE grant_id = ?1 AND ended_at IS NULL ORDER BY started_at",
+        )?;
+        let ids = statement
+            .query_map([grant_id], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
     /// Sessions matching `filter`, newest first.
     pub fn find_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
         let (everyone, viewer, targets) = match &filter.visible_to {
