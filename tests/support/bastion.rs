@@ -327,6 +327,24 @@ impl Bastion {
         )
     }
 
+    /// Writes each case's tampered text over `path` and checks that `audit verify` fails naming
+    /// what the case expects; then puts `original` back and checks that it passes again.
+    pub fn assert_tampering_named(
+        &self,
+        path: &Path,
+        original: &str,
+        cases: &[(&str, String, &str)],
+    ) {
+        for (case, text, named) in cases {
+            std::fs::write(path, text).expect("write the tampered file");
+            let (ok, stderr) = self.audit_verify();
+            assert!(!ok, "{case}: verify passed");
+            assert!(stderr.contains(named), "{case}: {stderr}");
+        }
+        std::fs::write(path, original).expect("restore the file");
+        assert_eq!(self.audit_verify(), (true, String::new()));
+    }
+
     /// The first audit sink's line of `portcullis audit sinks --json`.
     pub fn sink_status(&self) -> Value {
         let (code, stdout, _) = run(&mut self.config.portcullis(&["audit", "sinks", "--json"]));
