@@ -25,3 +25,15 @@ pub fn visible(text: &str) -> String {
     }
     shown
 }
+
+/// `text` cut to at most `limit` bytes at a character boundary, with `…` when cut.
+pub fn cut(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

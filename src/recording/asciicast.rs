@@ -46,7 +46,12 @@ pub const DEFAULT_SIZE: (u32, u32) = (80, 24);
 pub enum Event {
     Output(String),
     Input(String),
-    Resize { width: u32, height: u32 },
+    Resize {
+        width: u32,
+        height: u32,
+    },
+    /// A marker (`m`, issue #19): a command the user ran, its label the line they saw.
+    Marker(String),
 }
 
 /// The header as one line, newline included.
@@ -79,6 +84,7 @@ pub fn event_line(elapsed: Duration, event: &Event) -> String {
     let (code, data) = match event {
         Event::Output(text) => (Code::Output, text.as_str()),
         Event::Input(text) => (Code::Input, text.as_str()),
+        Event::Marker(label) => (Code::Marker, label.as_str()),
         Event::Resize { width, height } => {
             resize = format!("{width}x{height}");
             (Code::Resize, resize.as_str())
@@ -98,6 +104,7 @@ pub enum Code {
     Output,
     Input,
     Resize,
+    Marker,
     /// Output bytes that are not text, base64 (an extension code, `O`).
     OutputBytes,
     /// Input bytes that are not text, base64 (an extension code, `I`).
@@ -118,6 +125,7 @@ pub fn begin_event(line: &mut Vec<u8>, elapsed: Duration, code: Code) {
         Code::Output => "o",
         Code::Input => "i",
         Code::Resize => "r",
+        Code::Marker => "m",
         Code::OutputBytes => "O",
         Code::InputBytes => "I",
     };

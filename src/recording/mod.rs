@@ -9,6 +9,7 @@
 
 pub mod asciicast;
 pub mod querylog;
+pub mod screen;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use asciicast::{Code, Event, Header, Utf8Stream};
+use screen::Screen;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
@@ -214,6 +216,11 @@ pub struct Recorder {
     capture: Capture,
     /// The line being built, kept between events so its allocation is reused.
     line: Vec<u8>,
+    /// What a pty channel's terminal shows, so Enter can be recorded as a command (`m`) with
+    /// the line the user saw (issue #19). Only pty channels: avt emulates about 25 MB/s, which
+    /// a terminal's own rendering rate already bounds, while a byte stream (`cat`, `rsync`)
+    /// runs at hundreds.
+    screen: Option<Screen>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -240,8 +247,17 @@ impl Recorder {
             input: Utf8Stream::default(),
             capture,
             line: Vec::new(),
+            screen: capture
+                .terminal
+                .then(|| Screen::new(header.width, header.height, false)),
         };
         recorder.file.write_line(&asciicast::header_line(header))?;
+        // An exec channel is one command: its marker opens the timeline.
+        if let Some(command) = &header.command {
+            let label = crate::text::cut(command, screen::MAX_COMMAND);
+            let line = asciicast::event_line(Duration::ZERO, &Event::Marker(label));
+            recorder.file.write_line(&line)?;
+        }
         recorder.file.flush()?;
         Ok(recorder)
     }
@@ -284,10 +300,46 @@ impl Recorder {
 
     /// Keystrokes that arrived at `at`; dropped when the target says `record_input = false`.
     pub fn input_at(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
-        if !self.capture.input {
+        if self.capture.input {
+            self.text_event(Code::Input, at, bytes)?;
+        }
+        self.commands(at, bytes)
+    }
+
+    /// Each Enter (CR or LF) typed on a pty channel at the primary screen is a command: a marker
+    /// whose label is the line at the cursor, with what the same packet typed before it and the
+    /// target has not echoed yet (a pasted line). Written whether or not keystrokes are kept:
+    /// the label is what the screen showed, which is recorded anyway.
+    fn commands(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
+        let Some(screen) = self.screen.as_ref() else {
+            return Ok(());
+        };
+        if !bytes.iter().any(|byte| matches!(byte, b'\r' | b'\n')) {
             return Ok(());
         }
-        self.text_event(Code::Input, at, bytes)
+        let elapsed = at.saturating_duration_since(self.started);
+        let typed = String::from_utf8_lossy(bytes);
+        let mut labels = Vec::new();
+        let mut on_screen = screen.line_at_cursor();
+        let mut pieces = typed.split(['\r', '\n']).peekable();
+        while let Some(piece) = pieces.next() {
+            if pieces.peek().is_none() {
+                break; // what follows the last Enter is not a command yet
+            }
+            // After the first Enter of a packet the screen has not caught up: only typed text.
+            let shown = on_screen.take();
+            if shown.is_none() && piece.is_empty() {
+                continue;
+            }
+            if let Some(label) = screen::command_line(shown.as_deref().unwrap_or(""), piece) {
+                labels.push(label);
+            }
+        }
+        for label in labels {
+            let line = asciicast::event_line(elapsed, &Event::Marker(label));
+            self.file.write_line(&line)?;
+        }
+        Ok(())
     }
 
     pub fn resize(&mut self, width: u32, height: u32) -> Result<(), RecordingError> {
@@ -300,6 +352,9 @@ impl Recorder {
         width: u32,
         height: u32,
     ) -> Result<(), RecordingError> {
+        if let Some(screen) = self.screen.as_mut() {
+            screen.resize(width, height);
+        }
         let elapsed = at.saturating_duration_since(self.started);
         let line = asciicast::event_line(elapsed, &Event::Resize { width, height });
         self.file.write_line(&line)
@@ -317,7 +372,16 @@ impl Recorder {
         line.clear();
         asciicast::begin_event(&mut line, at.saturating_duration_since(self.started), code);
         let empty = line.len();
-        let escape = |text: &str| asciicast::escape_json_into(text, &mut line);
+        let mut screen = match code {
+            Code::Output => self.screen.as_mut(),
+            _ => None,
+        };
+        let escape = |text: &str| {
+            asciicast::escape_json_into(text, &mut line);
+            if let Some(screen) = screen.as_mut() {
+                screen.feed(text);
+            }
+        };
         let text = if self.capture.terminal {
             stream.decode(bytes, escape);
             true
@@ -496,6 +560,11 @@ mod tests {
             for line in text.lines().skip(1) {
                 let event: serde_json::Value = serde_json::from_str(line)?;
                 let code = event[1].as_str().unwrap_or_default().to_string();
+                if code == "m" {
+                    // A pty channel's Enter is a command marker (issue #19), not stream bytes.
+                    assert!(terminal, "markers only on a pty channel");
+                    continue;
+                }
                 let data = event[2].as_str().unwrap_or_default();
                 let bytes = match code.as_str() {
                     "O" | "I" => {
