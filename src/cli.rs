@@ -21,6 +21,7 @@ use crate::config::{self, Config, HostKeyPolicy, TargetKind, format_duration};
 use crate::keys;
 use crate::server::{Server, open_store};
 use crate::store::RequestFilter;
+use crate::store::search::SearchIndex;
 use crate::text::visible;
 use crate::views::{audit_json, grant_json, request_json};
 
@@ -237,7 +238,13 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
         _ => {}
     }
     let store = open_store(&config)?;
-    let access = Access::new(Arc::new(config), store, Arc::new(SystemClock));
+    let mut access = Access::new(Arc::new(config), store, Arc::new(SystemClock));
+    // The running server fills the index; the CLI only searches what is there.
+    if let Some(index) = SearchIndex::open_existing(&state_dir.join(crate::server::INDEX_FILE))
+        .context("cannot open the search index")?
+    {
+        access = access.with_search_index(index);
+    }
     match command {
         Command::Requests { pending, limit } => {
             let requests = access.requests(RequestFilter {

@@ -211,6 +211,10 @@ pub struct SessionArgs {
     /// At most this many (newest first)
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Only sessions where this text was shown, typed as a command, sent as SQL or named as a
+    /// file (case-insensitive substring, 3 characters or more), each hit with its time
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
 }
 
 /// Lists the sessions `viewer` may see that match `args`: the JSON and the text of `sessions`.
@@ -251,8 +255,9 @@ pub fn sessions(
         until: when(&args.until)?,
         limit: args.limit.clamp(1, 10_000),
         visible_to: None,
+        ids: None,
     };
-    let found = access.find_sessions(viewer, filter)?;
+    let found = access.find_sessions(viewer, filter, args.grep.as_deref())?;
     let text = if found.is_empty() {
         "no sessions".to_string()
     } else {

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod keys;
 pub mod postgres;
 pub mod recording;
+pub mod review;
 pub mod secret;
 pub mod server;
 pub mod session;

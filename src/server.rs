@@ -22,10 +22,15 @@ use crate::config::Config;
 use crate::keys;
 use crate::ssh;
 use crate::store::Store;
+use crate::store::search::SearchIndex;
 use crate::web;
 
 /// The state database's file name inside the state dir.
 pub const DATABASE_FILE: &str = "portcullis.db";
+
+/// The search index's file name inside the state dir (issue #19): a file of its own, so
+/// indexing and searching never hold the state database's write lock.
+pub const INDEX_FILE: &str = "index.sqlite";
 
 /// How often the expiry task looks for requests and grants that are due.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,7 +98,11 @@ impl Server {
             .context("cannot set up TLS for the postgres listener")?;
 
         let config = Arc::new(config);
-        let access = Access::new(config.clone(), store, clock).with_token_key(token_key);
+        let index = SearchIndex::open(&config.server.state_dir.join(INDEX_FILE))
+            .context("cannot open the search index")?;
+        let access = Access::new(config.clone(), store, clock)
+            .with_token_key(token_key)
+            .with_search_index(index.clone());
         let version = env!("CARGO_PKG_VERSION").to_string();
         access.record(&AuditEvent::ServerStarted { version })?;
 
@@ -179,6 +188,11 @@ impl Server {
         }));
         tasks.push(tokio::spawn(retention_task(
             access.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::review::indexer::run(
+            access.clone(),
+            index,
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));

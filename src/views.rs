@@ -35,7 +35,26 @@ pub fn session_json(found: &SessionSummary) -> Value {
             "id": format!("{}/{channel}", session.id),
             "kind": kind,
         })).collect::<Vec<_>>(),
+        "hits": found.hits.iter().map(|hit| json!({
+            "recording": format!("{}/{}", session.id, hit.channel),
+            "at": offset(hit.at_ms),
+            "at_ms": hit.at_ms,
+            "kind": hit.kind.as_str(),
+            "text": hit.text,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// A time offset in a recording as `replay --at` takes it: `HH:MM:SS.mmm`.
+pub fn offset(at_ms: i64) -> String {
+    let at_ms = at_ms.max(0);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        at_ms / 3_600_000,
+        at_ms / 60_000 % 60,
+        at_ms / 1000 % 60,
+        at_ms % 1000
+    )
 }
 
 /// A session as one line of `sessions`; text from users is shown escaped.
@@ -52,8 +71,19 @@ pub fn session_line(found: &SessionSummary) -> String {
     } else {
         format!("{} B in, {} B out", session.bytes_in, session.bytes_out)
     };
+    let mut hits = String::new();
+    for hit in &found.hits {
+        hits.push_str(&format!(
+            "\n    {}/{} at {}  {:<9}  {}",
+            session.id,
+            hit.channel,
+            offset(hit.at_ms),
+            hit.kind.as_str(),
+            crate::text::visible(&crate::text::cut(&hit.text, 200)),
+        ));
+    }
     format!(
-        "{}  {}  {}  {}  {}  {}  {}  {}  approved by {}  reason: {}",
+        "{}  {}  {}  {}  {}  {}  {}  {}  approved by {}  reason: {}{hits}",
         session.id,
         crate::text::visible(&session.user),
         crate::text::visible(&session.target),

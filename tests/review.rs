@@ -1,6 +1,8 @@
 //! Issue #19: reviewers find and replay anything. Real `ssh` through the bastion to a real
 //! `sshd`, a recorded shell whose commands become markers, and the review commands over them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::io::{Read, Write};
@@ -9,12 +11,56 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portcullis::access::Viewer;
+use portcullis::store::SessionFilter;
 use serde_json::Value;
 use support::bastion::Bastion;
-use support::{require_binary, run, wait_for};
+use support::{Postgres, Sshd, require_binary, run, wait_for};
 
 fn hour() -> Duration {
     Duration::from_secs(3_600)
+}
+
+/// A bastion with `web-1` on a real `sshd` and `prod-db` on a real PostgreSQL.
+fn bastion_sshd_and_postgres() -> (Bastion, Sshd, Postgres) {
+    let postgres = Postgres::start();
+    let password_file = postgres.dir.path().join("bastion-password");
+    std::fs::write(&password_file, &postgres.password).expect("password file");
+    let database = format!(
+        "\n[[targets]]\nname = \"prod-db\"\nkind = \"postgres\"\naddress = \"127.0.0.1:{}\"\n\
+         database = \"postgres\"\nlogin = \"{}\"\npassword_file = \"{}\"\ntls = \"disable\"\n\
+         requestable_by = [\"engineer\"]\napprovers = [\"leader\"]\nmax_duration = \"2h\"\n",
+        postgres.port,
+        postgres.superuser,
+        password_file.display()
+    );
+    let (bastion, sshd) = Bastion::with_sshd(None, &database, "");
+    (bastion, sshd, postgres)
+}
+
+/// `psql` through the bastion as alice to prod-db, running `sql`.
+fn psql(bastion: &Bastion, postgres: &Postgres, sql: &str) -> String {
+    let (code, token, stderr) = bastion.ssh("alice", &["token", "prod-db"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(Command::new(postgres.tool("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
+            bastion.postgres_port()
+        ))
+        .args(["-X", "-A", "-t", "-c", sql])
+        .env("PGPASSWORD", token.trim()));
+    assert_eq!(code, 0, "{stderr}");
+    stdout
+}
+
+/// `sessions --grep` on the host CLI, as JSON.
+fn grep(bastion: &Bastion, text: &str) -> Vec<Value> {
+    let (code, stdout, stderr) = run(&mut bastion
+        .config
+        .portcullis(&["sessions", "--json", "--grep", text]));
+    assert_eq!(code, 0, "{stderr}");
+    let value: Value = serde_json::from_str(&stdout).expect("json");
+    value["sessions"].as_array().cloned().unwrap_or_default()
 }
 
 /// A shell on `web-1` through the bastion with a pty, typed into line by line; each line waits
@@ -111,7 +157,7 @@ fn issue_19_typed_commands_become_markers_in_the_recording() {
     let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
     bastion.grant("alice", "web-1", hour());
     let mut shell = Shell::open(&bastion, "alice+web-1");
-    shell.run("PS1='demo$ '", "demo$ ", 1);
+    shell.run("PS1='demo$ '", "demo$ ", 2);
     shell.run("echo needle-$((40 + 2))", "needle-42", 1);
     shell.run("ls /tmp", "demo$ ", 3);
     shell.exit();
@@ -165,4 +211,122 @@ fn issue_19_typed_commands_become_markers_in_the_recording() {
     ]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("needle-42"), "{stdout}");
+}
+
+/// Exact search over what sessions showed, typed, ran as SQL and named as files: the session
+/// where `needle-42` was typed is found with its offset, one where it was not is not; a SQL
+/// statement and a renamed SFTP path are found; a user without a role sees none of it.
+#[test]
+fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
+    let (bastion, sshd, postgres) = bastion_sshd_and_postgres();
+    bastion.grant("alice", "web-1", hour());
+    bastion.grant("alice", "prod-db", hour());
+
+    let mut shell = Shell::open(&bastion, "alice+web-1");
+    shell.run("PS1='demo$ '", "demo$ ", 2);
+    shell.run("echo needle-42 printed", "needle-42 printed", 2);
+    shell.exit();
+    let mut other = Shell::open(&bastion, "alice+web-1");
+    other.run("echo haystack-only", "haystack-only", 2);
+    other.exit();
+    psql(&bastion, &postgres, "SELECT 'sql-needle-9' AS found");
+
+    let local = tempfile::tempdir().expect("tempdir");
+    let source = local.path().join("upload.txt");
+    std::fs::write(&source, "content\n").expect("write");
+    let remote = sshd.dir.path();
+    let batch = local.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nrename {} {}\n",
+            source.display(),
+            remote.join("plain.txt").display(),
+            remote.join("plain.txt").display(),
+            remote.join("renamed-needle-7.txt").display(),
+        ),
+    )
+    .expect("write batch");
+    let mut sftp = Command::new(require_binary("sftp", &[], "openssh-client"));
+    sftp.args(support::client_options(
+        &bastion.known_hosts,
+        &bastion.key("alice"),
+    ))
+    .arg("-b")
+    .arg(&batch)
+    .args(["-P", &bastion.port().to_string(), "alice+web-1@127.0.0.1"]);
+    let (code, _, stderr) = run(&mut sftp);
+    assert_eq!(code, 0, "sftp: {stderr}");
+
+    // Searchable within seconds of the output.
+    let found = wait_for("the index", Duration::from_secs(15), || {
+        let found = grep(&bastion, "renamed-needle-7");
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["hits"][0]["kind"], "file");
+
+    let needle = wait_for("the shell in the index", Duration::from_secs(15), || {
+        let found = grep(&bastion, "needle-42");
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(
+        needle.len(),
+        1,
+        "only the session where it was typed: {needle:#?}"
+    );
+    let hits = needle[0]["hits"].as_array().expect("hits");
+    let command = hits
+        .iter()
+        .find(|hit| hit["kind"] == "command")
+        .unwrap_or_else(|| panic!("no command hit: {hits:#?}"));
+    assert_eq!(command["text"], "demo$ echo needle-42 printed");
+    assert!(
+        command["at"]
+            .as_str()
+            .is_some_and(|at| at.starts_with("00:00:"))
+    );
+    assert!(
+        hits.iter()
+            .any(|hit| hit["kind"] == "screen" && hit["text"] == "needle-42 printed"),
+        "what the screen showed: {hits:#?}"
+    );
+    assert!(grep(&bastion, "haystack-only").len() == 1);
+
+    let sql = wait_for("the statement", Duration::from_secs(15), || {
+        let found = grep(&bastion, "SQL-NEEDLE-9");
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(sql[0]["protocol"], "postgres");
+    assert_eq!(sql[0]["hits"][0]["kind"], "statement");
+
+    // Over SSH, an approver of both targets finds it; a user without a role or an approval
+    // finds nothing of alice's.
+    let (code, stdout, stderr) = bastion.ssh("carol", &["sessions", "--grep", "needle-42"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("demo$ echo needle-42 printed"), "{stdout}");
+    let filter = SessionFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let erin = bastion
+        .access()
+        .find_sessions(&Viewer::User("erin".into()), filter, Some("needle-42"))
+        .expect("search");
+    assert!(erin.is_empty(), "{erin:?}");
+    let (code, _, stderr) = bastion.ssh("carol", &["sessions", "--grep", "ab"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("3 to 1000 characters"), "{stderr}");
+
+    // Each search is a control event with what was searched.
+    let searches: Vec<Value> = bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "sessions.searched")
+        .collect();
+    assert!(
+        searches
+            .iter()
+            .any(|event| event["detail"]["grep"] == "needle-42" && event["actor"] == "carol")
+    );
 }

@@ -22,6 +22,7 @@ use crate::audit::{Actor, AuditEvent};
 use crate::clock::Clock;
 use crate::config::{Config, MIN_REQUEST_DURATION, Target, format_duration};
 use crate::ids::IdKind;
+use crate::store::search::SearchIndex;
 use crate::store::{
     GrantFilter, RequestFilter, SessionFilter, SessionSummary, Store, StoreError, Tx,
 };
@@ -38,6 +39,12 @@ pub struct ActiveGrant {
     pub request: Option<AccessRequest>,
     pub live_sessions: Vec<String>,
 }
+
+/// Hits a search reads from the index, over all sessions, and shows a session.
+const MAX_HITS: u32 = 5_000;
+const MAX_HITS_SHOWN: usize = 20;
+/// The longest text `--grep` takes.
+const MAX_SEARCH: usize = 1_000;
 
 /// Who looks at sessions and recordings: the operator on the bastion host, or a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +170,8 @@ pub struct Access {
     live_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// Failed logins by source address, in memory (`lockout`).
     sources: Arc<Mutex<lockout::Sources>>,
+    /// The search index (issue #19), in its own file; `None` where none was opened.
+    search: Option<SearchIndex>,
 }
 
 impl std::fmt::Debug for Access {
@@ -190,6 +199,7 @@ impl Access {
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             live_sessions: Arc::default(),
             sources: Arc::default(),
+            search: None,
         }
     }
 
@@ -197,6 +207,16 @@ impl Access {
     pub fn with_token_key(mut self, key: crate::tokens::TokenKey) -> Access {
         self.token_key = Some(key);
         self
+    }
+
+    /// Searches with `--grep` use this index.
+    pub fn with_search_index(mut self, index: SearchIndex) -> Access {
+        self.search = Some(index);
+        self
+    }
+
+    pub fn search_index(&self) -> Option<&SearchIndex> {
+        self.search.as_ref()
     }
 
     pub fn token_key(&self) -> Option<&crate::tokens::TokenKey> {
@@ -682,6 +702,7 @@ impl Access {
         &self,
         viewer: &Viewer,
         mut filter: SessionFilter,
+        grep: Option<&str>,
     ) -> Result<Vec<SessionSummary>, AccessError> {
         for (flag, name) in [("--user", &filter.user), ("--target", &filter.target)] {
             if let Some(name) = name
@@ -693,8 +714,20 @@ impl Access {
             }
         }
         filter.visible_to = self.visibility(viewer)?;
+        // The index is searched first, outside the state database; only sessions the viewer
+        // may see come back, through the same filter as a listing.
+        let hits = match grep {
+            Some(text) => Some(self.search(text)?),
+            None => None,
+        };
+        if let Some(hits) = &hits {
+            let mut ids: Vec<String> = hits.iter().map(|hit| hit.session_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            filter.ids = Some(ids);
+        }
         let now = self.now();
-        self.store.write(|tx| {
+        let found = self.store.write(|tx| {
             // A locked user sees nothing more (issue #19 review).
             if let Viewer::User(name) = viewer
                 && let Err(refusal) = self.ensure_unlocked(tx, name)?
@@ -709,12 +742,48 @@ impl Access {
                     target: filter.target.clone(),
                     since: filter.since,
                     until: filter.until,
+                    grep: grep.map(str::to_string),
                     results: found.len() as u64,
                 },
                 now,
             )?;
             Ok(Ok(found))
-        })?
+        })??;
+        let Some(hits) = hits else {
+            return Ok(found);
+        };
+        let mut by_session: HashMap<String, Vec<crate::store::search::Entry>> = HashMap::new();
+        for hit in hits {
+            let kept = by_session.entry(hit.session_id.clone()).or_default();
+            if kept.len() < MAX_HITS_SHOWN {
+                kept.push(hit);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|mut summary| {
+                summary.hits = by_session.remove(&summary.session.id).unwrap_or_default();
+                summary
+            })
+            .collect())
+    }
+
+    /// Index entries holding `text`, over every session (callers filter by visibility).
+    fn search(&self, text: &str) -> Result<Vec<crate::store::search::Entry>, AccessError> {
+        let length = text.chars().count();
+        if !(crate::store::search::MIN_SEARCH..=MAX_SEARCH).contains(&length) {
+            return Err(AccessError::BadFilter(format!(
+                "--grep takes {} to {MAX_SEARCH} characters",
+                crate::store::search::MIN_SEARCH
+            )));
+        }
+        let Some(index) = &self.search else {
+            return Err(AccessError::BadFilter(
+                "there is no search index yet: the running bastion (portcullis serve) builds it"
+                    .to_string(),
+            ));
+        };
+        Ok(index.search(text, MAX_HITS)?)
     }
 
     /// What `viewer` may see: `None` for everything (the operator, a reviewer role), else their

@@ -699,7 +699,7 @@ approvers = ["dba"]
         };
         let mut found: Vec<String> = fixture
             .access
-            .find_sessions(viewer, filter)
+            .find_sessions(viewer, filter, None)
             .unwrap_or_else(|error| panic!("{viewer:?}: {error}"))
             .into_iter()
             .map(|summary| summary.session.id)
@@ -717,7 +717,7 @@ approvers = ["dba"]
     };
     let found = fixture
         .access
-        .find_sessions(&Viewer::User("alice".into()), filter)
+        .find_sessions(&Viewer::User("alice".into()), filter, None)
         .unwrap_or_else(|error| panic!("{error}"));
     assert!(found.is_empty(), "alice asked for dave's sessions");
     let searches = fixture
@@ -737,6 +737,7 @@ approvers = ["dba"]
             limit: 100,
             ..Default::default()
         },
+        None,
     );
     assert!(
         matches!(refused, Err(AccessError::Locked(_))),

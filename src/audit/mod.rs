@@ -259,6 +259,8 @@ pub enum AuditEvent {
         target: Option<String>,
         since: Option<OffsetDateTime>,
         until: Option<OffsetDateTime>,
+        /// The text searched for (`--grep`).
+        grep: Option<String>,
         results: u64,
     },
     /// A run of the retention job (issue #18): what it removed, what sinks held back, and where
@@ -653,11 +655,15 @@ impl AuditEvent {
                 target,
                 since,
                 until,
+                grep,
                 results,
             } => {
                 entry.actor = Some(actor.label());
                 entry.target = target.clone();
                 detail = json!({ "results": results });
+                if let Some(grep) = grep {
+                    detail["grep"] = json!(grep);
+                }
                 if let Some(user) = user {
                     detail["user"] = json!(user);
                 }

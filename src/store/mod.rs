@@ -8,6 +8,7 @@
 //! Schema changes are numbered migrations tracked in `PRAGMA user_version`.
 
 mod migrations;
+pub mod search;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -829,6 +830,7 @@ impl Tx<'_> {
              WHERE (?1 IS NULL OR s.user = ?1) AND (?2 IS NULL OR s.target = ?2)
                AND (?3 IS NULL OR s.started_at >= ?3) AND (?4 IS NULL OR s.started_at < ?4)
                AND (?5 OR s.user = ?6 OR s.target IN (SELECT value FROM json_each(?7)))
+               AND (?9 IS NULL OR s.id IN (SELECT value FROM json_each(?9)))
              ORDER BY s.started_at DESC, s.id DESC
              LIMIT ?8",
         )?;
@@ -842,6 +844,10 @@ impl Tx<'_> {
                 viewer,
                 targets,
                 filter.limit,
+                filter
+                    .ids
+                    .as_ref()
+                    .map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())),
             ],
             |row| {
                 Ok((
@@ -907,6 +913,7 @@ impl Tx<'_> {
                 reason,
                 approvers: lines(approvers),
                 recordings,
+                hits: Vec::new(),
             });
         }
         Ok(found)
@@ -1356,6 +1363,8 @@ pub struct SessionFilter {
     pub limit: u32,
     /// `None`: every session; otherwise only this user's own and those on these targets.
     pub visible_to: Option<(String, Vec<String>)>,
+    /// Only these sessions (those a search found), when set.
+    pub ids: Option<Vec<String>>,
 }
 
 /// A session as a reviewer lists it: the row, the request's reason and approvers, and its
@@ -1367,6 +1376,8 @@ pub struct SessionSummary {
     pub reason: Option<String>,
     pub approvers: Vec<String>,
     pub recordings: Vec<(u32, String)>,
+    /// What a search (`--grep`) found in it, in order.
+    pub hits: Vec<search::Entry>,
 }
 
 /// What `Tx::prune_audit` removed, and which sinks held it back.
@@ -1539,6 +1550,65 @@ impl Tx<'_> {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// Recordings whose row came after `rowid` (the search indexer's cursor), oldest first, at
+    /// most `limit`, each with its rowid.
+    pub fn recordings_after(
+        &self,
+        rowid: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, RecordingRow)>, StoreError> {
+        let mut statement = self.transaction.prepare(
+            "SELECT rowid, session_id, channel, kind, path, sha256, size FROM recordings
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![rowid, limit], |row| {
+                Ok((
+                    row.get(0)?,
+                    RecordingRow {
+                        session_id: row.get(1)?,
+                        channel: row.get(2)?,
+                        kind: row.get(3)?,
+                        path: row.get(4)?,
+                        sha256: row.get(5)?,
+                        size: row.get::<_, Option<i64>>(6)?.map(|size| size.max(0) as u64),
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// `file.operation` records after `seq`, at most `limit`: (seq, session, seconds since the
+    /// session started, detail).
+    pub fn file_operations_after(
+        &self,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, i64, String)>, StoreError> {
+        let mut statement = self.transaction.prepare(
+            "SELECT a.seq, a.session_id, a.ts - coalesce(s.started_at, a.ts), a.detail
+             FROM audit_events AS a LEFT JOIN sessions AS s ON s.id = a.session_id
+             WHERE a.seq > ?1 AND a.type = 'file.operation' AND a.session_id IS NOT NULL
+             ORDER BY a.seq LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![seq, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The last audit seq (0 when empty).
+    pub fn last_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.transaction.query_row(
+            "SELECT coalesce(max(seq), 0) FROM audit_events",
+            [],
+            |row| row.get(0),
+        )?)
     }
 
     /// The host key remembered for an `accept-first` target, in OpenSSH form.

@@ -1,0 +1,433 @@
+//! The search indexer (issue #19): a background task that reads the recordings and the audit
+//! log as they are written and fills the search index (`store::search`).
+//!
+//! It reads the files, not the relay: a session never waits for it, and whatever it misses (a
+//! crash, a restart) it reads again from the offset it committed with its last batch. Terminal
+//! recordings go through asciinema's emulator (`recording::screen`), so the index holds the text
+//! a reviewer would have seen (lines as they scroll off, then the final screen), and their `m`
+//! markers as commands; query logs give their statements; `file.operation` records their paths.
+//! Recordings are flushed each second and indexed each second, so a session is searchable
+//! within about two seconds of its output.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::access::Access;
+use crate::recording::screen::Screen;
+use crate::store::search::{Batch, Entry, EntryKind, SearchIndex, Source};
+use crate::store::{Store, StoreError};
+
+/// How often the indexer looks for new output when it has caught up.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes read from one file in one pass, and from all files: a batch stays a short
+/// transaction, and a pass that hit the budget runs again at once.
+const FILE_BUDGET: u64 = 8 << 20;
+const PASS_BUDGET: u64 = 32 << 20;
+
+/// Text of one entry, at most; longer lines become several entries that overlap by `OVERLAP`,
+/// so a searched string up to that long is found across a cut.
+const MAX_ENTRY: usize = 4096;
+const OVERLAP: usize = 256;
+
+const RECORDINGS_CURSOR: &str = "recordings";
+const FILE_OPERATIONS_CURSOR: &str = "file-operations";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs passes until shutdown; errors are logged and retried on the next pass.
+pub async fn run(access: Access, index: SearchIndex, mut shutdown: watch::Receiver<bool>) {
+    let mut indexer = Some(Indexer::new(access.store().clone(), index));
+    loop {
+        let Some(mut worker) = indexer.take() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let result = worker.pass();
+            (worker, result)
+        })
+        .await;
+        let more = match done {
+            Ok((worker, result)) => {
+                indexer = Some(worker);
+                match result {
+                    Ok(more) => more,
+                    Err(error) => {
+                        tracing::warn!(%error, "search indexing failed; retrying");
+                        false
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "the search indexer stopped");
+                return;
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        if !more {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(INTERVAL) => {}
+            }
+        }
+    }
+}
+
+/// The indexer's state between passes: the emulator of each terminal recording being read.
+pub struct Indexer {
+    store: Store,
+    index: SearchIndex,
+    open: Option<BTreeMap<(String, u32), Source>>,
+    screens: BTreeMap<(String, u32), CastReader>,
+}
+
+impl Indexer {
+    pub fn new(store: Store, index: SearchIndex) -> Indexer {
+        Indexer {
+            store,
+            index,
+            open: None,
+            screens: BTreeMap::new(),
+        }
+    }
+
+    /// One pass over new recordings, grown files and new file operations, committed as one
+    /// batch. True when a budget cut it short, so another pass should follow at once.
+    pub fn pass(&mut self) -> Result<bool, IndexError> {
+        let mut batch = Batch::default();
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => self
+                .index
+                .open_sources()?
+                .into_iter()
+                .map(|source| ((source.session_id.clone(), source.channel), source))
+                .collect(),
+        };
+        let mut open = open;
+
+        let cursor = self.index.cursor(RECORDINGS_CURSOR)?;
+        let new = self.store.read(|tx| tx.recordings_after(cursor, 1000))?;
+        if let Some((last, _)) = new.last() {
+            batch.cursors.push((RECORDINGS_CURSOR, *last));
+        }
+        let mut added = std::collections::BTreeSet::new();
+        for (_, row) in new {
+            added.insert((row.session_id.clone(), row.channel));
+            let source = Source {
+                session_id: row.session_id,
+                channel: row.channel,
+                path: row.path.into(),
+                offset: 0,
+                done: false,
+            };
+            open.insert((source.session_id.clone(), source.channel), source);
+        }
+
+        let mut budget = PASS_BUDGET;
+        let mut more = false;
+        let keys: Vec<(String, u32)> = open.keys().cloned().collect();
+        for key in keys {
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let Some(source) = open.get_mut(&key) else {
+                continue;
+            };
+            let before = source.clone();
+            let read = self.read_source(source, budget.min(FILE_BUDGET), &mut batch.entries)?;
+            budget = budget.saturating_sub(read);
+            if read == FILE_BUDGET {
+                more = true;
+            }
+            if *source != before || added.contains(&key) {
+                batch.sources.push(source.clone());
+            }
+            if source.done {
+                open.remove(&key);
+                self.screens.remove(&key);
+            }
+        }
+
+        let seq = self.index.cursor(FILE_OPERATIONS_CURSOR)?;
+        let operations = self.store.read(|tx| tx.file_operations_after(seq, 1000))?;
+        if let Some((last, ..)) = operations.last() {
+            batch.cursors.push((FILE_OPERATIONS_CURSOR, *last));
+            more |= operations.len() == 1000;
+        }
+        for (_, session_id, seconds, detail) in operations {
+            let Ok(detail) = serde_json::from_str::<Value>(&detail) else {
+                continue;
+            };
+            for field in ["path", "to"] {
+                if let Some(path) = detail[field].as_str() {
+                    push_entries(
+                        &mut batch.entries,
+                        &session_id,
+                        0,
+                        EntryKind::File,
+                        seconds.saturating_mul(1000),
+                        path,
+                    );
+                }
+            }
+        }
+
+        self.index.commit(&batch)?;
+        self.open = Some(open);
+        Ok(more)
+    }
+
+    /// Reads what `source` gained (whole lines only, at most `budget` bytes) into entries;
+    /// marks it done once its recording is finalized and wholly read. Returns the bytes read.
+    fn read_source(
+        &mut self,
+        source: &mut Source,
+        budget: u64,
+        entries: &mut Vec<Entry>,
+    ) -> Result<u64, IndexError> {
+        let finalized = self
+            .store
+            .read(|tx| tx.recordings(&source.session_id))?
+            .into_iter()
+            .any(|row| row.channel == source.channel && row.sha256.is_some());
+        let key = (source.session_id.clone(), source.channel);
+        let cast = source.path.extension().is_some_and(|ext| ext == "cast");
+        if cast && !self.screens.contains_key(&key) {
+            // A restart: the emulator state is rebuilt from what was indexed before.
+            let mut reader = CastReader::default();
+            if source.offset > 0 {
+                let prefix = read_range(&source.path, 0, source.offset)?;
+                for line in prefix.split(|byte| *byte == b'\n') {
+                    reader.line(line, &mut Vec::new(), source);
+                }
+            }
+            self.screens.insert(key.clone(), reader);
+        }
+        let size = match std::fs::metadata(&source.path) {
+            Ok(metadata) => metadata.len(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // Removed (retention, or by hand): nothing more to read.
+                source.done = finalized;
+                return Ok(0);
+            }
+            Err(source_error) => {
+                return Err(IndexError::Read {
+                    path: source.path.display().to_string(),
+                    source: source_error,
+                });
+            }
+        };
+        let end = size.min(source.offset.saturating_add(budget));
+        let bytes = if end > source.offset {
+            read_range(&source.path, source.offset, end)?
+        } else {
+            Vec::new()
+        };
+        // Only whole lines: the writer may have flushed half of one.
+        let whole = bytes
+            .iter()
+            .rposition(|byte| *byte == b'\n')
+            .map_or(0, |last| last + 1);
+        for line in bytes[..whole].split(|byte| *byte == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if cast {
+                if let Some(reader) = self.screens.get_mut(&key) {
+                    reader.line(line, entries, source);
+                }
+            } else {
+                statement(line, entries, source);
+            }
+        }
+        source.offset += whole as u64;
+        if finalized && source.offset >= size {
+            if let Some(reader) = self.screens.remove(&key) {
+                reader.finish(entries, source);
+            }
+            source.done = true;
+        }
+        Ok(whole as u64)
+    }
+}
+
+/// One terminal recording read line by line: its emulator and the time of the last event.
+#[derive(Default)]
+struct CastReader {
+    screen: Option<Screen>,
+    /// Whether the channel had a pty (its header names a terminal type): output without one
+    /// ends lines with LF alone, which a terminal needs as CR LF.
+    pty: bool,
+    at_ms: i64,
+}
+
+impl CastReader {
+    fn line(&mut self, line: &[u8], entries: &mut Vec<Entry>, source: &Source) {
+        let Ok(value) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let Some(screen) = self.screen.as_mut() else {
+            // The header.
+            let width = value["width"].as_u64().unwrap_or(80) as u32;
+            let height = value["height"].as_u64().unwrap_or(24) as u32;
+            self.pty = value["env"]["TERM"].is_string();
+            self.screen = Some(Screen::new(width, height, true));
+            return;
+        };
+        let (Some(at), Some(code), Some(data)) =
+            (value[0].as_f64(), value[1].as_str(), value[2].as_str())
+        else {
+            return;
+        };
+        self.at_ms = (at * 1000.0) as i64;
+        let lines = match code {
+            "o" if self.pty => screen.feed(data),
+            "o" => screen.feed(&data.replace("\r\n", "\n").replace('\n', "\r\n")),
+            "r" => {
+                let (width, height) = data.split_once('x').unwrap_or(("80", "24"));
+                screen.resize(width.parse().unwrap_or(80), height.parse().unwrap_or(24))
+            }
+            "m" => {
+                push_entries(
+                    entries,
+                    &source.session_id,
+                    source.channel,
+                    EntryKind::Command,
+                    self.at_ms,
+                    data,
+                );
+                return;
+            }
+            _ => return,
+        };
+        self.screen_lines(lines, entries, source);
+    }
+
+    fn screen_lines(&self, lines: Vec<String>, entries: &mut Vec<Entry>, source: &Source) {
+        for line in lines {
+            if !line.trim().is_empty() {
+                push_entries(
+                    entries,
+                    &source.session_id,
+                    source.channel,
+                    EntryKind::Screen,
+                    self.at_ms,
+                    &line,
+                );
+            }
+        }
+    }
+
+    fn finish(mut self, entries: &mut Vec<Entry>, source: &Source) {
+        if let Some(screen) = self.screen.take() {
+            let lines = screen.finish();
+            self.screen_lines(lines, entries, source);
+        }
+    }
+}
+
+/// A query log line: its statement.
+fn statement(line: &[u8], entries: &mut Vec<Entry>, source: &Source) {
+    let Ok(value) = serde_json::from_slice::<Value>(line) else {
+        return;
+    };
+    let (Some(at), Some(sql)) = (value["t"].as_f64(), value["sql"].as_str()) else {
+        return;
+    };
+    push_entries(
+        entries,
+        &source.session_id,
+        source.channel,
+        EntryKind::Statement,
+        (at * 1000.0) as i64,
+        sql,
+    );
+}
+
+/// `text` as one entry, or as overlapping pieces when longer than `MAX_ENTRY`.
+fn push_entries(
+    entries: &mut Vec<Entry>,
+    session_id: &str,
+    channel: u32,
+    kind: EntryKind,
+    at_ms: i64,
+    text: &str,
+) {
+    let mut start = 0;
+    loop {
+        let mut end = (start + MAX_ENTRY).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        entries.push(Entry {
+            session_id: session_id.to_string(),
+            channel,
+            kind,
+            at_ms,
+            text: text[start..end].to_string(),
+        });
+        if end >= text.len() {
+            return;
+        }
+        let mut next = end.saturating_sub(OVERLAP).max(start + 1);
+        while !text.is_char_boundary(next) {
+            next += 1;
+        }
+        start = next;
+    }
+}
+
+fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, IndexError> {
+    let error = |source| IndexError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(error)?;
+    file.seek(SeekFrom::Start(from)).map_err(error)?;
+    let mut bytes = Vec::with_capacity(to.saturating_sub(from) as usize);
+    file.take(to.saturating_sub(from))
+        .read_to_end(&mut bytes)
+        .map_err(error)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_into_overlapping_entries_that_keep_every_substring() {
+        let text: String = (0..20_000)
+            .map(|n| char::from(b'a' + (n % 26) as u8))
+            .collect();
+        let text = format!("{text}ключ{text}");
+        let mut entries = Vec::new();
+        push_entries(&mut entries, "s", 0, EntryKind::Screen, 0, &text);
+        assert!(entries.len() > 1);
+        assert!(entries.iter().all(|entry| entry.text.len() <= MAX_ENTRY));
+        for needle in ["xyzabc", "ключ", &text[MAX_ENTRY - 100..MAX_ENTRY + 100]] {
+            assert!(
+                entries.iter().any(|entry| entry.text.contains(needle)),
+                "{needle}"
+            );
+        }
+    }
+}

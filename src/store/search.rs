@@ -1,0 +1,421 @@
+//! The search index (issue #19): what a reviewer may search, in SQLite FTS5 with the trigram
+//! tokenizer (substring search in any language), in a file of its own beside the state database.
+//!
+//! Its own file and connection, so indexing and searching never take the write lock that logins,
+//! approvals and the audit chain use. Everything in it is derived from the recordings and the
+//! audit log (`review::indexer` fills it), so it runs with `synchronous = NORMAL`: a crash may
+//! lose the last batch, which the indexer redoes from its sources' offsets, kept in the same
+//! transaction as the entries they produced.
+//!
+//! `lines` holds the text and where it came from; `entries` is an external-content FTS5 table
+//! over it, kept in step by triggers, so removing a session's lines (retention) is an indexed
+//! delete.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::StoreError;
+
+/// What an entry is: the closed set of things a reviewer searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A line of what a terminal showed.
+    Screen,
+    /// A command: the line at the cursor when Enter was pressed, or an exec channel's command.
+    Command,
+    /// A SQL statement of a database session.
+    Statement,
+    /// A path of a file operation (SFTP, scp).
+    File,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Screen => "screen",
+            EntryKind::Command => "command",
+            EntryKind::Statement => "statement",
+            EntryKind::File => "file",
+        }
+    }
+
+    fn parse(text: &str) -> Result<EntryKind, StoreError> {
+        Ok(match text {
+            "screen" => EntryKind::Screen,
+            "command" => EntryKind::Command,
+            "statement" => EntryKind::Statement,
+            "file" => EntryKind::File,
+            other => {
+                return Err(StoreError::Corrupt {
+                    column: "lines.kind",
+                    value: other.to_string(),
+                });
+            }
+        })
+    }
+}
+
+/// One indexed line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub session_id: String,
+    /// The recording's channel (0 for a query log or a file operation).
+    pub channel: u32,
+    pub kind: EntryKind,
+    /// Milliseconds since the session (or the channel's recording) started.
+    pub at_ms: i64,
+    pub text: String,
+}
+
+/// Where the indexer stands in one recording file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub session_id: String,
+    pub channel: u32,
+    pub path: PathBuf,
+    /// Bytes of the file already indexed (always at a line's end).
+    pub offset: u64,
+    /// Whether the file is finished and wholly indexed.
+    pub done: bool,
+}
+
+/// One batch of the indexer, committed at once: its entries, where its sources now stand, and
+/// its cursors (named positions in other streams, such as the audit log's seq).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub sources: Vec<Source>,
+    pub cursors: Vec<(&'static str, i64)>,
+}
+
+/// The shortest text a search takes: a trigram index finds substrings of three characters or
+/// more.
+pub const MIN_SEARCH: usize = 3;
+
+/// A handle to the index; clones share one connection.
+#[derive(Clone)]
+pub struct SearchIndex {
+    connection: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SearchIndex")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lines (
+    id         INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    channel    INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    text       TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS lines_by_session ON lines (session_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS entries USING fts5(
+    text, content = 'lines', content_rowid = 'id', tokenize = 'trigram'
+);
+CREATE TRIGGER IF NOT EXISTS lines_indexed AFTER INSERT ON lines BEGIN
+    INSERT INTO entries (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS lines_removed AFTER DELETE ON lines BEGIN
+    INSERT INTO entries (entries, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+CREATE TABLE IF NOT EXISTS sources (
+    session_id TEXT NOT NULL,
+    channel    INTEGER NOT NULL,
+    path       TEXT NOT NULL,
+    offset     INTEGER NOT NULL,
+    done       INTEGER NOT NULL,
+    PRIMARY KEY (session_id, channel)
+) STRICT;
+CREATE TABLE IF NOT EXISTS cursors (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+";
+
+impl SearchIndex {
+    /// Opens (creating if needed, mode 0600: it holds what sessions showed) the index at `path`.
+    pub fn open(path: &Path) -> Result<SearchIndex, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|error| {
+                open_error(rusqlite::Error::InvalidPath(
+                    format!("{}: {error}", path.display()).into(),
+                ))
+            })?;
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(SearchIndex {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing index to search it only (the host CLI beside a running server);
+    /// `None` when there is none yet.
+    pub fn open_existing(path: &Path) -> Result<Option<SearchIndex>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Some(SearchIndex {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The sources not yet wholly indexed.
+    pub fn open_sources(&self) -> Result<Vec<Source>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT session_id, channel, path, offset, done FROM sources WHERE done = 0
+             ORDER BY session_id, channel",
+        )?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Source {
+                    session_id: row.get(0)?,
+                    channel: row.get(1)?,
+                    path: PathBuf::from(row.get::<_, String>(2)?),
+                    offset: row.get::<_, i64>(3)?.max(0) as u64,
+                    done: row.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A named cursor (0 when never set).
+    pub fn cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let connection = self.lock();
+        let value = connection
+            .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// Commits a batch in one transaction.
+    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO lines (session_id, channel, kind, at_ms, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for entry in &batch.entries {
+                insert.execute(params![
+                    entry.session_id,
+                    entry.channel,
+                    entry.kind.as_str(),
+                    entry.at_ms,
+                    entry.text
+                ])?;
+            }
+            let mut source = transaction.prepare_cached(
+                "INSERT INTO sources (session_id, channel, path, offset, done)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (session_id, channel) DO UPDATE
+                 SET path = excluded.path, offset = excluded.offset, done = excluded.done",
+            )?;
+            for row in &batch.sources {
+                source.execute(params![
+                    row.session_id,
+                    row.channel,
+                    row.path.to_string_lossy(),
+                    row.offset as i64,
+                    row.done
+                ])?;
+            }
+            let mut cursor = transaction.prepare_cached(
+                "INSERT INTO cursors (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?;
+            for (name, value) in &batch.cursors {
+                cursor.execute(params![name, value])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Entries holding `text` (case-insensitive substring, at least `MIN_SEARCH` characters),
+    /// oldest first, at most `limit`. Callers decide which sessions the viewer may see.
+    pub fn search(&self, text: &str, limit: u32) -> Result<Vec<Entry>, StoreError> {
+        let phrase = format!("\"{}\"", text.replace('"', "\"\""));
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT l.session_id, l.channel, l.kind, l.at_ms, l.text
+             FROM entries JOIN lines AS l ON l.id = entries.rowid
+             WHERE entries MATCH ?1 ORDER BY l.id LIMIT ?2",
+        )?;
+        let rows = statement
+            .query_map(params![phrase, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(session_id, channel, kind, at_ms, text)| {
+                Ok(Entry {
+                    session_id,
+                    channel,
+                    kind: EntryKind::parse(&kind)?,
+                    at_ms,
+                    text,
+                })
+            })
+            .collect()
+    }
+
+    /// A session's entries of `kind`, in order: its command timeline.
+    pub fn entries_of(&self, session_id: &str, kind: EntryKind) -> Result<Vec<Entry>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare(
+            "SELECT channel, at_ms, text FROM lines WHERE session_id = ?1 AND kind = ?2
+             ORDER BY id",
+        )?;
+        let rows = statement
+            .query_map(params![session_id, kind.as_str()], |row| {
+                Ok(Entry {
+                    session_id: session_id.to_string(),
+                    channel: row.get(0)?,
+                    kind,
+                    at_ms: row.get(1)?,
+                    text: row.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Removes everything indexed of these sessions (retention removed their recordings).
+    pub fn prune(&self, session_ids: &[String]) -> Result<u64, StoreError> {
+        let mut connection = self.lock();
+        let transaction = connection.transaction()?;
+        let mut removed = 0;
+        for session in session_ids {
+            removed += transaction.execute("DELETE FROM lines WHERE session_id = ?1", [session])?;
+            transaction.execute("DELETE FROM sources WHERE session_id = ?1", [session])?;
+        }
+        transaction.commit()?;
+        Ok(removed as u64)
+    }
+
+    /// Lines indexed, and the bytes of text they hold.
+    pub fn size(&self) -> Result<(u64, u64), StoreError> {
+        let connection = self.lock();
+        let (lines, bytes) = connection.query_row(
+            "SELECT count(*), coalesce(sum(length(CAST(text AS BLOB))), 0) FROM lines",
+            [],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        Ok((lines.max(0) as u64, bytes.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(session: &str, kind: EntryKind, text: &str) -> Entry {
+        Entry {
+            session_id: session.to_string(),
+            channel: 0,
+            kind,
+            at_ms: 1500,
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn substrings_are_found_in_any_language_and_pruned_with_their_session()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let index = SearchIndex::open(&dir.path().join("index.sqlite"))?;
+        index.commit(&Batch {
+            entries: vec![
+                entry("s-1", EntryKind::Command, "demo$ rm -rf /var/lib/app"),
+                entry("s-1", EntryKind::Screen, "Größe: 42 Einträge, ключ-7781"),
+                entry("s-2", EntryKind::Statement, "DROP TABLE \"customers\""),
+                entry("s-2", EntryKind::File, "/srv/data/customer-0042.csv"),
+            ],
+            sources: Vec::new(),
+            cursors: vec![("audit", 17)],
+        })?;
+        let found = |text: &str| -> Result<Vec<String>, StoreError> {
+            Ok(index
+                .search(text, 100)?
+                .into_iter()
+                .map(|entry| entry.session_id)
+                .collect())
+        };
+        assert_eq!(found("rm -rf /var")?, ["s-1"]);
+        assert_eq!(found("ключ-77")?, ["s-1"]);
+        assert_eq!(found("drop table \"cust")?, ["s-2"]);
+        assert_eq!(found("customer-0042")?, ["s-2"]);
+        assert!(found("rm -rf /usr")?.is_empty());
+        // FTS5 syntax in the text is taken literally.
+        assert!(found("AND OR NOT *")?.is_empty());
+        assert!(found("\" OR \"")?.is_empty());
+        assert_eq!(index.cursor("audit")?, 17);
+        assert_eq!(index.prune(&["s-1".to_string()])?, 2);
+        assert!(found("rm -rf /var")?.is_empty());
+        assert_eq!(found("customer-0042")?, ["s-2"]);
+        Ok(())
+    }
+}
