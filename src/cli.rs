@@ -384,6 +384,7 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                 &access.config().server.recordings_dir,
                 access.now(),
                 Actor::Operator(operator_name()),
+                access.search_index(),
             )?;
             let held = if report.held_by.is_empty() {
                 String::new()
@@ -405,6 +406,7 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                     "removed_recordings": report.removed_recordings,
                     "held_by": report.held_by,
                     "leftover_files": report.leftover_files,
+                    "removed_index_lines": report.removed_index_lines,
                 }),
                 format!(
                     "removed {} events and {} recordings from before {}{held}",

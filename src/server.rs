@@ -320,6 +320,7 @@ async fn retention_task(access: Access, mut shutdown: watch::Receiver<bool>) {
                 &worker.config().server.recordings_dir,
                 now,
                 crate::audit::Actor::System,
+                worker.search_index(),
             )
         })
         .await;

@@ -2623,6 +2623,13 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
         (lag("stuck") == 0 && lag("files") == 0).then_some(())
     });
 
+    // Both sessions' statements are searchable (issue #19) until retention removes one.
+    let index = bastion.access().search_index().unwrap().clone();
+    let searched = |text: &str| index.search(text, 10).unwrap().len();
+    wait_for("both statements indexed", Duration::from_secs(15), || {
+        (searched("select 42") == 1 && searched("select 43") == 1).then_some(())
+    });
+
     // The next day's run removes the old session, and only it.
     bastion.advance(Duration::from_secs(86_400 + 1));
     let second = wait_for("the next daily run", Duration::from_secs(20), || {
@@ -2641,6 +2648,16 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
         "the archive keeps it"
     );
     assert!(new_log.exists(), "a query log within retention stays");
+    wait_for(
+        "the old session out of the index",
+        Duration::from_secs(10),
+        || (searched("select 42") == 0).then_some(()),
+    );
+    assert_eq!(
+        searched("select 43"),
+        1,
+        "the kept session stays searchable"
+    );
     let anchor = detail["chain_starts_after"]["seq"].as_i64().unwrap();
     let kept = bastion
         .access()

@@ -27,6 +27,8 @@ pub struct Report {
     pub held_by: Vec<String>,
     /// Files whose rows went but that could not be removed.
     pub leftover_files: Vec<String>,
+    /// Search index lines of sessions of which nothing is kept any more.
+    pub removed_index_lines: u64,
 }
 
 /// Runs retention once at `now` and audits it.
@@ -36,6 +38,7 @@ pub fn run(
     recordings_dir: &std::path::Path,
     now: OffsetDateTime,
     actor: Actor,
+    index: Option<&crate::store::search::SearchIndex>,
 ) -> Result<Report, StoreError> {
     let cutoff = now - time::Duration::days(i64::from(config.retention_days));
     // Every sink's cursor holds removal back (a statements-only sink still reads the query logs
@@ -91,6 +94,18 @@ pub fn run(
         )?;
         Ok(pruned)
     })?;
+    // The index is derived: what it held of removed sessions goes after the commit, and a
+    // failure here is reported without undoing the removal (the next run retries nothing, so
+    // say it).
+    let mut removed_index_lines = 0;
+    if let Some(index) = index
+        && !pruned.sessions.is_empty()
+    {
+        match index.prune(&pruned.sessions) {
+            Ok(lines) => removed_index_lines = lines,
+            Err(error) => tracing::warn!(%error, "retention: cannot prune the search index"),
+        }
+    }
     let mut leftover_files = Vec::new();
     for file in &pruned.files {
         // Only files under the recordings folder: a row changed to name another file must not
@@ -120,6 +135,7 @@ pub fn run(
         removed_recordings: pruned.files.len() as u64,
         held_by: pruned.held_by,
         leftover_files,
+        removed_index_lines,
     })
 }
 

@@ -954,6 +954,7 @@ impl Tx<'_> {
         sinks: &[String],
     ) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
+        let mut candidates = std::collections::BTreeSet::new();
         // Records form a prefix of the chain: up to the first one stamped at or after the
         // cutoff, so a clock that stepped back never leaves a hole.
         let first_due: Option<i64> = self
@@ -986,6 +987,15 @@ impl Tx<'_> {
                 [through],
                 |row| row.get(0),
             )?;
+            let mut sessions = self.transaction.prepare(
+                "SELECT DISTINCT session_id FROM audit_events
+                 WHERE seq <= ?1 AND session_id IS NOT NULL",
+            )?;
+            candidates.extend(
+                sessions
+                    .query_map([through], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
             pruned.events = self
                 .transaction
                 .execute("DELETE FROM audit_events WHERE seq <= ?1", [through])?
@@ -998,13 +1008,33 @@ impl Tx<'_> {
             "DELETE FROM recordings AS r
              WHERE archived_at IS NOT NULL AND finalized_at IS NOT NULL AND finalized_at < ?1
                AND NOT EXISTS (SELECT 1 FROM audit_events AS a WHERE a.session_id = r.session_id)
-             RETURNING path",
+             RETURNING path, session_id",
         )?;
-        pruned.files = statement
+        let removed = statement
             .query_map([cutoff.unix_timestamp()], |row| {
-                row.get::<_, String>(0).map(PathBuf::from)
+                Ok((
+                    PathBuf::from(row.get::<_, String>(0)?),
+                    row.get::<_, String>(1)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        for (path, session) in removed {
+            pruned.files.push(path);
+            candidates.insert(session);
+        }
+        // A session leaves the search index once nothing of it is kept: no record names it and
+        // no recording of it remains (issue #19).
+        for session in candidates {
+            let kept: bool = self.transaction.query_row(
+                "SELECT EXISTS (SELECT 1 FROM audit_events WHERE session_id = ?1)
+                     OR EXISTS (SELECT 1 FROM recordings WHERE session_id = ?1)",
+                [&session],
+                |row| row.get(0),
+            )?;
+            if !kept {
+                pruned.sessions.push(session);
+            }
+        }
         Ok(pruned)
     }
 
@@ -1389,6 +1419,8 @@ pub struct Pruned {
     /// The recordings and query logs whose rows went: their files are the caller's to remove.
     pub files: Vec<PathBuf>,
     pub held_by: Vec<String>,
+    /// Sessions of which nothing is kept any more: their search index entries go too.
+    pub sessions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
