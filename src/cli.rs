@@ -73,6 +73,13 @@ enum Command {
     },
     /// Recorded sessions, newest first, with their grant's reason and approvers (issue #19)
     Sessions(crate::commands::SessionArgs),
+    /// Play a recorded session with its timing (in a terminal: space pauses, arrows seek 5 s,
+    /// q quits), or print it when the output is not a terminal (issue #19)
+    Replay(crate::commands::ReplayArgs),
+    /// A session as evidence: a standalone .cast, its JSON timeline, or plain text (issue #19)
+    Export(crate::commands::ExportArgs),
+    /// End a live session within a second, with the reason on its user's screen (issue #19)
+    Kill(crate::commands::KillArgs),
     /// Who can reach production right now (issue #19)
     Access {
         #[command(subcommand)]
@@ -274,6 +281,54 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
             let viewer = crate::access::Viewer::Operator(operator_name());
             let (value, text) = crate::commands::sessions(&access, &viewer, &args)?;
             output.print(value, text);
+        }
+        Command::Replay(args) => {
+            use std::io::IsTerminal;
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            let terminal =
+                !output.json && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+            match crate::commands::replay(&access, &viewer, &args, terminal) {
+                Ok(crate::commands::Replay::Text(text)) => {
+                    if output.json {
+                        output.print(json!({ "output": text }), String::new());
+                    } else {
+                        use std::io::Write;
+                        let mut stdout = std::io::stdout().lock();
+                        stdout.write_all(text.as_bytes())?;
+                        stdout.flush()?;
+                    }
+                }
+                Ok(crate::commands::Replay::Terminal { player, start }) => {
+                    play_in_terminal(player, start)?;
+                }
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Export(args) => {
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            match crate::commands::export(&access, &viewer, &args) {
+                Ok((value, text)) => output.print(value, text),
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
+        }
+        Command::Kill(args) => {
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            match crate::commands::kill(&access, &viewer, &args) {
+                Ok((value, text)) => output.print(value, text),
+                Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
+                Err(refusal) => {
+                    output.refuse(&refusal.to_string());
+                    return Ok(Outcome::Refused);
+                }
+            }
         }
         Command::Revoke { grant, reason } => {
             let actor = Actor::Operator(operator_name());
@@ -822,6 +877,65 @@ impl Output {
         }
         eprintln!("error: {message}");
     }
+}
+
+/// Plays a replay on this terminal: raw input for the keys (restored however the replay
+/// ends), output as it comes.
+fn play_in_terminal(player: crate::review::replay::Player, start: f64) -> anyhow::Result<()> {
+    use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    struct Restore(rustix::termios::Termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &self.0);
+        }
+    }
+    let saved = tcgetattr(std::io::stdin().as_fd()).context("cannot read the terminal's mode")?;
+    let mut raw = saved.clone();
+    raw.make_raw();
+    // Output still ends lines as recorded; only input goes raw.
+    raw.output_modes = saved.output_modes;
+    let _restore = Restore(saved);
+    tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &raw)
+        .context("cannot set the terminal's mode")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (keys, key_queue) = tokio::sync::mpsc::channel(16);
+        let (writes, mut written) = tokio::sync::mpsc::channel::<String>(16);
+        // The thread stays blocked on stdin after the replay; the process ends anyway.
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(read) = stdin.read(&mut buffer) {
+                if read == 0 || keys.blocking_send(buffer[..read].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let driver = tokio::spawn(crate::review::replay::drive(
+            player, start, key_queue, writes,
+        ));
+        let mut stdout = std::io::stdout();
+        while let Some(text) = written.recv().await {
+            if stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = driver.await;
+        let _ = stdout.write_all(b"\x1b[0m\r\n");
+        let _ = stdout.flush();
+    });
+    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::access::model::{AccessRequest, Grant, RequestState};
 use crate::access::{Access, AccessError, Approved, policy};
-use crate::audit::Actor;
+use crate::audit::{Actor, ViewKind};
 use crate::clock::rfc3339;
 use crate::config::{format_duration, parse_duration};
 use crate::ids::IdKind;
@@ -118,6 +118,17 @@ enum Command {
     },
     /// Recorded sessions, newest first: yours; an approver's targets' too; a reviewer's all
     Sessions(SessionArgs),
+    /// Play a recorded session with its timing (with a terminal: space pauses, arrows seek
+    /// 5 s, q quits); a database session as a transcript
+    Replay(ReplayArgs),
+    /// A session as evidence: a standalone .cast, its JSON timeline, or plain text
+    Export(ExportArgs),
+    /// Watch a live terminal session, read-only (reviewers and approvers of its target; needs
+    /// ssh -t)
+    Watch { session: String },
+    /// End a live session now, with the reason on its user's screen (reviewers and approvers
+    /// of its target)
+    Kill(KillArgs),
     /// Who can reach production right now
     Access {
         #[command(subcommand)]
@@ -217,6 +228,193 @@ pub struct SessionArgs {
     pub grep: Option<String>,
 }
 
+/// `replay SESSION[/CHANNEL]` (issue #19).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// A session id, or SESSION/CHANNEL for one of its recordings
+    pub recording: String,
+    /// Play this many times faster (0.1 to 100)
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Cut longer pauses to this (like 2s)
+    #[arg(long, value_name = "DURATION")]
+    pub idle_limit: Option<String>,
+    /// Start here: 00:05:12, 312 (seconds) or 5m12s, as `sessions --grep` prints hits
+    #[arg(long, value_name = "OFFSET")]
+    pub at: Option<String>,
+}
+
+/// `export SESSION --format cast|json|txt` (issue #19).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// A session id, or SESSION/CHANNEL for one recording (`cast` takes one)
+    pub session: String,
+    #[arg(long, value_enum)]
+    pub format: crate::review::export::ExportFormat,
+}
+
+/// `kill SESSION --reason TEXT` (issue #19).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KillArgs {
+    pub session: String,
+    /// Why; shown to the session's user
+    #[arg(long, num_args = 1.., required = true)]
+    pub reason: Vec<String>,
+}
+
+/// What a replay shows: text (a database session's transcript, or any replay whose output is
+/// not a terminal), or a terminal recording to play with its timing.
+pub enum Replay {
+    Text(String),
+    Terminal {
+        player: crate::review::replay::Player,
+        /// Where to start, on the player's clock.
+        start: f64,
+    },
+}
+
+/// Prepares `replay` for `viewer`: audited as `recording.viewed` before anything is read.
+/// `terminal` says whether the output is a terminal; without one a terminal recording is
+/// printed whole, without timing.
+pub fn replay(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+    args: &ReplayArgs,
+    terminal: bool,
+) -> Result<Replay, AccessError> {
+    use crate::review::replay::{Cast, PlayOptions, Player, parse_offset, plain, transcript};
+    if !(0.1..=100.0).contains(&args.speed) {
+        return Err(AccessError::BadFilter(
+            "--speed takes 0.1 to 100".to_string(),
+        ));
+    }
+    let idle_limit = match args.idle_limit.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(message)) => return Err(AccessError::BadDuration(message)),
+    };
+    let at = match args.at.as_deref() {
+        None => 0.0,
+        Some(text) => parse_offset(text).ok_or_else(|| {
+            AccessError::BadFilter(format!(
+                "--at takes an offset like 00:05:12, 312 or 5m12s, not {:?}",
+                crate::text::visible(text)
+            ))
+        })?,
+    };
+    let (found, row) = recording_of(access, viewer, &args.recording, ViewKind::Replay)?;
+    let review =
+        |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
+    if row.kind == crate::recording::QUERY_LOG_KIND {
+        return Ok(Replay::Text(
+            transcript(&found.session.target, &row).map_err(review)?,
+        ));
+    }
+    let mut cast = Cast::read(&row).map_err(review)?;
+    if !terminal {
+        cast.events.retain(|event| event.at >= at);
+        return Ok(Replay::Text(plain(&cast)));
+    }
+    let options = PlayOptions {
+        speed: args.speed,
+        idle_limit,
+        at,
+    };
+    let player = Player::new(cast, options);
+    let start = player.clock_of(at);
+    Ok(Replay::Terminal { player, start })
+}
+
+/// The session (and one recording of it) that `id` names (`SESSION` or `SESSION/CHANNEL`),
+/// for `viewer`, audited as `how`. Without a channel: the first terminal recording, else the
+/// query log.
+fn recording_of(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+    id: &str,
+    how: ViewKind,
+) -> Result<(crate::store::SessionSummary, crate::store::RecordingRow), AccessError> {
+    let (session, channel) = match id.split_once('/') {
+        Some((session, channel)) => (session, Some(channel)),
+        None => (id, None),
+    };
+    let (found, rows) = access.view_session(viewer, session, how)?;
+    let chosen = match channel {
+        Some(channel) => rows
+            .iter()
+            .find(|row| row.channel.to_string() == channel)
+            .cloned(),
+        None => rows
+            .iter()
+            .find(|row| row.kind == crate::recording::CAST_KIND)
+            .or_else(|| rows.first())
+            .cloned(),
+    };
+    let row = chosen.ok_or_else(|| {
+        AccessError::Recording(format!(
+            "session {session} has no recording {}; its recordings are listed by: sessions",
+            crate::text::visible(channel.unwrap_or("at all"))
+        ))
+    })?;
+    Ok((found, row))
+}
+
+/// `export` for `viewer`: the content (JSON for `--format json`) and the same as text.
+pub fn export(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+    args: &ExportArgs,
+) -> Result<(Value, String), AccessError> {
+    use crate::review::export::{self, ExportFormat};
+    let review =
+        |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
+    match args.format {
+        ExportFormat::Cast => {
+            let (_, row) = recording_of(access, viewer, &args.session, ViewKind::ExportCast)?;
+            if row.kind != crate::recording::CAST_KIND {
+                return Err(AccessError::Recording(format!(
+                    "{}/{} is a query log, not a terminal recording: export it with --format json or txt",
+                    row.session_id, row.channel
+                )));
+            }
+            let cast = export::cast(&row).map_err(review)?;
+            Ok((json!({ "cast": cast }), cast.trim_end().to_string()))
+        }
+        ExportFormat::Txt => {
+            let session = args.session.split('/').next().unwrap_or_default();
+            let (found, rows) = access.view_session(viewer, session, ViewKind::ExportText)?;
+            let text = export::text(&found, &rows).map_err(review)?;
+            Ok((json!({ "text": text }), text.trim_end().to_string()))
+        }
+        ExportFormat::Json => {
+            let session = args.session.split('/').next().unwrap_or_default();
+            let (found, rows) = access.view_session(viewer, session, ViewKind::ExportJson)?;
+            let events = access.session_events(session)?;
+            let value = export::timeline(&found, &rows, &events).map_err(review)?;
+            let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+            Ok((value, text))
+        }
+    }
+}
+
+/// `kill` for `viewer`.
+pub fn kill(
+    access: &Access,
+    viewer: &crate::access::Viewer,
+    args: &KillArgs,
+) -> Result<(Value, String), AccessError> {
+    let session = access.kill_session(viewer, &args.session, &args.reason.join(" "))?;
+    Ok((
+        json!({ "session": session.id, "user": session.user, "target": session.target, "kill_requested": true }),
+        format!(
+            "session {} ({} on {}) ends within a second",
+            session.id,
+            crate::text::visible(&session.user),
+            crate::text::visible(&session.target)
+        ),
+    ))
+}
+
 /// Lists the sessions `viewer` may see that match `args`: the JSON and the text of `sessions`.
 pub fn sessions(
     access: &Access,
@@ -290,6 +488,33 @@ pub fn grant_of(access: &Access, id: &str) -> Result<String, AccessError> {
 pub fn request_hint(access: &Access, user: &str, target: &str, port: u16) -> String {
     let host = access.config().server.public_host();
     format!("ssh -p {port} {user}@{host} request {target} --for 1h --reason \"...\"")
+}
+
+/// A command that streams over a terminal (issue #19).
+pub enum Streaming {
+    Replay(ReplayArgs),
+    Watch(String),
+}
+
+/// Whether `line` is `replay` or `watch` (without `--json`): `Some` with its arguments, or the
+/// usage error to print.
+pub fn streaming(line: &str) -> Option<Result<Streaming, CommandOutput>> {
+    let words = shell_words::split(line).ok()?;
+    if !matches!(words.first().map(String::as_str), Some("replay" | "watch")) {
+        return None;
+    }
+    let parsed = match CommandLine::try_parse_from(&words) {
+        Ok(parsed) => parsed,
+        Err(error) => return Some(Err(CommandOutput::usage(error.render().to_string()))),
+    };
+    if parsed.json {
+        return None;
+    }
+    match parsed.command {
+        Command::Replay(args) => Some(Ok(Streaming::Replay(args))),
+        Command::Watch { session } => Some(Ok(Streaming::Watch(session))),
+        _ => None,
+    }
 }
 
 /// Parses a command line as typed after `ssh alice@bastion` and runs it as `user`.
@@ -497,6 +722,29 @@ fn execute(access: &Access, user: &str, command: Command) -> Result<(Value, Stri
         }
         Command::Token { target, pgpass } => token(access, user, &target, pgpass),
         Command::Sessions(args) => sessions(
+            access,
+            &crate::access::Viewer::User(user.to_string()),
+            &args,
+        ),
+        Command::Replay(args) => {
+            // Here the output is not a terminal (a pty's replay streams, `ssh/local.rs`).
+            let viewer = crate::access::Viewer::User(user.to_string());
+            match replay(access, &viewer, &args, false)? {
+                Replay::Text(text) => Ok((json!({ "output": text }), text)),
+                Replay::Terminal { .. } => Err(AccessError::Recording(
+                    "a terminal replay needs a terminal: ssh -t".to_string(),
+                )),
+            }
+        }
+        Command::Export(args) => export(
+            access,
+            &crate::access::Viewer::User(user.to_string()),
+            &args,
+        ),
+        Command::Watch { .. } => Err(AccessError::Recording(
+            "watch needs a terminal: connect with ssh -t".to_string(),
+        )),
+        Command::Kill(args) => kill(
             access,
             &crate::access::Viewer::User(user.to_string()),
             &args,

@@ -330,3 +330,378 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
             .any(|event| event["detail"]["grep"] == "needle-42" && event["actor"] == "carol")
     );
 }
+
+/// The id of the newest session of `protocol`.
+fn newest_session(bastion: &Bastion, protocol: &str) -> String {
+    wait_for("the session", Duration::from_secs(10), || {
+        bastion
+            .audit()
+            .into_iter()
+            .rev()
+            .find(|event| {
+                event["type"] == "session.started" && event["detail"]["protocol"] == protocol
+            })
+            .and_then(|event| event["session_id"].as_str().map(str::to_string))
+    })
+}
+
+/// The text a terminal of `width` × `height` shows after `bytes`.
+fn screen_of(bytes: &str, width: u32, height: u32) -> Vec<String> {
+    let mut screen = portcullis::recording::screen::Screen::new(width, height, false);
+    screen.feed(bytes);
+    screen.text()
+}
+
+/// A pty session replays to the screen its user saw; over SSH a reviewer replays it too, and
+/// each look is audited. Exports: a `.cast` asciinema plays, a JSON timeline, plain text.
+#[test]
+fn issue_19_a_replay_ends_on_the_screen_the_user_saw() {
+    let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
+    bastion.grant("alice", "web-1", hour());
+    let mut shell = Shell::open(&bastion, "alice+web-1");
+    shell.run("PS1='demo$ '", "demo$ ", 2);
+    shell.run("printf 'a\\033[31mred\\033[0m\\n'; seq 1 40", "\n40", 1);
+    shell.run("clear; echo after-clear-$((6*7))", "after-clear-42", 1);
+    shell.run(
+        "printf 'abc\\rX\\033[2Cy\\n'; echo done-$((1+1))",
+        "done-2",
+        1,
+    );
+    let seen = shell.exit();
+    wait_for_finalized(&bastion, 1);
+    let session = newest_session(&bastion, "ssh");
+    let (path, lines) = casts(&bastion).remove(0);
+    let (width, height) = (
+        lines[0]["width"].as_u64().unwrap() as u32,
+        lines[0]["height"].as_u64().unwrap() as u32,
+    );
+
+    // On the host, output that is not a terminal: the recording's output, whole.
+    let (code, replayed, stderr) = run(&mut bastion.config.portcullis(&["replay", &session]));
+    assert_eq!(code, 0, "{stderr}");
+    let user_saw = screen_of(&seen, width, height);
+    assert_eq!(screen_of(&replayed, width, height), user_saw);
+    assert!(
+        user_saw.iter().any(|line| line == "after-clear-42"),
+        "{user_saw:#?}"
+    );
+
+    // Over SSH without a terminal, the same; with one, played with its timing and keys.
+    let (code, over_ssh, stderr) = bastion.ssh("carol", &["replay", &session]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(screen_of(&over_ssh, width, height), user_saw);
+    let output = bastion
+        .ssh_command(&bastion.key("carol"), "carol")
+        .args([
+            "-tt",
+            "replay",
+            &session,
+            "--speed",
+            "100",
+            "--idle-limit",
+            "1s",
+        ])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("ssh -tt replay");
+    assert_eq!(output.status.code(), Some(0));
+    let played = String::from_utf8_lossy(&output.stdout);
+    assert!(played.contains("after-clear-42"), "{played}");
+    // --at starts from the screen of that moment.
+    let output = bastion
+        .ssh_command(&bastion.key("carol"), "carol")
+        .args(["-tt", "replay", &session, "--at", "99:00:00"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("ssh -tt replay --at");
+    assert_eq!(output.status.code(), Some(0));
+    let drawn = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        drawn.starts_with("\u{1b}c"),
+        "a reset, then the screen: {drawn:?}"
+    );
+    assert!(drawn.contains("after-clear-42"), "{drawn:?}");
+
+    // Erin may neither see nor replay it; the bastion says the same as for no session.
+    let (code, _, stderr) =
+        bastion.ssh_with(&bastion.key("carol"), "carol", &["replay", "s-zzzzzzzz"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no session s-zzzzzzzz that you may see"),
+        "{stderr}"
+    );
+    let refused = bastion.access().view_session(
+        &Viewer::User("erin".into()),
+        &session,
+        portcullis::audit::ViewKind::Replay,
+    );
+    assert!(refused.is_err());
+
+    // Exports.
+    let (code, cast, stderr) = run(&mut bastion
+        .config
+        .portcullis(&["export", &session, "--format", "cast"]));
+    assert_eq!(code, 0, "{stderr}");
+    let exported = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(exported.path(), &cast).unwrap();
+    assert_eq!(
+        cast.lines().filter(|line| line.contains("\"m\"")).count(),
+        lines.iter().filter(|event| event[1] == "m").count()
+    );
+    let asciinema = require_binary("asciinema", &[], "asciinema");
+    let script = require_binary("script", &[], "bsdutils");
+    let (code, shown, stderr) = run(Command::new(script).args([
+        "-qec",
+        &format!("{} cat {}", asciinema.display(), exported.path().display()),
+        "/dev/null",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(shown.contains("after-clear-42"));
+    let (code, timeline, stderr) = bastion.ssh("carol", &["export", &session, "--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let timeline: Value = serde_json::from_str(&timeline).unwrap();
+    assert_eq!(timeline["session"]["id"], session.as_str());
+    let commands: Vec<&str> = timeline["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|command| command["command"].as_str())
+        .collect();
+    assert!(
+        commands.contains(&"demo$ clear; echo after-clear-$((6*7))"),
+        "{commands:?}"
+    );
+    assert!(
+        timeline["control_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "session.started")
+    );
+    assert_eq!(timeline["recordings"][0]["sha256"], lines_hash(&path));
+    let (code, text, stderr) = bastion.ssh("carol", &["export", &session, "--format", "txt"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.lines().any(|line| line == "Xbcy"), "{text}");
+    assert!(!text.contains('\u{1b}'), "plain text: {text:?}");
+
+    // Every look is a control event.
+    let views: Vec<String> = bastion
+        .audit()
+        .into_iter()
+        .filter(|event| event["type"] == "recording.viewed")
+        .map(|event| {
+            format!(
+                "{} {}",
+                event["actor"].as_str().unwrap_or(""),
+                event["detail"]["how"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for expected in ["carol replay", "carol export-json", "carol export-txt"] {
+        assert!(
+            views.iter().any(|view| view == expected),
+            "{expected} in {views:?}"
+        );
+    }
+    assert!(
+        views
+            .iter()
+            .any(|view| view.ends_with(" export-cast") && view.starts_with("operator:"))
+    );
+
+    // A changed recording is refused, not shown.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, _, stderr) = run(&mut bastion.config.portcullis(&["replay", &session]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does not match the SHA-256"), "{stderr}");
+}
+
+fn lines_hash(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A database session replays as a psql-like transcript, its statements in order.
+#[test]
+fn issue_19_a_database_session_replays_its_statements_in_order() {
+    let (bastion, _sshd, postgres) = bastion_sshd_and_postgres();
+    bastion.grant("alice", "prod-db", hour());
+    psql(
+        &bastion,
+        &postgres,
+        "CREATE TABLE replayed (id int); INSERT INTO replayed VALUES (1), (2); \
+         SELECT count(*) FROM replayed; DROP TABLE replayed",
+    );
+    wait_for_finalized(&bastion, 1);
+    let session = newest_session(&bastion, "postgres");
+    let (code, transcript, stderr) = bastion.ssh("carol", &["replay", &session]);
+    assert_eq!(code, 0, "{stderr}");
+    let statements: Vec<&str> = transcript
+        .lines()
+        .filter_map(|line| line.strip_prefix("prod-db=> "))
+        .collect();
+    let expected = [
+        "CREATE TABLE replayed (id int)",
+        "INSERT INTO replayed VALUES (1), (2)",
+        "SELECT count(*) FROM replayed",
+        "DROP TABLE replayed",
+    ];
+    // psql sends the whole -c string as one Query; each statement is its own line in the log,
+    // or the whole string is one line: either way, in order.
+    let joined = statements.join("; ");
+    assert!(joined.contains(&expected.join("; ")), "{transcript}");
+    assert!(transcript.contains("INSERT 0 2"), "{transcript}");
+    let (code, timeline, stderr) = run(&mut bastion
+        .config
+        .portcullis(&["export", &session, "--format", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let timeline: Value = serde_json::from_str(&timeline).unwrap();
+    assert!(!timeline["statements"].as_array().unwrap().is_empty());
+}
+
+/// A reviewer watches a live shell read-only: the current screen first, then live output; the
+/// watched user is told who watches. Then a kill ends it with the reason on the user's screen,
+/// and a database session is killed from the host CLI, through the store.
+#[test]
+fn issue_19_watch_a_live_session_then_kill_it_and_a_database_session() {
+    let (bastion, _sshd, postgres) = bastion_sshd_and_postgres();
+    bastion.grant("alice", "web-1", hour());
+    let mut shell = Shell::open(&bastion, "alice+web-1");
+    shell.run("PS1='demo$ '", "demo$ ", 2);
+    shell.run("echo before-watch-$((1+2))", "before-watch-3", 1);
+    let session = newest_session(&bastion, "ssh");
+
+    // Alice is neither a reviewer nor an approver: no watching, no killing, even her own.
+    let (code, _, stderr) = bastion.ssh("alice", &["kill", &session, "--reason", "mine"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("only a reviewer or an approver of web-1"),
+        "{stderr}"
+    );
+
+    let mut watcher = bastion
+        .ssh_command(&bastion.key("carol"), "carol")
+        .args(["-tt", "watch", &session])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the watch");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = watcher.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read) = stdout.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buffer[..read]);
+        }
+    });
+    let watched = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    wait_for("the current screen", Duration::from_secs(10), || {
+        watched().contains("before-watch-3").then_some(())
+    });
+    wait_for("alice told who watches", Duration::from_secs(10), || {
+        shell
+            .shown()
+            .contains("carol is watching this session")
+            .then_some(())
+    });
+    shell.run("echo live-$((70+7))", "live-77", 1);
+    wait_for("the live output", Duration::from_secs(5), || {
+        watched().contains("live-77").then_some(())
+    });
+    // What the watcher types never reaches the session.
+    watcher
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"echo injected-$((5*5))\r")
+        .unwrap();
+    shell.run("echo still-$((8*8))", "still-64", 1);
+    assert!(!shell.shown().contains("injected-25"));
+    assert!(!watched().contains("injected-25"));
+
+    let (code, stdout, stderr) = bastion.ssh(
+        "carol",
+        &["kill", &session, "--reason", "suspicious", "activity"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ends within a second"), "{stdout}");
+    wait_for("alice's session to end", Duration::from_secs(5), || {
+        shell.child.try_wait().unwrap()
+    });
+    assert!(
+        shell
+            .shown()
+            .contains("session on web-1 ended by carol: suspicious activity"),
+        "{}",
+        shell.shown()
+    );
+    wait_for("the watch to end", Duration::from_secs(5), || {
+        watcher.try_wait().unwrap()
+    });
+    let ended = wait_for("session.ended", Duration::from_secs(5), || {
+        bastion.audit().into_iter().find(|event| {
+            event["type"] == "session.ended" && event["session_id"] == session.as_str()
+        })
+    });
+    assert_eq!(ended["detail"]["reason"], "killed", "{ended}");
+    let audit = bastion.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|event| event["type"] == "session.kill_requested"
+                && event["actor"] == "carol"
+                && event["detail"]["reason"] == "suspicious activity")
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|event| event["type"] == "recording.viewed" && event["detail"]["how"] == "watch")
+    );
+    let (code, _, stderr) = bastion.ssh("carol", &["kill", &session, "--reason", "again"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("has ended"), "{stderr}");
+
+    // A database session, from the host CLI (another process: through the store).
+    bastion.grant("alice", "prod-db", hour());
+    let (code, token, stderr) = bastion.ssh("alice", &["token", "prod-db"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sleeping = Command::new(postgres.tool("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname=prod-db sslmode=require",
+            bastion.postgres_port()
+        ))
+        .args(["-X", "-c", "SELECT pg_sleep(60)"])
+        .env("PGPASSWORD", token.trim())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let database = newest_session(&bastion, "postgres");
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = run(&mut bastion.config.portcullis(&[
+        "kill",
+        &database,
+        "--reason",
+        "end of the maintenance window",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let output = sleeping.wait_with_output().unwrap();
+    eprintln!(
+        "database session ended {:?} after the kill",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("ended by operator:") && stderr.contains("end of the maintenance window"),
+        "{stderr}"
+    );
+}

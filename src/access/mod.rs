@@ -24,7 +24,7 @@ use crate::config::{Config, MIN_REQUEST_DURATION, Target, format_duration};
 use crate::ids::IdKind;
 use crate::store::search::SearchIndex;
 use crate::store::{
-    GrantFilter, RequestFilter, SessionFilter, SessionSummary, Store, StoreError, Tx,
+    GrantFilter, RequestFilter, SessionFilter, SessionRow, SessionSummary, Store, StoreError, Tx,
 };
 use model::{AccessRequest, Approval, Grant, GrantEnded, GrantState, RequestState};
 
@@ -69,6 +69,19 @@ impl Viewer {
 pub enum AccessError {
     #[error("unknown user {0}")]
     UnknownUser(String),
+    /// The same answer whether the session does not exist or the viewer may not see it.
+    #[error("no session {0} that you may see; find one with: sessions")]
+    NoSession(String),
+    #[error("session {0} has ended; replay it with: replay {0}")]
+    NotLive(String),
+    #[error("only a reviewer or an approver of {0} may watch or end its sessions")]
+    NotReviewer(String),
+    #[error(
+        "session {0} has no terminal to watch (a database session or a file transfer); follow it with: sessions"
+    )]
+    NothingToWatch(String),
+    #[error("{0}")]
+    Recording(String),
     #[error("unknown target {0}; list the ones you may request with: targets")]
     UnknownTarget(String),
     #[error("{user} may not request access to {target}")]
@@ -172,6 +185,46 @@ pub struct Access {
     sources: Arc<Mutex<lockout::Sources>>,
     /// The search index (issue #19), in its own file; `None` where none was opened.
     search: Option<SearchIndex>,
+    /// What reviewers tell live sessions in this process: a kill, a watcher (issue #19).
+    notices: broadcast::Sender<SessionNotice>,
+    /// The terminals of live sessions a reviewer may watch, by session id.
+    screens: Arc<Mutex<HashMap<String, Vec<LiveScreen>>>>,
+}
+
+/// What a reviewer tells a live session (issue #19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionNotice {
+    Kill {
+        session_id: String,
+        by: String,
+        reason: String,
+    },
+    Watched {
+        session_id: String,
+        by: String,
+    },
+}
+
+impl SessionNotice {
+    pub fn session_id(&self) -> &str {
+        match self {
+            SessionNotice::Kill { session_id, .. } | SessionNotice::Watched { session_id, .. } => {
+                session_id
+            }
+        }
+    }
+}
+
+/// What a watcher attaches to: the current screen drawn as escape sequences, and the output
+/// from then on. `None` once the channel is gone.
+pub type Attach =
+    Arc<dyn Fn() -> Option<(String, broadcast::Receiver<bytes::Bytes>)> + Send + Sync>;
+
+/// A live terminal channel a reviewer may watch.
+#[derive(Clone)]
+pub struct LiveScreen {
+    pub channel: u32,
+    pub attach: Attach,
 }
 
 impl std::fmt::Debug for Access {
@@ -200,6 +253,8 @@ impl Access {
             live_sessions: Arc::default(),
             sources: Arc::default(),
             search: None,
+            notices: broadcast::channel(256).0,
+            screens: Arc::default(),
         }
     }
 
@@ -766,6 +821,202 @@ impl Access {
                 summary
             })
             .collect())
+    }
+
+    /// Ends a live session for `viewer`, an operator or a reviewer or an approver of its
+    /// target (issue #19): the request is stored with its audit event, so the server's watch
+    /// of the session sees it within a second even when asked from another process, and is
+    /// told at once in this one.
+    pub fn kill_session(
+        &self,
+        viewer: &Viewer,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<SessionRow, AccessError> {
+        let reason = check_reason(reason)?;
+        let (found, _) = self.session_for_reviewer(viewer, session_id)?;
+        let by = viewer.actor().label();
+        let now = self.now();
+        let killed = self.store.write(|tx| {
+            if let Viewer::User(name) = viewer
+                && let Err(refusal) = self.ensure_unlocked(tx, name)?
+            {
+                return Ok(Err(refusal));
+            }
+            if !tx.request_kill(session_id, &by, &reason)? {
+                return Ok(Err(AccessError::NotLive(session_id.to_string())));
+            }
+            tx.append_audit(
+                &AuditEvent::SessionKillRequested {
+                    actor: viewer.actor(),
+                    session_id: session_id.to_string(),
+                    user: found.session.user.clone(),
+                    target: found.session.target.clone(),
+                    reason: reason.clone(),
+                },
+                now,
+            )?;
+            Ok(Ok(found.session.clone()))
+        })??;
+        let _ = self.notices.send(SessionNotice::Kill {
+            session_id: session_id.to_string(),
+            by,
+            reason,
+        });
+        Ok(killed)
+    }
+
+    /// A session `viewer` may intervene in (watch it live, kill it): the operator, a reviewer,
+    /// or an approver of its target; its own user is not enough. Not audited here: the caller's
+    /// action is.
+    fn session_for_reviewer(
+        &self,
+        viewer: &Viewer,
+        session_id: &str,
+    ) -> Result<(SessionSummary, Vec<crate::store::RecordingRow>), AccessError> {
+        if !crate::ids::is_id(IdKind::Session, session_id) {
+            return Err(AccessError::NoSession(crate::text::visible(session_id)));
+        }
+        let visible = self.visibility(viewer)?;
+        let filter = SessionFilter {
+            limit: 1,
+            visible_to: visible.clone(),
+            ids: Some(vec![session_id.to_string()]),
+            ..SessionFilter::default()
+        };
+        let found = self.store.read(|tx| {
+            let found = tx.find_sessions(&filter)?.into_iter().next();
+            let recordings = tx.recordings(session_id)?;
+            Ok(found.map(|found| (found, recordings)))
+        })?;
+        let Some((found, recordings)) = found else {
+            return Err(AccessError::NoSession(session_id.to_string()));
+        };
+        if let Some((_, targets)) = &visible
+            && !targets.contains(&found.session.target)
+        {
+            return Err(AccessError::NotReviewer(found.session.target.clone()));
+        }
+        Ok((found, recordings))
+    }
+
+    /// A session's audit records, for its exported timeline (the caller has checked the
+    /// viewer may see the session).
+    pub fn session_events(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<crate::audit::AuditRecord>, AccessError> {
+        Ok(self
+            .store
+            .read(|tx| tx.audit_of_session(session_id, 100_000))?)
+    }
+
+    /// Sessions' notices (kills, watchers) told in this process.
+    pub fn subscribe_notices(&self) -> broadcast::Receiver<SessionNotice> {
+        self.notices.subscribe()
+    }
+
+    /// Who asked for `session_id` to end, and why, if anyone did (the store is the truth for
+    /// kills asked from another process).
+    pub fn kill_request(&self, session_id: &str) -> Result<Option<(String, String)>, AccessError> {
+        Ok(self.store.read(|tx| tx.kill_request(session_id))?)
+    }
+
+    /// Makes a live terminal channel watchable; `unregister_screen` when it ends.
+    pub fn register_screen(&self, session_id: &str, screen: LiveScreen) {
+        if let Ok(mut screens) = self.screens.lock() {
+            screens
+                .entry(session_id.to_string())
+                .or_default()
+                .push(screen);
+        }
+    }
+
+    pub fn unregister_screen(&self, session_id: &str, channel: u32) {
+        if let Ok(mut screens) = self.screens.lock()
+            && let Some(list) = screens.get_mut(session_id)
+        {
+            list.retain(|screen| screen.channel != channel);
+            if list.is_empty() {
+                screens.remove(session_id);
+            }
+        }
+    }
+
+    /// Opens a live watch of `session_id` for `viewer` (an operator, a reviewer, an approver of
+    /// its target): audited as `recording.viewed` (`watch`), the watched user told who watches.
+    /// Returns the channel's current screen and its output from then on.
+    pub fn watch_session(
+        &self,
+        viewer: &Viewer,
+        session_id: &str,
+    ) -> Result<(u32, String, broadcast::Receiver<bytes::Bytes>), AccessError> {
+        let (found, _) = self.session_for_reviewer(viewer, session_id)?;
+        if found.session.ended_at.is_some() {
+            return Err(AccessError::NotLive(session_id.to_string()));
+        }
+        let live = self
+            .screens
+            .lock()
+            .ok()
+            .and_then(|screens| screens.get(session_id).cloned())
+            .unwrap_or_default();
+        let attached = live.iter().find_map(|screen| {
+            (screen.attach)().map(|(dump, output)| (screen.channel, dump, output))
+        });
+        let Some(attached) = attached else {
+            return Err(AccessError::NothingToWatch(session_id.to_string()));
+        };
+        self.view_session(viewer, session_id, crate::audit::ViewKind::Watch)?;
+        let _ = self.notices.send(SessionNotice::Watched {
+            session_id: session_id.to_string(),
+            by: viewer.actor().label(),
+        });
+        Ok(attached)
+    }
+
+    /// One session `viewer` may see, with its recordings, for a replay, an export or a live
+    /// watch; the look is audited (`recording.viewed`) before anything is shown, and refused
+    /// for a locked user. A session the viewer may not see is answered as one that does not
+    /// exist.
+    pub fn view_session(
+        &self,
+        viewer: &Viewer,
+        session_id: &str,
+        how: crate::audit::ViewKind,
+    ) -> Result<(SessionSummary, Vec<crate::store::RecordingRow>), AccessError> {
+        if !crate::ids::is_id(IdKind::Session, session_id) {
+            return Err(AccessError::NoSession(crate::text::visible(session_id)));
+        }
+        let filter = SessionFilter {
+            limit: 1,
+            visible_to: self.visibility(viewer)?,
+            ids: Some(vec![session_id.to_string()]),
+            ..SessionFilter::default()
+        };
+        let now = self.now();
+        self.store.write(|tx| {
+            if let Viewer::User(name) = viewer
+                && let Err(refusal) = self.ensure_unlocked(tx, name)?
+            {
+                return Ok(Err(refusal));
+            }
+            let Some(found) = tx.find_sessions(&filter)?.into_iter().next() else {
+                return Ok(Err(AccessError::NoSession(session_id.to_string())));
+            };
+            let recordings = tx.recordings(session_id)?;
+            tx.append_audit(
+                &AuditEvent::RecordingViewed {
+                    actor: viewer.actor(),
+                    session_id: session_id.to_string(),
+                    user: found.session.user.clone(),
+                    target: found.session.target.clone(),
+                    how,
+                },
+                now,
+            )?;
+            Ok(Ok((found, recordings)))
+        })?
     }
 
     /// Index entries holding `text`, over every session (callers filter by visibility).

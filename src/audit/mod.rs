@@ -51,6 +51,28 @@ impl Actor {
     }
 }
 
+/// How a reviewer looked at a session (issue #19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    Replay,
+    ExportCast,
+    ExportJson,
+    ExportText,
+    Watch,
+}
+
+impl ViewKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewKind::Replay => "replay",
+            ViewKind::ExportCast => "export-cast",
+            ViewKind::ExportJson => "export-json",
+            ViewKind::ExportText => "export-txt",
+            ViewKind::Watch => "watch",
+        }
+    }
+}
+
 /// Everything the bastion audits. Closed on purpose: a new kind of event is a new variant here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AuditEvent {
@@ -251,6 +273,23 @@ pub enum AuditEvent {
     SinkRefused {
         sink: String,
         why: String,
+    },
+    /// A reviewer or an approver asked for a live session's end (issue #19); the session's
+    /// `session.ended` follows with reason `killed`.
+    SessionKillRequested {
+        actor: Actor,
+        session_id: String,
+        user: String,
+        target: String,
+        reason: String,
+    },
+    /// A session's recordings were looked at (issue #19): replayed, exported or watched live.
+    RecordingViewed {
+        actor: Actor,
+        session_id: String,
+        user: String,
+        target: String,
+        how: ViewKind,
     },
     /// A search of sessions (issue #19), with its filters and how many it found.
     SessionsSearched {
@@ -649,6 +688,30 @@ impl AuditEvent {
                 entry.actor = Some(Actor::System.label());
                 detail = json!({ "sink": sink, "why": why });
             }
+            AuditEvent::SessionKillRequested {
+                actor,
+                session_id,
+                user,
+                target,
+                reason,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                detail = json!({ "user": user, "reason": reason });
+            }
+            AuditEvent::RecordingViewed {
+                actor,
+                session_id,
+                user,
+                target,
+                how,
+            } => {
+                entry.actor = Some(actor.label());
+                entry.target = Some(target.clone());
+                entry.session_id = Some(session_id.clone());
+                detail = json!({ "user": user, "how": how.as_str() });
+            }
             AuditEvent::SessionsSearched {
                 actor,
                 user,
@@ -811,6 +874,8 @@ impl AuditEvent {
             AuditEvent::SinkRefused { .. } => "sink.refused",
             AuditEvent::RetentionRan { .. } => types::RETENTION_RAN,
             AuditEvent::SessionsSearched { .. } => "sessions.searched",
+            AuditEvent::RecordingViewed { .. } => "recording.viewed",
+            AuditEvent::SessionKillRequested { .. } => "session.kill_requested",
             AuditEvent::UserLocked { .. } => "user.locked",
             AuditEvent::UserUnlocked { .. } => "user.unlocked",
             AuditEvent::UserTargeted { .. } => "user.targeted",

@@ -600,6 +600,9 @@ impl Client {
                         // Never wait here: the directions are not polled meanwhile.
                         let _ = control.try_send(Control::Warn(warning.seconds_text()));
                     }
+                    Watched::Notice(Notice::Message(text)) => {
+                        let _ = control.try_send(Control::Warn(text));
+                    }
                     Watched::Notice(Notice::Ended { message, reason }) => {
                         // Tell the client why first (so the FATAL is what it sees, not the
                         // cancel's error), then stop what runs upstream and close both sides.

@@ -425,6 +425,12 @@ impl Recorder {
         self.file.flush()
     }
 
+    /// The terminal's current screen as escape sequences that draw it (pty channels only):
+    /// where a live watch starts (issue #19).
+    pub fn screen_dump(&self) -> Option<String> {
+        self.screen.as_ref().map(Screen::dump)
+    }
+
     /// Bytes written to the file and their SHA-256 so far (see `HashedFile::progress`).
     pub fn progress(&self) -> (u64, String) {
         self.file.progress()

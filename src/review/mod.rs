@@ -4,4 +4,6 @@
 //! Protocol-blind like the rest of the core: it reads recordings and the store, and the host
 //! CLI and the SSH command interface print what it returns.
 
+pub mod export;
 pub mod indexer;
+pub mod replay;

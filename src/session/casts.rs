@@ -37,6 +37,10 @@ use crate::recording::{Recorder, RecordingError};
 /// 8 gave an echo p99 of 5-23 ms under three bulk downloads, 32 gave 9-28 ms.
 const QUEUE: usize = 8;
 
+/// Output packets a watcher may fall behind by before it is told it lagged (it then starts
+/// again from the current screen).
+const WATCH_QUEUE: usize = 1024;
+
 /// The writer thread's queue; cheap to clone, one per bastion.
 #[derive(Clone)]
 pub struct CastWriter {
@@ -59,6 +63,10 @@ struct Shared {
     /// This channel's jobs not yet written: while any wait, its events queue behind them.
     queued: AtomicUsize,
     health: RecordingHealth,
+    /// Live watchers of a pty channel's output (issue #19), sent to under the recorder's lock
+    /// right after the output is recorded, so a watcher that takes the screen under that lock
+    /// misses nothing and sees nothing twice.
+    watchers: tokio::sync::broadcast::Sender<Bytes>,
 }
 
 enum Job {
@@ -82,16 +90,33 @@ impl CastWriter {
 
     /// The writer's handle on one channel's open recording.
     pub fn channel(&self, session: Session, channel: u32, recorder: Recorder) -> ChannelCast {
+        let watchable = recorder.screen_dump().is_some();
+        let shared = Arc::new(Shared {
+            session,
+            channel,
+            checkpointed: std::sync::atomic::AtomicU64::new(0),
+            // The relay's one-second tick queues the flush.
+            recorder: Mutex::new(Some(recorder.flushed_by_owner())),
+            queued: AtomicUsize::new(0),
+            health: RecordingHealth::default(),
+            watchers: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
+        });
+        if watchable {
+            let weak = Arc::downgrade(&shared);
+            let attach: crate::access::Attach = Arc::new(move || {
+                let shared = weak.upgrade()?;
+                let slot = shared.recorder.lock().ok()?;
+                let dump = slot.as_ref()?.screen_dump()?;
+                Some((dump, shared.watchers.subscribe()))
+            });
+            let access = &shared.session.inner.access;
+            access.register_screen(
+                shared.session.id(),
+                crate::access::LiveScreen { channel, attach },
+            );
+        }
         ChannelCast {
-            shared: Arc::new(Shared {
-                session,
-                channel,
-                checkpointed: std::sync::atomic::AtomicU64::new(0),
-                // The relay's one-second tick queues the flush.
-                recorder: Mutex::new(Some(recorder.flushed_by_owner())),
-                queued: AtomicUsize::new(0),
-                health: RecordingHealth::default(),
-            }),
+            shared,
             jobs: self.jobs.clone(),
         }
     }
@@ -110,9 +135,16 @@ impl ChannelCast {
 
     async fn text(&self, data: &[u8], input: bool) -> bool {
         let at = Instant::now();
+        let watchers = &self.shared.watchers;
         let in_place = self.in_place(data.len(), |recorder| match input {
             true => recorder.input_at(at, data),
-            false => recorder.output_at(at, data),
+            false => {
+                recorder.output_at(at, data)?;
+                if watchers.receiver_count() > 0 {
+                    let _ = watchers.send(Bytes::copy_from_slice(data));
+                }
+                Ok(())
+            }
         });
         if let Some(going_on) = in_place {
             return going_on;
@@ -178,6 +210,12 @@ impl ChannelCast {
     /// Waits until everything queued is written, then takes the recorder back to finalize it
     /// (`None` if it failed, or was taken already).
     pub async fn finish(&self) -> Option<Recorder> {
+        let shared = &self.shared;
+        shared
+            .session
+            .inner
+            .access
+            .unregister_screen(shared.session.id(), shared.channel);
         let (done, written) = oneshot::channel();
         if self.jobs.send(Job::Written(done)).await.is_ok() {
             let _ = written.await;
@@ -216,7 +254,14 @@ fn write_until_closed(mut queue: mpsc::Receiver<Job>) {
     while let Some(job) = queue.blocking_recv() {
         let written = match job {
             Job::Output(cast, at, data) => {
-                cast.write(|recorder| recorder.output_at(at, &data));
+                let watchers = cast.watchers.clone();
+                cast.write(|recorder| {
+                    recorder.output_at(at, &data)?;
+                    if watchers.receiver_count() > 0 {
+                        let _ = watchers.send(data);
+                    }
+                    Ok(())
+                });
                 cast
             }
             Job::Input(cast, at, data) => {

@@ -90,6 +90,8 @@ pub enum EndReason {
     Shutdown,
     /// The bastion could not keep the session time-boxed (its grant watch was lost).
     BastionError,
+    /// A reviewer or an approver ended it (`kill`, issue #19).
+    Killed,
 }
 
 /// Who caused a session's end.
@@ -100,6 +102,8 @@ pub enum Cause {
     Bastion,
     /// The grant ended: revoked or expired.
     Grant,
+    /// A reviewer or an approver ended the session.
+    Reviewer,
 }
 
 impl EndReason {
@@ -116,6 +120,7 @@ impl EndReason {
             EndReason::GrantExpired => "grant_expired",
             EndReason::Shutdown => "shutdown",
             EndReason::BastionError => "bastion_error",
+            EndReason::Killed => "killed",
         }
     }
 
@@ -128,6 +133,7 @@ impl EndReason {
             | EndReason::Shutdown
             | EndReason::BastionError => Cause::Bastion,
             EndReason::GrantRevoked | EndReason::GrantExpired => Cause::Grant,
+            EndReason::Killed => Cause::Reviewer,
         }
     }
 }
@@ -139,6 +145,7 @@ impl Cause {
             Cause::Target => "target",
             Cause::Bastion => "bastion",
             Cause::Grant => "grant",
+            Cause::Reviewer => "reviewer",
         }
     }
 }
@@ -589,6 +596,7 @@ impl Session {
         GrantWatch {
             session: self.clone(),
             ended: self.inner.access.subscribe_ended(),
+            notices: Some(self.inner.access.subscribe_notices()),
             stopping: self.inner.access.subscribe_stopping(),
             warned: false,
             quiet_until: None,
@@ -612,6 +620,8 @@ pub enum Notice {
     Warning(ExpiryWarning),
     /// The grant ended; the text names why (`access to web-1 ended: grant revoked by bob`).
     Ended { message: String, reason: EndReason },
+    /// A line for the user (`carol is watching this session`, issue #19).
+    Message(String),
 }
 
 /// When a grant ends, told before it does.
@@ -658,6 +668,8 @@ impl ExpiryWarning {
 pub struct GrantWatch {
     session: Session,
     ended: broadcast::Receiver<GrantEnded>,
+    /// Reviewers' kills and watchers told in this process; `None` once closed.
+    notices: Option<broadcast::Receiver<crate::access::SessionNotice>>,
     stopping: tokio::sync::watch::Receiver<bool>,
     warned: bool,
     /// A re-armed warning is not given again before this (issue #17: with nobody to warn, the
@@ -666,6 +678,28 @@ pub struct GrantWatch {
     /// Kept across calls: a fresh interval ticks at once, so each call would check at once.
     tick: Option<tokio::time::Interval>,
     ticks: u64,
+}
+
+/// The next notice, or never once the notices closed.
+async fn next_notice(
+    notices: &mut Option<broadcast::Receiver<crate::access::SessionNotice>>,
+) -> Result<crate::access::SessionNotice, broadcast::error::RecvError> {
+    match notices {
+        Some(notices) => notices.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `session on web-1 ended by carol: suspicious activity`
+fn killed(target: &str, by: &str, reason: &str) -> Notice {
+    Notice::Ended {
+        message: format!(
+            "session on {target} ended by {}: {}",
+            crate::text::visible(by),
+            crate::text::visible(reason)
+        ),
+        reason: EndReason::Killed,
+    }
 }
 
 /// How long a re-armed warning waits before it is given again.
@@ -703,8 +737,31 @@ impl GrantWatch {
     ) -> Notice {
         let inner = &self.session.inner;
         let mut stopping = self.stopping.clone();
+        let session_id = inner.id.clone();
         loop {
             tokio::select! {
+                received = next_notice(&mut self.notices) => match received {
+                    Ok(crate::access::SessionNotice::Kill { session_id: id, by, reason })
+                        if id == session_id =>
+                    {
+                        return killed(&target, &by, &reason);
+                    }
+                    Ok(crate::access::SessionNotice::Watched { session_id: id, by })
+                        if id == session_id =>
+                    {
+                        return Notice::Message(format!(
+                            "{} is watching this session",
+                            crate::text::visible(&by)
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(notice) = self.stored_kill().await {
+                            return notice;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => self.notices = None,
+                },
                 received = self.ended.recv() => match received {
                     Ok(ended) if ended.grant_id == grant_id => {
                         return self.ended_notice(ended.reason).await;
@@ -736,10 +793,14 @@ impl GrantWatch {
                     // The broadcast is the fast path; the store is the truth. Checking it every
                     // second also catches an end that happened before this watch subscribed.
                     self.ticks += 1;
-                    if self.ticks % STORE_CHECK_EVERY == 1
-                        && let Some(state) = self.stored_end().await
-                    {
-                        return self.ended_notice(state).await;
+                    if self.ticks % STORE_CHECK_EVERY == 1 {
+                        if let Some(state) = self.stored_end().await {
+                            return self.ended_notice(state).await;
+                        }
+                        // A kill asked from another process (the host CLI).
+                        if let Some(notice) = self.stored_kill().await {
+                            return notice;
+                        }
                     }
                     let now = inner.access.now();
                     if now >= inner.grant.ends_at {
@@ -767,6 +828,21 @@ impl GrantWatch {
     pub fn rearm_warning(&mut self) {
         self.warned = false;
         self.quiet_until = Some(tokio::time::Instant::now() + REWARN_AFTER);
+    }
+
+    /// The session's end if a reviewer asked for it (fails closed on errors).
+    async fn stored_kill(&self) -> Option<Notice> {
+        let access = self.session.inner.access.clone();
+        let id = self.session.inner.id.clone();
+        let target = self.session.inner.target.name.clone();
+        match tokio::task::spawn_blocking(move || access.kill_request(&id)).await {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some((by, reason)))) => Some(killed(&target, &by, &reason)),
+            _ => Some(Notice::Ended {
+                message: format!("access to {target} ended: the bastion cannot check the session"),
+                reason: EndReason::BastionError,
+            }),
+        }
     }
 
     /// The grant's state if the store says it is no longer active (fails closed on errors).

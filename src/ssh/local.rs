@@ -59,6 +59,12 @@ impl Serve {
                 tokio::spawn(self.answer_then(prompt));
                 Some(sender)
             }
+            Some(line) if pty && super::review::streams(&line) => {
+                let (sender, receiver) = mpsc::channel(INPUT_QUEUE);
+                let review = super::review::run(access, user, handle, channel, receiver, line);
+                tokio::spawn(self.answer_then(review));
+                Some(sender)
+            }
             Some(line) if pty && prompt::waits_for_decision(&line) => {
                 let (sender, receiver) = mpsc::channel(INPUT_QUEUE);
                 let waiting =
@@ -97,7 +103,7 @@ impl Serve {
 }
 
 /// Writes a command's output, its exit status, EOF and close, in the order OpenSSH expects.
-async fn finish(handle: &Handle, channel: ChannelId, output: CommandOutput, pty: bool) {
+pub(super) async fn finish(handle: &Handle, channel: ChannelId, output: CommandOutput, pty: bool) {
     // A pty has one stream and wants CRLF line ends.
     let fix = |text: String| {
         if pty {

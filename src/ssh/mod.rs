@@ -12,6 +12,7 @@ mod local;
 mod login;
 mod prompt;
 mod relay;
+mod review;
 mod scp;
 mod sftp;
 mod target;

@@ -551,6 +551,11 @@ pub async fn supervise(
                     notify(&handle, channel, pty, &message).await;
                 }
             }
+            Notice::Message(message) => {
+                for (channel, pty) in channels {
+                    notify(&handle, channel, pty, &message).await;
+                }
+            }
             Notice::Ended { message, reason } => {
                 let _ = cutting.send(true);
                 if let Ok(mut open) = live.lock() {

@@ -176,6 +176,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_by_user_start ON sessions (user, started_at);
     CREATE INDEX sessions_by_target_start ON sessions (target, started_at);
     ",
+    // 10: a live session's kill, asked for by a reviewer or an approver, possibly from another
+    // process (the host CLI); the server's watch of the session reads it (issue #19).
+    "
+    ALTER TABLE sessions ADD COLUMN kill_requested_by TEXT;
+    ALTER TABLE sessions ADD COLUMN kill_reason TEXT;
+    ",
 ];
 
 /// Brings the schema to the newest version; refuses a database from a newer build.

@@ -713,6 +713,21 @@ impl Tx<'_> {
         records.into_iter().collect()
     }
 
+    /// A session's audit records, in order, at most `limit`.
+    pub fn audit_of_session(
+        &self,
+        session_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut statement = self.transaction.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE session_id = ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let records = statement
+            .query_map(params![session_id, limit], read_audit)?
+            .collect::<Result<Vec<_>, _>>()?;
+        records.into_iter().collect()
+    }
+
     /// Up to `limit` audit records after `seq`, in order (a sink's next batch).
     pub fn audit_after(&self, seq: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let mut statement = self.transaction.prepare(&format!(
@@ -1473,6 +1488,34 @@ impl Tx<'_> {
             ],
         )?;
         Ok(changed == 1)
+    }
+
+    /// Asks for a live session's end; false when it is not live.
+    pub fn request_kill(&self, id: &str, by: &str, reason: &str) -> Result<bool, StoreError> {
+        let changed = self.transaction.execute(
+            "UPDATE sessions SET kill_requested_by = ?2, kill_reason = ?3
+             WHERE id = ?1 AND ended_at IS NULL AND kill_requested_by IS NULL",
+            params![id, by, reason],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Who asked for a session's end, and why, if anyone did.
+    pub fn kill_request(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self
+            .transaction
+            .query_row(
+                "SELECT kill_requested_by, kill_reason FROM sessions
+                 WHERE id = ?1 AND kill_requested_by IS NOT NULL",
+                [id],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                },
+            )
+            .optional()?)
     }
 
     pub fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
