@@ -24,6 +24,7 @@ use crate::store::RequestFilter;
 use crate::store::search::SearchIndex;
 use crate::text::visible;
 use crate::views::{audit_json, grant_json, request_json};
+use time::OffsetDateTime;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +81,11 @@ enum Command {
     Export(crate::commands::ExportArgs),
     /// End a live session within a second, with the reason on its user's screen (issue #19)
     Kill(crate::commands::KillArgs),
+    /// Reports for auditors (issue #19)
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Who can reach production right now (issue #19)
     Access {
         #[command(subcommand)]
@@ -113,6 +119,22 @@ enum Command {
     TlsCa,
     /// Print the version
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// The quarterly access review: per user and target, per approver, and grants standing at
+    /// the end (CSV is one table with a `section` column)
+    Access {
+        /// First day (2026-07-01) or time of the period
+        #[arg(long)]
+        from: String,
+        /// Last day (inclusive), or the time the period ends
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: crate::review::report::ReportFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +339,25 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                     output.refuse(&refusal.to_string());
                     return Ok(Outcome::Refused);
                 }
+            }
+        }
+        Command::Report {
+            command: ReportCommand::Access { from, to, format },
+        } => {
+            use crate::review::report::{self, ReportFormat};
+            let (from, to) = report_period(&from, &to)?;
+            let viewer = crate::access::Viewer::Operator(operator_name());
+            let (data, commands) = access.access_report(&viewer, from, to)?;
+            let rows = report::rows(&data, &commands);
+            let format = if output.json {
+                ReportFormat::Json
+            } else {
+                format
+            };
+            match format {
+                ReportFormat::Csv => print!("{}", report::csv(&rows)),
+                ReportFormat::Md => print!("{}", report::markdown(&rows, from, to)),
+                ReportFormat::Json => println!("{}", report::json(&rows, from, to)),
             }
         }
         Command::Kill(args) => {
@@ -877,6 +918,25 @@ impl Output {
         }
         eprintln!("error: {message}");
     }
+}
+
+/// `--from` and `--to` as RFC 3339 times, or dates (`--to` a date takes the whole day).
+fn report_period(from: &str, to: &str) -> anyhow::Result<(OffsetDateTime, OffsetDateTime)> {
+    let parse = |text: &str, end: bool| -> anyhow::Result<OffsetDateTime> {
+        if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        {
+            return Ok(at);
+        }
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        let date = time::Date::parse(text, &format).map_err(|_| {
+            anyhow::anyhow!(
+                "{text:?} is neither a date (2026-07-01) nor a time (2026-07-01T00:00:00Z)"
+            )
+        })?;
+        let day = date.midnight().assume_utc();
+        Ok(if end { day + time::Duration::DAY } else { day })
+    };
+    Ok((parse(from, false)?, parse(to, true)?))
 }
 
 /// Plays a replay on this terminal: raw input for the keys (restored however the replay

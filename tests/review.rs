@@ -705,3 +705,94 @@ fn issue_19_watch_a_live_session_then_kill_it_and_a_database_session() {
         "{stderr}"
     );
 }
+
+/// The quarterly access review for a fixture period: its CSV matches the expected table
+/// exactly, and a reason that a spreadsheet would run as a formula is quoted.
+#[test]
+fn issue_19_the_access_report_of_a_period_matches_the_expected_csv() {
+    let (bastion, _sshd) = Bastion::with_sshd(None, "", "");
+    let start = bastion.now();
+    let access = bastion.access();
+    // A refused session (no grant yet), a denied request, an approved one used once, and
+    // erin's request still pending.
+    let (code, _, _) = bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["true"]);
+    assert_ne!(code, 0);
+    let denied = access
+        .request("alice", "web-1", Some(hour()), "=cmd|' /C calc'!A0")
+        .unwrap();
+    access.deny("carol", &denied.id, "no").unwrap();
+    let grant = bastion.grant("alice", "web-1", hour());
+    let (code, _, stderr) =
+        bastion.ssh_with(&bastion.key("alice"), "alice+web-1", &["echo", "used"]);
+    assert_eq!(code, 0, "{stderr}");
+    access
+        .request("erin", "web-1", Some(hour()), "later work, maybe")
+        .unwrap();
+    let session = newest_session(&bastion, "ssh");
+    wait_for("the command indexed", Duration::from_secs(15), || {
+        let index = access.search_index().unwrap();
+        (index
+            .entries_of(&session, portcullis::store::search::EntryKind::Command)
+            .unwrap()
+            .len()
+            == 1)
+            .then_some(())
+    });
+    let ends_at = access.grant_by_id(&grant).unwrap().unwrap().ends_at;
+
+    let rfc = |at: time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let from = rfc(start - time::Duration::minutes(1));
+    let to = rfc(start + time::Duration::minutes(10));
+    let (code, csv, stderr) = run(&mut bastion.config.portcullis(&[
+        "report", "access", "--from", &from, "--to", &to, "--format", "csv",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let expected = format!(
+        "section,user,target,approver,requests,approved,denied,other,reasons,approvers,\
+         granted_seconds,sessions,commands,statements,refusals,grant,ends_at\r\n\
+         access,alice,web-1,,2,1,1,0,'=cmd|' /C calc'!A0 | INC-1 test,bob,3600,1,1,0,1,,\r\n\
+         access,erin,web-1,,1,0,0,1,\"later work, maybe\",,0,0,0,0,0,,\r\n\
+         approver,alice,web-1,bob,,1,,,,,,,,,,,\r\n\
+         standing,alice,web-1,,,,,,,bob,,,,,,{grant},{}\r\n",
+        rfc(ends_at)
+    );
+    assert_eq!(csv, expected);
+
+    let (code, markdown, stderr) = run(&mut bastion.config.portcullis(&[
+        "report", "access", "--from", &from, "--to", &to, "--format", "md",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(markdown.contains("## Grants standing at the end of the period"));
+    assert!(
+        markdown.contains("| =cmd\\|' /C calc'!A0 \\| INC-1 test |"),
+        "{markdown}"
+    );
+    let (code, json, stderr) = run(&mut bastion
+        .config
+        .portcullis(&["report", "access", "--from", &from, "--to", &to, "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["access"][0]["refusals"], 1);
+    assert_eq!(json["standing"][0]["grant"], grant.as_str());
+    assert!(
+        bastion
+            .audit()
+            .iter()
+            .any(|event| event["type"] == "report.generated")
+    );
+
+    // A period that ends before it starts is refused.
+    let (code, _, stderr) = run(&mut bastion.config.portcullis(&[
+        "report",
+        "access",
+        "--from",
+        "2026-09-30",
+        "--to",
+        "2026-07-01",
+    ]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--to must be after --from"), "{stderr}");
+}

@@ -911,6 +911,45 @@ impl Access {
             .read(|tx| tx.audit_of_session(session_id, 100_000))?)
     }
 
+    /// The access review data of [from, to) and each of its sessions' command count (from the
+    /// search index; zero where there is none), audited as `report.generated`.
+    pub fn access_report(
+        &self,
+        viewer: &Viewer,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<(crate::store::ReportData, HashMap<String, u64>), AccessError> {
+        if to <= from {
+            return Err(AccessError::BadFilter(
+                "--to must be after --from".to_string(),
+            ));
+        }
+        if self.visibility(viewer)?.is_some() {
+            return Err(AccessError::BadFilter(
+                "the access report is for reviewers and the operator".to_string(),
+            ));
+        }
+        let now = self.now();
+        let data = self.store.write(|tx| {
+            let data = tx.report_data(from, to)?;
+            tx.append_audit(
+                &AuditEvent::ReportGenerated {
+                    actor: viewer.actor(),
+                    from,
+                    to,
+                },
+                now,
+            )?;
+            Ok(data)
+        })?;
+        let ids: Vec<String> = data.sessions.iter().map(|(id, ..)| id.clone()).collect();
+        let commands = match &self.search {
+            Some(index) => index.command_counts(&ids)?,
+            None => HashMap::new(),
+        };
+        Ok((data, commands))
+    }
+
     /// Sessions' notices (kills, watchers) told in this process.
     pub fn subscribe_notices(&self) -> broadcast::Receiver<SessionNotice> {
         self.notices.subscribe()

@@ -283,6 +283,12 @@ pub enum AuditEvent {
         target: String,
         reason: String,
     },
+    /// The access review report of a period was made (issue #19).
+    ReportGenerated {
+        actor: Actor,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    },
     /// A session's recordings were looked at (issue #19): replayed, exported or watched live.
     RecordingViewed {
         actor: Actor,
@@ -700,6 +706,10 @@ impl AuditEvent {
                 entry.session_id = Some(session_id.clone());
                 detail = json!({ "user": user, "reason": reason });
             }
+            AuditEvent::ReportGenerated { actor, from, to } => {
+                entry.actor = Some(actor.label());
+                detail = json!({ "report": "access", "from": rfc3339(*from), "to": rfc3339(*to) });
+            }
             AuditEvent::RecordingViewed {
                 actor,
                 session_id,
@@ -875,6 +885,7 @@ impl AuditEvent {
             AuditEvent::RetentionRan { .. } => types::RETENTION_RAN,
             AuditEvent::SessionsSearched { .. } => "sessions.searched",
             AuditEvent::RecordingViewed { .. } => "recording.viewed",
+            AuditEvent::ReportGenerated { .. } => "report.generated",
             AuditEvent::SessionKillRequested { .. } => "session.kill_requested",
             AuditEvent::UserLocked { .. } => "user.locked",
             AuditEvent::UserUnlocked { .. } => "user.unlocked",

@@ -7,3 +7,4 @@
 pub mod export;
 pub mod indexer;
 pub mod replay;
+pub mod report;

@@ -1425,6 +1425,32 @@ pub struct SessionSummary {
     pub hits: Vec<search::Entry>,
 }
 
+/// What the access review report (issue #19) reads for a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportData {
+    /// Requests filed in the period.
+    pub requests: Vec<ReportRequest>,
+    /// Sessions started in the period: (id, user, target, statements).
+    pub sessions: Vec<(String, String, String, u64)>,
+    /// Refusals in the period: (user, target, event type).
+    pub refusals: Vec<(String, String, String)>,
+    /// Grants active at the period's end: (grant, request id, approvers).
+    pub standing: Vec<(Grant, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRequest {
+    pub id: String,
+    pub requester: String,
+    pub target: String,
+    pub reason: String,
+    pub duration_seconds: u64,
+    pub state: String,
+    pub approvers: Vec<String>,
+    /// How long its grant lasted: from its start to its end, revoke or expiry.
+    pub granted_seconds: Option<u64>,
+}
+
 /// What `Tx::prune_audit` removed, and which sinks held it back.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pruned {
@@ -1488,6 +1514,99 @@ impl Tx<'_> {
             ],
         )?;
         Ok(changed == 1)
+    }
+
+    /// Everything the access review report of [from, to) needs (issue #19).
+    pub fn report_data(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<ReportData, StoreError> {
+        let (from, to) = (from.unix_timestamp(), to.unix_timestamp());
+        let mut data = ReportData::default();
+        let mut statement = self.transaction.prepare(
+            "SELECT r.id, r.requester, r.target, r.reason, r.duration_seconds, r.state,
+                    (SELECT group_concat(approver, char(10)) FROM
+                       (SELECT approver FROM approvals WHERE request_id = r.id ORDER BY at, approver)),
+                    g.starts_at, coalesce(min(g.ended_at, g.ends_at), g.ends_at)
+             FROM requests AS r LEFT JOIN grants AS g ON g.request_id = r.id
+             WHERE r.created_at >= ?1 AND r.created_at < ?2
+             ORDER BY r.created_at, r.rowid",
+        )?;
+        let rows = statement
+            .query_map(params![from, to], |row| {
+                let approvers: Option<String> = row.get(6)?;
+                let starts: Option<i64> = row.get(7)?;
+                let ends: Option<i64> = row.get(8)?;
+                Ok(ReportRequest {
+                    id: row.get(0)?,
+                    requester: row.get(1)?,
+                    target: row.get(2)?,
+                    reason: row.get(3)?,
+                    duration_seconds: row.get::<_, i64>(4)?.max(0) as u64,
+                    state: row.get(5)?,
+                    approvers: approvers
+                        .map(|text| text.split('\n').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                    granted_seconds: starts
+                        .zip(ends)
+                        .map(|(starts, ends)| (ends - starts).max(0) as u64),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        data.requests = rows;
+        let mut statement = self.transaction.prepare(
+            "SELECT id, user, target, statements FROM sessions
+             WHERE started_at >= ?1 AND started_at < ?2 ORDER BY started_at, id",
+        )?;
+        data.sessions = statement
+            .query_map(params![from, to], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut statement = self.transaction.prepare(
+            "SELECT actor, target, type FROM audit_events
+             WHERE ts >= ?1 AND ts < ?2 AND actor IS NOT NULL AND target IS NOT NULL
+               AND type IN ('request_refused', 'session_refused', 'subsystem.refused',
+                            'forward.refused')
+             ORDER BY seq",
+        )?;
+        data.refusals = statement
+            .query_map(params![from, to], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut statement = self.transaction.prepare(
+            "SELECT g.id FROM grants AS g
+             WHERE g.starts_at <= ?1 AND g.ends_at > ?1
+               AND (g.ended_at IS NULL OR g.ended_at > ?1)
+             ORDER BY g.user, g.target, g.id",
+        )?;
+        let ids = statement
+            .query_map([to], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        for id in ids {
+            let Some(grant) = self.grant(&id)? else {
+                continue;
+            };
+            let approvers = self
+                .request(&grant.request_id)?
+                .map(|request| {
+                    request
+                        .approvals
+                        .iter()
+                        .map(|approval| approval.approver.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            data.standing.push((grant, approvers));
+        }
+        Ok(data)
     }
 
     /// Asks for a live session's end; false when it is not live.

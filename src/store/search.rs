@@ -343,6 +343,24 @@ impl SearchIndex {
         Ok(rows)
     }
 
+    /// How many commands each of these sessions ran (its command entries; a command longer
+    /// than one entry counts once per piece, which no command line reaches).
+    pub fn command_counts(
+        &self,
+        session_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(
+            "SELECT count(*) FROM lines WHERE session_id = ?1 AND kind = 'command'",
+        )?;
+        let mut counts = std::collections::HashMap::new();
+        for session in session_ids {
+            let count: i64 = statement.query_row([session], |row| row.get(0))?;
+            counts.insert(session.clone(), count.max(0) as u64);
+        }
+        Ok(counts)
+    }
+
     /// Removes everything indexed of these sessions (retention removed their recordings).
     pub fn prune(&self, session_ids: &[String]) -> Result<u64, StoreError> {
         let mut connection = self.lock();
