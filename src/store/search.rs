@@ -59,16 +59,19 @@ impl EntryKind {
     }
 }
 
-/// One indexed line.
+/// One indexed entry: a line, or (screen text) a block of lines with each line's time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub session_id: String,
     /// The recording's channel (0 for a query log or a file operation).
     pub channel: u32,
     pub kind: EntryKind,
-    /// Milliseconds since the session (or the channel's recording) started.
+    /// Milliseconds since the session (or the channel's recording) started: of the first line.
     pub at_ms: i64,
     pub text: String,
+    /// For a block of lines (`text` holds them joined by `\n`), each line's time after the
+    /// first's; empty for one line.
+    pub line_ms: Vec<i64>,
 }
 
 /// Where the indexer stands in one recording file.
@@ -119,11 +122,12 @@ CREATE TABLE IF NOT EXISTS lines (
     channel    INTEGER NOT NULL,
     kind       TEXT NOT NULL,
     at_ms      INTEGER NOT NULL,
-    text       TEXT NOT NULL
+    text       TEXT NOT NULL,
+    line_ms    TEXT NOT NULL DEFAULT ''
 ) STRICT;
 CREATE INDEX IF NOT EXISTS lines_by_session ON lines (session_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS entries USING fts5(
-    text, content = 'lines', content_rowid = 'id', tokenize = 'trigram'
+    text, content = 'lines', content_rowid = 'id', tokenize = 'trigram', detail = 'none'
 );
 CREATE TRIGGER IF NOT EXISTS lines_indexed AFTER INSERT ON lines BEGIN
     INSERT INTO entries (rowid, text) VALUES (new.id, new.text);
@@ -249,16 +253,18 @@ impl SearchIndex {
         let transaction = connection.transaction()?;
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT INTO lines (session_id, channel, kind, at_ms, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO lines (session_id, channel, kind, at_ms, text, line_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for entry in &batch.entries {
+                let line_ms: Vec<String> = entry.line_ms.iter().map(i64::to_string).collect();
                 insert.execute(params![
                     entry.session_id,
                     entry.channel,
                     entry.kind.as_str(),
                     entry.at_ms,
-                    entry.text
+                    entry.text,
+                    line_ms.join(" ")
                 ])?;
             }
             let mut source = transaction.prepare_cached(
@@ -288,38 +294,69 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Entries holding `text` (case-insensitive substring, at least `MIN_SEARCH` characters),
-    /// oldest first, at most `limit`. Callers decide which sessions the viewer may see.
+    /// The lines holding `text` (a substring, case-insensitive in ASCII, at least `MIN_SEARCH`
+    /// characters), each with its own time, oldest first, at most `limit`. Callers decide which
+    /// sessions the viewer may see.
+    ///
+    /// The index is `detail=none` (no positions: a seventh of the size, issue #19's benchmark),
+    /// so it answers a LIKE with the rows holding every trigram of the text, and each row's
+    /// lines are then checked for the text itself. `%` and `_` in the text only widen the
+    /// LIKE: the check is on the exact text.
     pub fn search(&self, text: &str, limit: u32) -> Result<Vec<Entry>, StoreError> {
-        let phrase = format!("\"{}\"", text.replace('"', "\"\""));
+        let pattern = format!("%{text}%");
+        let needle = text.to_lowercase();
         let connection = self.lock();
         let mut statement = connection.prepare(
-            "SELECT l.session_id, l.channel, l.kind, l.at_ms, l.text
+            "SELECT l.session_id, l.channel, l.kind, l.at_ms, l.text, l.line_ms
              FROM entries JOIN lines AS l ON l.id = entries.rowid
-             WHERE entries MATCH ?1 ORDER BY l.id LIMIT ?2",
+             WHERE entries.text LIKE ?1 ORDER BY l.id",
         )?;
-        let rows = statement
-            .query_map(params![phrase, limit], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(session_id, channel, kind, at_ms, text)| {
-                Ok(Entry {
-                    session_id,
+        let mut rows = statement.query(params![pattern])?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (session_id, channel, kind, at_ms, block, line_ms): (
+                String,
+                u32,
+                String,
+                i64,
+                String,
+                String,
+            ) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+            );
+            let kind = EntryKind::parse(&kind)?;
+            let offsets: Vec<i64> = line_ms
+                .split(' ')
+                .filter_map(|offset| offset.parse().ok())
+                .collect();
+            let lines: Vec<&str> = if offsets.is_empty() {
+                vec![block.as_str()]
+            } else {
+                block.split('\n').collect()
+            };
+            for (index, line) in lines.iter().enumerate() {
+                if !line.to_lowercase().contains(&needle) {
+                    continue;
+                }
+                found.push(Entry {
+                    session_id: session_id.clone(),
                     channel,
-                    kind: EntryKind::parse(&kind)?,
-                    at_ms,
-                    text,
-                })
-            })
-            .collect()
+                    kind,
+                    at_ms: at_ms + offsets.get(index).copied().unwrap_or(0),
+                    text: (*line).to_string(),
+                    line_ms: Vec::new(),
+                });
+                if found.len() >= limit as usize {
+                    return Ok(found);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// A session's entries of `kind`, in order: its command timeline.
@@ -337,6 +374,7 @@ impl SearchIndex {
                     kind,
                     at_ms: row.get(1)?,
                     text: row.get(2)?,
+                    line_ms: Vec::new(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -397,6 +435,7 @@ mod tests {
             kind,
             at_ms: 1500,
             text: text.to_string(),
+            line_ms: Vec::new(),
         }
     }
 
@@ -422,8 +461,29 @@ mod tests {
                 .map(|entry| entry.session_id)
                 .collect())
         };
+        index.commit(&Batch {
+            entries: vec![Entry {
+                session_id: "s-3".into(),
+                channel: 1,
+                kind: EntryKind::Screen,
+                at_ms: 10_000,
+                text: "first line\nsecond 50% done_x\nthird line".into(),
+                line_ms: vec![0, 250, 900],
+            }],
+            ..Batch::default()
+        })?;
+        let hits = index.search("50% DONE_x", 10)?;
+        assert_eq!(hits.len(), 1);
+        assert_eq!(
+            (hits[0].at_ms, hits[0].text.as_str()),
+            (10_250, "second 50% done_x")
+        );
+        // `%` and `_` only widen the index's answer; the check is exact.
+        assert!(found("50% donexx")?.is_empty());
+        assert!(found("second_50")?.is_empty());
         assert_eq!(found("rm -rf /var")?, ["s-1"]);
         assert_eq!(found("ключ-77")?, ["s-1"]);
+        assert_eq!(found("Größe")?, ["s-1"]);
         assert_eq!(found("drop table \"cust")?, ["s-2"]);
         assert_eq!(found("customer-0042")?, ["s-2"]);
         assert!(found("rm -rf /usr")?.is_empty());
