@@ -147,14 +147,17 @@ fn main() {
     let mut found = 0;
     for _ in 0..21 {
         let at = Instant::now();
-        found = index.search("zq7needle-4242", 5000).expect("search").len();
+        found = index
+            .search("zq7needle-4242", 5000, None)
+            .expect("search")
+            .len();
         times.push(at.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
     let mut six = Vec::new();
     for _ in 0..21 {
         let at = Instant::now();
-        index.search("7needl", 5000).expect("search");
+        index.search("7needl", 5000, None).expect("search");
         six.push(at.elapsed().as_secs_f64() * 1000.0);
     }
     six.sort_by(f64::total_cmp);

@@ -474,13 +474,22 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
         Command::Audit {
             command: AuditCommand::Retention,
         } => {
+            // Retention removes index entries too: the index opened for writing, when it exists
+            // (the CLI otherwise only reads it).
+            let index_path = state_dir.join(crate::server::INDEX_FILE);
+            let writable_index = match index_path.exists() {
+                true => {
+                    Some(SearchIndex::open(&index_path).context("cannot open the search index")?)
+                }
+                false => None,
+            };
             let report = crate::audit::retention::run(
                 access.store(),
                 &access.config().audit,
                 &access.config().server.recordings_dir,
                 access.now(),
                 Actor::Operator(operator_name()),
-                access.search_index(),
+                writable_index.as_ref(),
             )?;
             let held = if report.held_by.is_empty() {
                 String::new()

@@ -389,7 +389,22 @@ pub fn export(
         ExportFormat::Json => {
             let session = args.session.split('/').next().unwrap_or_default();
             let (found, rows) = access.view_session(viewer, session, ViewKind::ExportJson)?;
-            let events = access.session_events(session)?;
+            let mut events = access.session_events(session)?;
+            // The session's own user, unless a reviewer or an approver of its target, does not
+            // learn who reviewed it (issue #19 review): the look at a session is not theirs.
+            if let crate::access::Viewer::User(name) = viewer
+                && *name == found.session.user
+                && access
+                    .visibility(viewer)?
+                    .is_some_and(|(_, targets)| !targets.contains(&found.session.target))
+            {
+                events.retain(|record| {
+                    !matches!(
+                        record.event_type.as_str(),
+                        "recording.viewed" | "session.kill_requested" | "sessions.searched"
+                    )
+                });
+            }
             let value = export::timeline(&found, &rows, &events).map_err(review)?;
             let text = serde_json::to_string_pretty(&value).unwrap_or_default();
             Ok((value, text))

@@ -37,3 +37,8 @@ pub fn cut(text: &str, limit: usize) -> String {
     }
     format!("{}…", &text[..end])
 }
+
+/// `visible`, but keeping line breaks: for text shown as several lines (SQL in a transcript).
+pub fn visible_lines(text: &str) -> String {
+    text.split('\n').map(visible).collect::<Vec<_>>().join("\n")
+}

@@ -2625,7 +2625,7 @@ fn issue_18_retention_removes_only_what_every_sink_holds_and_the_archive_has() {
 
     // Both sessions' statements are searchable (issue #19) until retention removes one.
     let index = bastion.access().search_index().unwrap().clone();
-    let searched = |text: &str| index.search(text, 10).unwrap().len();
+    let searched = |text: &str| index.search(text, 10, None).unwrap().len();
     wait_for("both statements indexed", Duration::from_secs(15), || {
         (searched("select 42") == 1 && searched("select 43") == 1).then_some(())
     });

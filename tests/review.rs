@@ -317,6 +317,13 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
     let (code, _, stderr) = bastion.ssh("carol", &["sessions", "--grep", "ab"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("3 to 1000 characters"), "{stderr}");
+    // Wildcards alone would have the index answer every row: refused.
+    let (code, _, stderr) = bastion.ssh("carol", &["sessions", "--grep", "a%b_c%%"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("3 characters in a row that are not % or _"),
+        "{stderr}"
+    );
 
     // Each search is a control event with what was searched.
     let searches: Vec<Value> = bastion
@@ -484,6 +491,19 @@ fn issue_19_a_replay_ends_on_the_screen_the_user_saw() {
     assert!(text.lines().any(|line| line == "Xbcy"), "{text}");
     assert!(!text.contains('\u{1b}'), "plain text: {text:?}");
 
+    // Alice may export her own session, but not learn who reviewed it.
+    let (code, own, stderr) = bastion.ssh("alice", &["export", &session, "--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let own: Value = serde_json::from_str(&own).unwrap();
+    let types: Vec<&str> = own["control_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["type"].as_str())
+        .collect();
+    assert!(types.contains(&"session.started"), "{types:?}");
+    assert!(!types.contains(&"recording.viewed"), "{types:?}");
+
     // Every look is a control event.
     let views: Vec<String> = bastion
         .audit()
@@ -533,7 +553,8 @@ fn issue_19_a_database_session_replays_its_statements_in_order() {
         &bastion,
         &postgres,
         "CREATE TABLE replayed (id int); INSERT INTO replayed VALUES (1), (2); \
-         SELECT count(*) FROM replayed; DROP TABLE replayed",
+         SELECT count(*) FROM replayed; DROP TABLE replayed; \
+         SELECT E'\\x1b]52;c;aGVsbG8=\\x07' AS clipboard",
     );
     wait_for_finalized(&bastion, 1);
     let session = newest_session(&bastion, "postgres");
@@ -554,6 +575,9 @@ fn issue_19_a_database_session_replays_its_statements_in_order() {
     let joined = statements.join("; ");
     assert!(joined.contains(&expected.join("; ")), "{transcript}");
     assert!(transcript.contains("INSERT 0 2"), "{transcript}");
+    // What the client sent reaches the reviewer's terminal escaped: no OSC 52 to the clipboard.
+    assert!(!transcript.contains('\u{1b}'), "{transcript:?}");
+    assert!(transcript.contains("\\x1b]52"), "{transcript}");
     let (code, timeline, stderr) = run(&mut bastion
         .config
         .portcullis(&["export", &session, "--format", "json"]));

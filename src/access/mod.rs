@@ -43,6 +43,8 @@ pub struct ActiveGrant {
 /// Hits a search reads from the index, over all sessions, and shows a session.
 const MAX_HITS: u32 = 5_000;
 const MAX_HITS_SHOWN: usize = 20;
+/// Sessions a scoped search looks within, at most (the newest).
+const MAX_SCOPE: u32 = 100_000;
 /// The longest text `--grep` takes.
 const MAX_SEARCH: usize = 1_000;
 
@@ -769,10 +771,31 @@ impl Access {
             }
         }
         filter.visible_to = self.visibility(viewer)?;
-        // The index is searched first, outside the state database; only sessions the viewer
-        // may see come back, through the same filter as a listing.
+        // A locked user searches nothing (the search runs before the audited transaction).
+        if let Viewer::User(name) = viewer
+            && self.store.read(|tx| tx.user_lock(name))?.is_some()
+        {
+            return Err(AccessError::Locked(name.clone()));
+        }
+        // The index is searched outside the state database, within the sessions the filters
+        // and the viewer's visibility allow (so others' hits cannot crowd out the viewer's own
+        // under the hit cap); the listing then applies the same filter once more.
         let hits = match grep {
-            Some(text) => Some(self.search(text)?),
+            Some(text) => {
+                let scoped = filter.visible_to.is_some()
+                    || filter.user.is_some()
+                    || filter.target.is_some()
+                    || filter.since.is_some()
+                    || filter.until.is_some();
+                let within = match scoped {
+                    true => Some(
+                        self.store
+                            .read(|tx| tx.find_session_ids(&filter, MAX_SCOPE))?,
+                    ),
+                    false => None,
+                };
+                Some(self.search(text, within.as_deref())?)
+            }
             None => None,
         };
         if let Some(hits) = &hits {
@@ -990,16 +1013,36 @@ impl Access {
         viewer: &Viewer,
         session_id: &str,
     ) -> Result<(u32, String, broadcast::Receiver<bytes::Bytes>), AccessError> {
+        let (session_id, channel) = match session_id.split_once('/') {
+            Some((session, channel)) => (session, Some(channel)),
+            None => (session_id, None),
+        };
         let (found, _) = self.session_for_reviewer(viewer, session_id)?;
         if found.session.ended_at.is_some() {
             return Err(AccessError::NotLive(session_id.to_string()));
         }
-        let live = self
+        let mut live = self
             .screens
             .lock()
             .ok()
             .and_then(|screens| screens.get(session_id).cloned())
             .unwrap_or_default();
+        if let Some(channel) = channel {
+            live.retain(|screen| screen.channel.to_string() == channel);
+        }
+        // With several terminals open the watcher picks one: the first is not necessarily
+        // where the work is (issue #19 review).
+        if live.len() > 1 {
+            let choices: Vec<String> = live
+                .iter()
+                .map(|screen| format!("{session_id}/{}", screen.channel))
+                .collect();
+            return Err(AccessError::Recording(format!(
+                "session {session_id} has {} live terminals; watch one of: {}",
+                live.len(),
+                choices.join(", ")
+            )));
+        }
         let attached = live.iter().find_map(|screen| {
             (screen.attach)().map(|(dump, output)| (screen.channel, dump, output))
         });
@@ -1059,11 +1102,21 @@ impl Access {
     }
 
     /// Index entries holding `text`, over every session (callers filter by visibility).
-    fn search(&self, text: &str) -> Result<Vec<crate::store::search::Entry>, AccessError> {
+    fn search(
+        &self,
+        text: &str,
+        within: Option<&[String]>,
+    ) -> Result<Vec<crate::store::search::Entry>, AccessError> {
         let length = text.chars().count();
         if !(crate::store::search::MIN_SEARCH..=MAX_SEARCH).contains(&length) {
             return Err(AccessError::BadFilter(format!(
                 "--grep takes {} to {MAX_SEARCH} characters",
+                crate::store::search::MIN_SEARCH
+            )));
+        }
+        if crate::store::search::literal_run(text).is_none() {
+            return Err(AccessError::BadFilter(format!(
+                "--grep needs {} characters in a row that are not % or _",
                 crate::store::search::MIN_SEARCH
             )));
         }
@@ -1073,7 +1126,7 @@ impl Access {
                     .to_string(),
             ));
         };
-        Ok(index.search(text, MAX_HITS)?)
+        Ok(index.search(text, MAX_HITS, within)?)
     }
 
     /// What `viewer` may see: `None` for everything (the operator, a reviewer role), else their

@@ -252,9 +252,10 @@ impl Recorder {
                 .then(|| Screen::new(header.width, header.height, false)),
         };
         recorder.file.write_line(&asciicast::header_line(header))?;
-        // An exec channel is one command: its marker opens the timeline.
+        // An exec channel is one command: its marker opens the timeline, whole up to 64 KiB
+        // (issue #19 review: cut at 1 KiB, a command padded past it hid its end from search).
         if let Some(command) = &header.command {
-            let label = crate::text::cut(command, screen::MAX_COMMAND);
+            let label = crate::text::cut(command, 64 * 1024);
             let line = asciicast::event_line(Duration::ZERO, &Event::Marker(label));
             recorder.file.write_line(&line)?;
         }
@@ -318,6 +319,8 @@ impl Recorder {
             return Ok(());
         }
         let elapsed = at.saturating_duration_since(self.started);
+        // What was typed joins a label only when keystrokes are kept: a password pasted at a
+        // prompt with Enter must not reach a marker under `record_input = false`.
         let typed = String::from_utf8_lossy(bytes);
         let mut labels = Vec::new();
         let mut on_screen = screen.line_at_cursor();
@@ -326,6 +329,7 @@ impl Recorder {
             if pieces.peek().is_none() {
                 break; // what follows the last Enter is not a command yet
             }
+            let piece = if self.capture.input { piece } else { "" };
             // After the first Enter of a packet the screen has not caught up: only typed text.
             let shown = on_screen.take();
             if shown.is_none() && piece.is_empty() {
@@ -405,7 +409,19 @@ impl Recorder {
             Ok(())
         };
         self.line = line;
-        written
+        written?;
+        if self.screen.as_ref().is_some_and(Screen::over_budget) {
+            // Said once in the recording, so a reviewer knows why the timeline stops here.
+            self.screen = None;
+            let label = "portcullis: commands are no longer tracked on this channel: its output \
+                         cost more to render than a session may";
+            let line = asciicast::event_line(
+                at.saturating_duration_since(self.started),
+                &Event::Marker(label.to_string()),
+            );
+            self.file.write_line(&line)?;
+        }
+        Ok(())
     }
 
     /// Writes `bytes` as one base64 event into the reused line buffer.
@@ -505,6 +521,32 @@ mod tests {
         }
         recorder.flush()?;
         assert!(recorder.stays_in_memory(100));
+        Ok(())
+    }
+
+    /// Issue #19 review: a password pasted at a prompt with its Enter in one packet must not
+    /// reach a command marker when keystrokes are not kept.
+    #[test]
+    fn typed_text_joins_a_marker_only_when_keystrokes_are_kept()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for (capture, name) in [(TERMINAL, "kept"), (NO_INPUT, "not-kept")] {
+            let path = dir.path().join(format!("{name}.cast"));
+            let mut recorder = Recorder::create(path.clone(), &header(), capture)?;
+            recorder.output(b"[sudo] password for alice: ")?;
+            recorder.input(b"hunter2\r")?;
+            recorder.finalize()?;
+            let text = std::fs::read_to_string(&path)?;
+            let marker = text
+                .lines()
+                .find(|line| line.contains("\"m\""))
+                .ok_or_else(|| format!("no marker in {name}: {text}"))?;
+            assert_eq!(
+                capture.input,
+                marker.contains("hunter2"),
+                "{name}: {marker}"
+            );
+        }
         Ok(())
     }
 

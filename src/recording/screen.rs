@@ -7,17 +7,82 @@
 //! Pure and synchronous: the recorder feeds it on the cast writer, the indexer from the files,
 //! replay from a file. A fault in the emulator cannot reach the recording: it only reads text.
 
-use avt::observer::Transcript;
-use avt::{ScreenKind, Terminal};
+use std::time::{Duration, Instant};
+
+use avt::{Line, Observation, Observer, ScreenKind, Terminal};
 
 /// Longest command entry kept; a longer line is cut with `…`.
 pub const MAX_COMMAND: usize = 1024;
+
+/// The emulator's size at most and at least, whatever a client announces: a grid is allocated
+/// at this size, and some sequences write every cell of it (issue #19 review: 1000 × 500 made
+/// `ESC # 8` half a million writes for three bytes), and a narrow one cuts commands to
+/// nothing.
+const MAX_SIZE: (u32, u32) = (400, 200);
+const MIN_SIZE: (u32, u32) = (20, 2);
+
+/// A transcript line longer than this is let go in pieces: output without a newline must not
+/// grow memory without end.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// How much emulation a channel may cost: a burst, then a share of one core. Output that costs
+/// more (sequences that rewrite the whole screen for a few bytes, on repeat) stops the
+/// emulation for the channel rather than slow every session recorded beside it.
+const BUDGET_BURST: Duration = Duration::from_secs(2);
+const BUDGET_SHARE: f64 = 0.2;
 
 /// The emulator of one channel's terminal.
 pub struct Screen {
     terminal: Terminal,
     /// Lines that left the screen (and, at the end, the screen itself), for the search index.
     transcript: Option<Transcript>,
+    /// When the emulator started, and how long it has worked: the budget.
+    started: Instant,
+    spent: Duration,
+}
+
+/// Plain text of the lines that leave the primary screen, soft-wrapped rows joined, as avt's
+/// own `Transcript` does, but with a line cut at `MAX_PENDING`.
+#[derive(Default)]
+struct Transcript {
+    pending: String,
+    ready: Vec<String>,
+}
+
+impl Transcript {
+    fn push(&mut self, line: &Line) {
+        self.pending.extend(line.chars());
+        if !line.is_wrapped() || self.pending.len() >= MAX_PENDING {
+            self.ready.push(self.pending.trim_end().to_owned());
+            self.pending.clear();
+        }
+    }
+
+    fn finish(mut self, terminal: &Terminal) -> Vec<String> {
+        let start = self.ready.len();
+        for line in terminal.primary_screen().all_lines() {
+            self.push(line);
+        }
+        if !self.pending.is_empty() {
+            self.ready.push(self.pending.trim_end().to_owned());
+        }
+        while self.ready.len() > start && self.ready.last().is_some_and(String::is_empty) {
+            self.ready.pop();
+        }
+        self.ready
+    }
+}
+
+impl Observer for Transcript {
+    type Output = Vec<String>;
+
+    fn evicted(&mut self, _: &mut Observation<'_>, line: &Line) {
+        self.push(line);
+    }
+
+    fn end(&mut self, _: &mut Observation<'_>) -> Self::Output {
+        std::mem::take(&mut self.ready)
+    }
 }
 
 impl Screen {
@@ -30,20 +95,33 @@ impl Screen {
             .unwrap_or_else(|_| unreachable_terminal());
         Screen {
             terminal,
-            transcript: transcript.then(Transcript::new),
+            transcript: transcript.then(Transcript::default),
+            started: Instant::now(),
+            spent: Duration::ZERO,
         }
     }
 
     /// Feeds terminal output; returns the finished lines that left the screen (none without a
     /// transcript).
     pub fn feed(&mut self, text: &str) -> Vec<String> {
-        match self.transcript.as_mut() {
+        let started = Instant::now();
+        let lines = match self.transcript.as_mut() {
             Some(transcript) => self.terminal.feed_with(text, transcript),
             None => {
                 self.terminal.feed(text);
                 Vec::new()
             }
-        }
+        };
+        self.spent += started.elapsed();
+        lines
+    }
+
+    /// Whether this channel's output has cost more emulation than its budget allows: a burst,
+    /// then a fifth of a core. Owners stop feeding it then.
+    pub fn over_budget(&self) -> bool {
+        let allowed =
+            BUDGET_BURST.as_secs_f64() + self.started.elapsed().as_secs_f64() * BUDGET_SHARE;
+        self.spent.as_secs_f64() > allowed
     }
 
     pub fn resize(&mut self, width: u32, height: u32) -> Vec<String> {
@@ -57,6 +135,13 @@ impl Screen {
         }
     }
 
+    /// Whether emulating `bytes` of output has cost more than rendering them at 5 MB/s after a
+    /// second's allowance: output made to be costly (the indexer then stops emulating it, so
+    /// one recording cannot hold back the index of all).
+    pub fn too_costly_for(&self, bytes: u64) -> bool {
+        self.spent.as_secs_f64() > 1.0 + bytes as f64 / 5e6
+    }
+
     /// The line at the cursor, trimmed, when the primary screen is showing: what a shell's
     /// prompt and the typed command look like as Enter is pressed. `None` in a full-screen
     /// program (the alternate screen: an editor, `less`, `top`), where Enter is not a command.
@@ -64,8 +149,20 @@ impl Screen {
         if self.terminal.active_screen_kind() != ScreenKind::Primary {
             return None;
         }
-        let row = self.terminal.cursor().row;
-        let line = self.terminal.screen().line(row)?.text();
+        // A command longer than the screen is wide wraps: its rows are joined, from the first
+        // row of the logical line to the cursor's.
+        let screen = self.terminal.screen();
+        let mut row = self.terminal.cursor().row;
+        while row > 0 && screen.line(row - 1).is_some_and(Line::is_wrapped) {
+            row -= 1;
+        }
+        let mut line = String::new();
+        for index in row..=self.terminal.cursor().row {
+            line.extend(screen.line(index)?.chars());
+            if line.len() > MAX_COMMAND * 4 {
+                break;
+            }
+        }
         Some(line.trim().to_string())
     }
 
@@ -111,8 +208,16 @@ pub fn command_line(on_screen: &str, typed: &str) -> Option<String> {
 
 fn size(width: u32, height: u32) -> (usize, usize) {
     // A client may announce anything; the emulator allocates a grid of this size.
-    let width = if width == 0 { 80 } else { width.min(1000) };
-    let height = if height == 0 { 24 } else { height.min(500) };
+    let width = if width == 0 {
+        80
+    } else {
+        width.clamp(MIN_SIZE.0, MAX_SIZE.0)
+    };
+    let height = if height == 0 {
+        24
+    } else {
+        height.clamp(MIN_SIZE.1, MAX_SIZE.1)
+    };
     (width as usize, height as usize)
 }
 
@@ -167,6 +272,52 @@ mod tests {
             command_line("$", &long).is_some_and(|line| line.len() <= MAX_COMMAND + 3),
             "cut"
         );
+    }
+
+    #[test]
+    fn a_wrapped_command_is_one_line_and_sizes_are_bounded() {
+        let mut screen = Screen::new(20, 5, false);
+        screen.feed("$ echo 0123456789abcdefghijklmnop");
+        assert_eq!(
+            screen.line_at_cursor().as_deref(),
+            Some("$ echo 0123456789abcdefghijklmnop")
+        );
+        // A width of 1 would make every label one character.
+        let mut narrow = Screen::new(1, 1, false);
+        narrow.feed("$ ls -la /etc");
+        assert_eq!(narrow.line_at_cursor().as_deref(), Some("$ ls -la /etc"));
+    }
+
+    #[test]
+    fn output_that_costs_too_much_to_emulate_is_over_budget() {
+        let mut screen = Screen::new(400, 200, true);
+        let costly = "\x1b#8\x1b[2J".repeat(2_000);
+        let mut fed = 0;
+        while !screen.over_budget() && fed < 10_000 {
+            screen.feed(&costly);
+            fed += 1;
+        }
+        assert!(
+            screen.over_budget(),
+            "still within budget after {fed} feeds"
+        );
+        // Ordinary output stays far within it.
+        let mut plain = Screen::new(80, 24, true);
+        for _ in 0..1_000 {
+            plain.feed("total 48\r\ndrwxr-xr-x 2 root root 4096 Dec  6 file\r\n");
+        }
+        assert!(!plain.over_budget());
+    }
+
+    #[test]
+    fn a_line_without_end_is_let_go_in_pieces() {
+        let mut screen = Screen::new(80, 24, true);
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines.extend(screen.feed(&"x".repeat(10_000)));
+        }
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|line| line.len() <= MAX_PENDING + 80));
     }
 
     #[test]

@@ -110,6 +110,17 @@ impl Indexer {
     /// One pass over new recordings, grown files and new file operations, committed as one
     /// batch. True when a budget cut it short, so another pass should follow at once.
     pub fn pass(&mut self) -> Result<bool, IndexError> {
+        let result = self.pass_once();
+        if result.is_err() {
+            // Nothing of the pass was committed, but emulators moved on: start again from the
+            // committed offsets, or lines would be indexed twice.
+            self.open = None;
+            self.screens.clear();
+        }
+        result
+    }
+
+    fn pass_once(&mut self) -> Result<bool, IndexError> {
         let mut batch = Batch::default();
         let open = match self.open.take() {
             Some(open) => open,
@@ -211,17 +222,25 @@ impl Indexer {
         let key = (source.session_id.clone(), source.channel);
         let cast = source.path.extension().is_some_and(|ext| ext == "cast");
         if cast && !self.screens.contains_key(&key) {
-            // A restart: the emulator state is rebuilt from what was indexed before.
+            // A restart: the emulator state is rebuilt from what was indexed before, a chunk at
+            // a time.
             let mut reader = CastReader::default();
-            if source.offset > 0 {
-                let prefix = read_range(&source.path, 0, source.offset)?;
-                for line in prefix.split(|byte| *byte == b'\n') {
+            let mut at = 0;
+            while at < source.offset {
+                let end = source.offset.min(at + FILE_BUDGET);
+                let chunk = read_range(&source.path, at, end)?;
+                let whole = match chunk.iter().rposition(|byte| *byte == b'\n') {
+                    Some(last) => last + 1,
+                    None => chunk.len(),
+                };
+                for line in chunk[..whole].split(|byte| *byte == b'\n') {
                     reader.line(line, &mut Vec::new(), source);
                 }
-                // Those lines were indexed before the restart.
-                reader.block.clear();
-                reader.block_bytes = 0;
+                at += whole.max(1) as u64;
             }
+            // Those lines were indexed before the restart.
+            reader.block.clear();
+            reader.block_bytes = 0;
             self.screens.insert(key.clone(), reader);
         }
         let size = match std::fs::metadata(&source.path) {
@@ -249,6 +268,14 @@ impl Indexer {
             .iter()
             .rposition(|byte| *byte == b'\n')
             .map_or(0, |last| last + 1);
+        if whole == 0 && bytes.len() as u64 == budget && budget == FILE_BUDGET {
+            // One line longer than a pass reads (a huge statement): skipped, not stuck on.
+            let skipped = skip_line(&source.path, source.offset + budget, size)?;
+            tracing::warn!(session = %source.session_id, bytes = skipped - source.offset,
+                "search index: a recording line too long to index was skipped");
+            source.offset = skipped;
+            return Ok(budget);
+        }
         for line in bytes[..whole].split(|byte| *byte == b'\n') {
             if line.is_empty() {
                 continue;
@@ -279,6 +306,10 @@ impl Indexer {
 #[derive(Default)]
 struct CastReader {
     screen: Option<Screen>,
+    /// The header was read.
+    started: bool,
+    /// Output bytes fed to the emulator, to tell output made to be costly.
+    fed: u64,
     /// Whether the channel had a pty (its header names a terminal type): output without one
     /// ends lines with LF alone, which a terminal needs as CR LF.
     pty: bool,
@@ -298,20 +329,54 @@ impl CastReader {
         let Ok(value) = serde_json::from_slice::<Value>(line) else {
             return;
         };
-        let Some(screen) = self.screen.as_mut() else {
+        if !self.started {
             // The header.
+            self.started = true;
             let width = value["width"].as_u64().unwrap_or(80) as u32;
             let height = value["height"].as_u64().unwrap_or(24) as u32;
             self.pty = value["env"]["TERM"].is_string();
             self.screen = Some(Screen::new(width, height, true));
             return;
-        };
+        }
         let (Some(at), Some(code), Some(data)) =
             (value[0].as_f64(), value[1].as_str(), value[2].as_str())
         else {
             return;
         };
         self.at_ms = (at * 1000.0) as i64;
+        if self
+            .screen
+            .as_ref()
+            .is_some_and(|screen| screen.too_costly_for(self.fed))
+        {
+            // From here on its output is indexed as the text it holds, without rendering.
+            if let Some(screen) = self.screen.take() {
+                let lines = screen.finish();
+                self.screen_lines(lines, entries, source);
+            }
+        }
+        let Some(screen) = self.screen.as_mut() else {
+            if code == "o" {
+                let lines = data
+                    .split('\n')
+                    .map(|line| line.chars().filter(|c| !c.is_control()).collect())
+                    .collect();
+                self.screen_lines(lines, entries, source);
+            } else if code == "m" {
+                push_entries(
+                    entries,
+                    &source.session_id,
+                    source.channel,
+                    EntryKind::Command,
+                    self.at_ms,
+                    data,
+                );
+            }
+            return;
+        };
+        if code == "o" {
+            self.fed += data.len() as u64;
+        }
         let lines = match code {
             "o" if self.pty => screen.feed(data),
             "o" => screen.feed(&data.replace("\r\n", "\n").replace('\n', "\r\n")),
@@ -434,6 +499,19 @@ fn push_entries(
     }
 }
 
+/// Where the line going on at `from` ends (past its newline), or `size`.
+fn skip_line(path: &Path, mut from: u64, size: u64) -> Result<u64, IndexError> {
+    while from < size {
+        let end = size.min(from + FILE_BUDGET);
+        let chunk = read_range(path, from, end)?;
+        if let Some(newline) = chunk.iter().position(|byte| *byte == b'\n') {
+            return Ok(from + newline as u64 + 1);
+        }
+        from = end;
+    }
+    Ok(size)
+}
+
 fn read_range(path: &Path, from: u64, to: u64) -> Result<Vec<u8>, IndexError> {
     let error = |source| IndexError::Read {
         path: path.display().to_string(),
@@ -468,5 +546,63 @@ mod tests {
                 "{needle}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+    use crate::store::{RecordingRow, SessionRow};
+
+    /// Issue #19 review: a query-log line longer than a pass reads (a huge statement) is
+    /// skipped, and what follows it is indexed; the source does not stall on it.
+    #[test]
+    fn a_line_longer_than_a_pass_is_skipped_not_stuck_on() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&dir.path().join("portcullis.db"))?;
+        let index = SearchIndex::open(&dir.path().join("index.sqlite"))?;
+        let path = dir.path().join("s-aaaaaaaa.pg.jsonl");
+        let huge = "x".repeat(FILE_BUDGET as usize + 100);
+        let text = format!(
+            "{{\"t\":0.1,\"sql\":\"{huge}\"}}\n{{\"t\":0.2,\"sql\":\"select 'after-the-huge-one'\"}}\n"
+        );
+        std::fs::write(&path, &text)?;
+        let now = time::OffsetDateTime::now_utc();
+        store.write(|tx| {
+            tx.insert_session(&SessionRow {
+                id: "s-aaaaaaaa".into(),
+                grant_id: None,
+                user: "alice".into(),
+                target: "prod-db".into(),
+                protocol: "postgres".into(),
+                client_address: String::new(),
+                started_at: now,
+                ended_at: None,
+                end_reason: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                statements: 0,
+            })?;
+            tx.insert_recording(
+                &RecordingRow {
+                    session_id: "s-aaaaaaaa".into(),
+                    channel: 0,
+                    kind: crate::recording::QUERY_LOG_KIND.into(),
+                    path: path.display().to_string(),
+                    sha256: None,
+                    size: None,
+                },
+                now,
+            )?;
+            tx.finalize_recording("s-aaaaaaaa", 0, "00", text.len() as u64, now)
+        })?;
+        let mut indexer = Indexer::new(store, index.clone());
+        for _ in 0..5 {
+            indexer.pass()?;
+        }
+        assert_eq!(index.search("after-the-huge-one", 10, None)?.len(), 1);
+        assert!(index.open_sources()?.is_empty(), "the source is done");
+        Ok(())
     }
 }

