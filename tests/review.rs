@@ -225,6 +225,13 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
     let mut shell = Shell::open(&bastion, "alice+web-1");
     shell.run("PS1='demo$ '", "demo$ ", 2);
     shell.run("echo needle-42 printed", "needle-42 printed", 2);
+    // What a full-screen program showed is searchable too (it scrolls nothing off the primary
+    // screen): here a line drawn on the alternate screen, then left.
+    shell.run(
+        "printf '\\033[?1049h'; echo full-$((4*4))-screen; printf '\\033[?1049l'",
+        "full-16-screen",
+        1,
+    );
     shell.exit();
     let mut other = Shell::open(&bastion, "alice+web-1");
     other.run("echo haystack-only", "haystack-only", 2);
@@ -292,6 +299,15 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
         "what the screen showed: {hits:#?}"
     );
     assert!(grep(&bastion, "haystack-only").len() == 1);
+    let full_screen = grep(&bastion, "full-16-screen");
+    assert_eq!(full_screen.len(), 1, "{full_screen:#?}");
+    assert!(
+        full_screen[0]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|hit| hit["kind"] == "screen" && hit["text"] == "full-16-screen")
+    );
 
     let sql = wait_for("the statement", Duration::from_secs(15), || {
         let found = grep(&bastion, "SQL-NEEDLE-9");

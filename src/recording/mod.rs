@@ -323,7 +323,14 @@ impl Recorder {
         // prompt with Enter must not reach a marker under `record_input = false`.
         let typed = String::from_utf8_lossy(bytes);
         let mut labels = Vec::new();
-        let mut on_screen = screen.line_at_cursor();
+        // In a full-screen program (an editor, `tmux`) the line is marked as such: it may be a
+        // shell inside `tmux` or a line of a file being edited.
+        let mut on_screen = screen
+            .line_at_cursor()
+            .map(|line| match screen.full_screen() {
+                true => format!("[full screen] {line}"),
+                false => line,
+            });
         let mut pieces = typed.split(['\r', '\n']).peekable();
         while let Some(piece) = pieces.next() {
             if pieces.peek().is_none() {

@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use avt::{Line, Observation, Observer, ScreenKind, Terminal};
+use avt::parser::{DecMode, Function};
+use avt::{Line, Observation, Observer, Operation, ScreenKind, Terminal};
 
 /// Longest command entry kept; a longer line is cut with `…`.
 pub const MAX_COMMAND: usize = 1024;
@@ -59,6 +60,9 @@ impl Transcript {
     }
 
     fn finish(mut self, terminal: &Terminal) -> Vec<String> {
+        if terminal.active_screen_kind() == ScreenKind::Alternate {
+            self.ready.extend(visible_text(terminal));
+        }
         let start = self.ready.len();
         for line in terminal.primary_screen().all_lines() {
             self.push(line);
@@ -75,6 +79,26 @@ impl Transcript {
 
 impl Observer for Transcript {
     type Output = Vec<String>;
+
+    /// What a full-screen program (an editor, `less`, `tmux`) showed last is kept as it leaves
+    /// the alternate screen: avt's own transcript keeps the primary screen only, and a session
+    /// lived inside `tmux` would leave nothing to search (issue #19 review).
+    fn before(&mut self, context: &mut Observation<'_>, operation: &Operation) {
+        let leaving = match operation {
+            Operation::Function(Function::Decrst(modes)) => modes.as_slice().iter().any(|mode| {
+                matches!(
+                    mode,
+                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+                )
+            }),
+            Operation::Function(Function::Ris) => true,
+            _ => false,
+        };
+        let terminal = context.terminal();
+        if leaving && terminal.active_screen_kind() == ScreenKind::Alternate {
+            self.ready.extend(visible_text(terminal));
+        }
+    }
 
     fn evicted(&mut self, _: &mut Observation<'_>, line: &Line) {
         self.push(line);
@@ -142,13 +166,21 @@ impl Screen {
         self.spent.as_secs_f64() > 1.0 + bytes as f64 / 5e6
     }
 
-    /// The line at the cursor, trimmed, when the primary screen is showing: what a shell's
-    /// prompt and the typed command look like as Enter is pressed. `None` in a full-screen
-    /// program (the alternate screen: an editor, `less`, `top`), where Enter is not a command.
+    /// The rows of the alternate screen while a full-screen program shows it: the indexer
+    /// snapshots them every few seconds (a session lived inside `tmux` is searchable).
+    pub fn alternate_text(&self) -> Option<Vec<String>> {
+        (self.terminal.active_screen_kind() == ScreenKind::Alternate)
+            .then(|| visible_text(&self.terminal))
+    }
+
+    /// Whether a full-screen program is showing (the alternate screen).
+    pub fn full_screen(&self) -> bool {
+        self.terminal.active_screen_kind() == ScreenKind::Alternate
+    }
+
+    /// The line at the cursor, trimmed: what a shell's prompt and the typed command look like
+    /// as Enter is pressed (in a full-screen program, the line being edited; callers say so).
     pub fn line_at_cursor(&self) -> Option<String> {
-        if self.terminal.active_screen_kind() != ScreenKind::Primary {
-            return None;
-        }
         // A command longer than the screen is wide wraps: its rows are joined, from the first
         // row of the logical line to the cursor's.
         let screen = self.terminal.screen();
@@ -188,6 +220,16 @@ impl Screen {
             None => Vec::new(),
         }
     }
+}
+
+/// The non-blank rows of the active screen, trimmed.
+fn visible_text(terminal: &Terminal) -> Vec<String> {
+    terminal
+        .screen()
+        .visible_lines()
+        .map(|line| line.text().trim_end().to_string())
+        .filter(|line| !line.trim().is_empty())
+        .collect()
 }
 
 /// A command entry from the line at the cursor and what was typed before Enter in the same
@@ -244,11 +286,31 @@ mod tests {
             screen.line_at_cursor().as_deref(),
             Some("alice@web-1:~$ rm -rf /var")
         );
-        // Inside a full-screen program Enter is not a command.
+        // Inside a full-screen program the line is the one edited; the caller marks it so.
         screen.feed("\x1b[?1049h\x1b[Hvim buffer");
-        assert_eq!(screen.line_at_cursor(), None);
+        assert!(screen.full_screen());
+        assert_eq!(screen.line_at_cursor().as_deref(), Some("vim buffer"));
         screen.feed("\x1b[?1049l");
-        assert!(screen.line_at_cursor().is_some());
+        assert!(!screen.full_screen());
+    }
+
+    #[test]
+    fn what_a_full_screen_program_showed_joins_the_transcript_as_it_leaves() {
+        let mut screen = Screen::new(30, 4, true);
+        let mut lines = screen.feed("$ vim notes\r\n\x1b[?1049h\x1b[Hsecret-plan line\r\n~");
+        assert!(lines.is_empty());
+        lines.extend(screen.feed("\x1b[?1049l$ "));
+        lines.extend(screen.finish());
+        assert!(lines.contains(&"secret-plan line".to_string()), "{lines:?}");
+        // Still inside when the recording ends: kept too.
+        let mut inside = Screen::new(30, 4, true);
+        inside.feed("\x1b[?1049hin tmux: rm -rf /var/tmp/x");
+        assert!(
+            inside
+                .finish()
+                .iter()
+                .any(|line| line.contains("rm -rf /var/tmp/x"))
+        );
     }
 
     #[test]

@@ -316,7 +316,15 @@ struct CastReader {
     at_ms: i64,
     block: Vec<(i64, String)>,
     block_bytes: usize,
+    /// When a full-screen program's screen was last taken, and a hash of what it showed.
+    alternate_at: Option<i64>,
+    alternate_seen: u64,
 }
+
+/// While a full-screen program shows (an editor, `less`, `tmux`), its screen is indexed every
+/// this many milliseconds of the recording when it changed: a session lived inside `tmux`
+/// scrolls nothing off the primary screen (issue #19 review).
+const ALTERNATE_EVERY_MS: i64 = 5_000;
 
 /// Screen lines are indexed in blocks of about this many bytes, each line with its time: with
 /// a row per line the index was 6.9 times the size of the output and indexing ran at 1.6 MB/s;
@@ -398,6 +406,31 @@ impl CastReader {
             _ => return,
         };
         self.screen_lines(lines, entries, source);
+        self.alternate_snapshot(entries, source);
+    }
+
+    fn alternate_snapshot(&mut self, entries: &mut Vec<Entry>, source: &Source) {
+        let due = self
+            .alternate_at
+            .is_none_or(|at| self.at_ms - at >= ALTERNATE_EVERY_MS);
+        if !due {
+            return;
+        }
+        let Some(lines) = self.screen.as_ref().and_then(Screen::alternate_text) else {
+            self.alternate_at = None;
+            return;
+        };
+        self.alternate_at = Some(self.at_ms);
+        let seen = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            lines.hash(&mut hasher);
+            hasher.finish()
+        };
+        if seen != self.alternate_seen {
+            self.alternate_seen = seen;
+            self.screen_lines(lines, entries, source);
+        }
     }
 
     fn screen_lines(&mut self, lines: Vec<String>, entries: &mut Vec<Entry>, source: &Source) {
