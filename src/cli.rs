@@ -838,6 +838,7 @@ impl<'a> ConfigSummary<'a> {
                 "approvals_required": target.approvals_required,
                 "max_duration_seconds": config.max_duration_for(target).as_secs(),
             })).collect::<Vec<_>>(),
+            "reviewers": self.names_with(&config.access.reviewer_roles, &[]),
             "slack": config.slack.is_some(),
         })
     }
@@ -889,6 +890,15 @@ impl<'a> ConfigSummary<'a> {
             ]);
         }
         text.push_str(&table(&targets));
+        // Who sees every recorded session (issue #19): what an access review asks first.
+        text.push_str(&format!(
+            "\nsee every session (roles {}): {}\n",
+            join(&config.access.reviewer_roles),
+            or_dash(
+                self.names_with(&config.access.reviewer_roles, &[])
+                    .join(",")
+            )
+        ));
         text
     }
 }

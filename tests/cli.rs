@@ -51,6 +51,11 @@ fn the_shipped_config_checks_out_from_a_fresh_clone() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("config/portcullis.toml: ok"), "{stdout}");
     assert!(stdout.contains("MAY APPROVE"), "{stdout}");
+    // Issue #19: who sees every recorded session.
+    assert!(
+        stdout.contains("see every session (roles reviewer):"),
+        "{stdout}"
+    );
 
     let example = repo_root().join("config/portcullis.example.toml");
     let (code, stdout, stderr) = run(portcullis_binary().arg("--config").arg(&example).args([
@@ -67,6 +72,7 @@ fn the_shipped_config_checks_out_from_a_fresh_clone() {
         .unwrap_or_else(|| panic!("no prod-db in {summary}"));
     assert_eq!(prod_db["requestable_by"], serde_json::json!(["alice"]));
     assert_eq!(prod_db["approvers"], serde_json::json!(["bob", "carol"]));
+    assert!(summary["reviewers"].is_array(), "{summary}");
 
     // Without --skip-secrets, every named file and env var must exist.
     let (code, _, stderr) = run(portcullis_binary()

@@ -753,12 +753,64 @@ impl Access {
 
     /// The sessions `viewer` may see that match `filter` (issue #19): a holder of a reviewer
     /// role or the operator sees every session, an approver the sessions on the targets they
-    /// approve, everyone their own. The search is audited (`sessions.searched`) in the same
-    /// transaction: no result without its record.
+    /// approve, everyone their own. Every search is audited (`sessions.searched`), a refused
+    /// one with why; results are returned only once their record is written. The listing runs
+    /// on a read snapshot, so a slow search never holds the write lock logins and approvals
+    /// wait for; the lock of a locked user is checked again in the audit's transaction.
     pub fn find_sessions(
         &self,
         viewer: &Viewer,
-        mut filter: SessionFilter,
+        filter: SessionFilter,
+        grep: Option<&str>,
+    ) -> Result<Vec<SessionSummary>, AccessError> {
+        let limit = filter.limit;
+        let mut scoped = filter.clone();
+        let mut outcome = self.search_sessions(viewer, &mut scoped, grep);
+        let refused = match &outcome {
+            Ok(_) => None,
+            Err(AccessError::Store(_)) => return outcome,
+            Err(refusal) => Some(refusal.to_string()),
+        };
+        let now = self.now();
+        let results = outcome.as_ref().map_or(0, |found| found.len() as u64);
+        let locked = self.store.write(|tx| {
+            let mut refused = refused.clone();
+            let mut locked = None;
+            if refused.is_none()
+                && let Viewer::User(name) = viewer
+                && let Err(refusal) = self.ensure_unlocked(tx, name)?
+            {
+                refused = Some(refusal.to_string());
+                locked = Some(refusal);
+            }
+            tx.append_audit(
+                &AuditEvent::SessionsSearched {
+                    actor: viewer.actor(),
+                    user: filter.user.clone(),
+                    target: filter.target.clone(),
+                    since: filter.since,
+                    until: filter.until,
+                    grep: grep.map(str::to_string),
+                    limit,
+                    everything: scoped.visible_to.is_none(),
+                    results: if locked.is_some() { 0 } else { results },
+                    refused,
+                },
+                now,
+            )?;
+            Ok(locked)
+        })?;
+        if let Some(refusal) = locked {
+            outcome = Err(refusal);
+        }
+        outcome
+    }
+
+    /// `find_sessions` without its audit: the listing, and the search when there is one.
+    fn search_sessions(
+        &self,
+        viewer: &Viewer,
+        filter: &mut SessionFilter,
         grep: Option<&str>,
     ) -> Result<Vec<SessionSummary>, AccessError> {
         for (flag, name) in [("--user", &filter.user), ("--target", &filter.target)] {
@@ -771,7 +823,6 @@ impl Access {
             }
         }
         filter.visible_to = self.visibility(viewer)?;
-        // A locked user searches nothing (the search runs before the audited transaction).
         if let Viewer::User(name) = viewer
             && self.store.read(|tx| tx.user_lock(name))?.is_some()
         {
@@ -790,7 +841,7 @@ impl Access {
                 let within = match scoped {
                     true => Some(
                         self.store
-                            .read(|tx| tx.find_session_ids(&filter, MAX_SCOPE))?,
+                            .read(|tx| tx.find_session_ids(filter, MAX_SCOPE))?,
                     ),
                     false => None,
                 };
@@ -804,29 +855,7 @@ impl Access {
             ids.dedup();
             filter.ids = Some(ids);
         }
-        let now = self.now();
-        let found = self.store.write(|tx| {
-            // A locked user sees nothing more (issue #19 review).
-            if let Viewer::User(name) = viewer
-                && let Err(refusal) = self.ensure_unlocked(tx, name)?
-            {
-                return Ok(Err(refusal));
-            }
-            let found = tx.find_sessions(&filter)?;
-            tx.append_audit(
-                &AuditEvent::SessionsSearched {
-                    actor: viewer.actor(),
-                    user: filter.user.clone(),
-                    target: filter.target.clone(),
-                    since: filter.since,
-                    until: filter.until,
-                    grep: grep.map(str::to_string),
-                    results: found.len() as u64,
-                },
-                now,
-            )?;
-            Ok(Ok(found))
-        })??;
+        let found = self.store.read(|tx| tx.find_sessions(filter))?;
         let Some(hits) = hits else {
             return Ok(found);
         };

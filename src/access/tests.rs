@@ -743,4 +743,23 @@ approvers = ["dba"]
         matches!(refused, Err(AccessError::Locked(_))),
         "{refused:?}"
     );
+    // A refused search is a control event too, with why and its scope.
+    let last = fixture
+        .access
+        .store()
+        .read(|tx| tx.audit_tail(1))
+        .unwrap_or_else(|error| panic!("{error}"))
+        .pop()
+        .unwrap_or_else(|| panic!("no record"));
+    assert_eq!(last.event_type, "sessions.searched");
+    let detail: serde_json::Value =
+        serde_json::from_str(&last.detail).unwrap_or_else(|error| panic!("{error}"));
+    assert!(
+        detail["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("locked")),
+        "{detail}"
+    );
+    assert_eq!(detail["limit"], 100);
+    assert_eq!(detail["scope"], "all", "rita is a reviewer");
 }

@@ -306,7 +306,13 @@ pub enum AuditEvent {
         until: Option<OffsetDateTime>,
         /// The text searched for (`--grep`).
         grep: Option<String>,
+        limit: u32,
+        /// Whether the searcher sees every session (the operator, a reviewer role) rather than
+        /// their own and those on targets they approve.
+        everything: bool,
         results: u64,
+        /// Why the search was refused, when it was.
+        refused: Option<String>,
     },
     /// A run of the retention job (issue #18): what it removed, what sinks held back, and where
     /// the chain now starts, the anchor `audit verify` starts from.
@@ -729,11 +735,22 @@ impl AuditEvent {
                 since,
                 until,
                 grep,
+                limit,
+                everything,
                 results,
+                refused,
             } => {
                 entry.actor = Some(actor.label());
                 entry.target = target.clone();
-                detail = json!({ "results": results });
+                let scope = if *everything {
+                    "all"
+                } else {
+                    "own and approved targets"
+                };
+                detail = json!({ "results": results, "limit": limit, "scope": scope });
+                if let Some(refused) = refused {
+                    detail["refused"] = json!(refused);
+                }
                 if let Some(grep) = grep {
                     detail["grep"] = json!(grep);
                 }
