@@ -320,7 +320,11 @@ fn operator_command(command: Command, config: Config, output: Output) -> anyhow:
                         stdout.flush()?;
                     }
                 }
-                Ok(crate::commands::Replay::Terminal { player, start }) => {
+                Ok(crate::commands::Replay::Terminal {
+                    player,
+                    start,
+                    slot: _slot,
+                }) => {
                     play_in_terminal(player, start)?;
                 }
                 Err(crate::access::AccessError::Store(error)) => return Err(error.into()),
@@ -980,7 +984,8 @@ fn play_in_terminal(player: crate::review::replay::Player, start: f64) -> anyhow
     tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &raw)
         .context("cannot set the terminal's mode")?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

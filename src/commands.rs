@@ -270,6 +270,8 @@ pub enum Replay {
         player: crate::review::replay::Player,
         /// Where to start, on the player's clock.
         start: f64,
+        /// Held while the replay plays.
+        slot: crate::access::ReviewSlot,
     },
 }
 
@@ -302,6 +304,7 @@ pub fn replay(
             ))
         })?,
     };
+    let slot = access.review_slot()?;
     let (found, row) = recording_of(access, viewer, &args.recording, ViewKind::Replay)?;
     let review =
         |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
@@ -322,7 +325,11 @@ pub fn replay(
     };
     let player = Player::new(cast, options);
     let start = player.clock_of(at);
-    Ok(Replay::Terminal { player, start })
+    Ok(Replay::Terminal {
+        player,
+        start,
+        slot,
+    })
 }
 
 /// The session (and one recording of it) that `id` names (`SESSION` or `SESSION/CHANNEL`),
@@ -366,6 +373,7 @@ pub fn export(
     args: &ExportArgs,
 ) -> Result<(Value, String), AccessError> {
     use crate::review::export::{self, ExportFormat};
+    let _slot = access.review_slot()?;
     let review =
         |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
     match args.format {

@@ -180,7 +180,7 @@ fn issue_19_typed_commands_become_markers_in_the_recording() {
         .unwrap_or_else(|| panic!("no echo marker in {labels:?}"));
     let ls = labels
         .iter()
-        .position(|label| *label == "demo$ ls /tmp")
+        .position(|label| label.ends_with("ls /tmp"))
         .unwrap_or_else(|| panic!("no ls marker in {labels:?}"));
     assert!(echo < ls, "{labels:?}");
     assert!(markers[echo].0 <= markers[ls].0);
@@ -287,7 +287,15 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
         .iter()
         .find(|hit| hit["kind"] == "command")
         .unwrap_or_else(|| panic!("no command hit: {hits:#?}"));
-    assert_eq!(command["text"], "demo$ echo needle-42 printed");
+    // The prompt is in the label when its output was recorded before the keystrokes; the
+    // client may answer a prompt before the bastion has recorded it, so only the command is
+    // certain.
+    assert!(
+        command["text"]
+            .as_str()
+            .is_some_and(|text| text.ends_with("echo needle-42 printed")),
+        "{command}"
+    );
     assert!(
         command["at"]
             .as_str()
@@ -320,7 +328,7 @@ fn issue_19_grep_finds_commands_screen_text_sql_and_file_paths() {
     // finds nothing of alice's.
     let (code, stdout, stderr) = bastion.ssh("carol", &["sessions", "--grep", "needle-42"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("demo$ echo needle-42 printed"), "{stdout}");
+    assert!(stdout.contains("echo needle-42 printed"), "{stdout}");
     let filter = SessionFilter {
         limit: 100,
         ..Default::default()
@@ -491,7 +499,9 @@ fn issue_19_a_replay_ends_on_the_screen_the_user_saw() {
         .filter_map(|command| command["command"].as_str())
         .collect();
     assert!(
-        commands.contains(&"demo$ clear; echo after-clear-$((6*7))"),
+        commands
+            .iter()
+            .any(|command| command.ends_with("clear; echo after-clear-$((6*7))")),
         "{commands:?}"
     );
     assert!(

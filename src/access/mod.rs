@@ -191,7 +191,16 @@ pub struct Access {
     notices: broadcast::Sender<SessionNotice>,
     /// The terminals of live sessions a reviewer may watch, by session id.
     screens: Arc<Mutex<HashMap<String, Vec<LiveScreen>>>>,
+    /// Replays and exports running at once, at most: each reads its recording whole (issue
+    /// #19 review: any user can replay their own sessions, and memory would have no bound).
+    review_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Replays and exports that may run at once.
+const REVIEW_SLOTS: usize = 4;
+
+/// A running replay's or export's place; the slot frees when this is dropped.
+pub type ReviewSlot = tokio::sync::OwnedSemaphorePermit;
 
 /// What a reviewer tells a live session (issue #19).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +266,7 @@ impl Access {
             search: None,
             notices: broadcast::channel(256).0,
             screens: Arc::default(),
+            review_slots: Arc::new(tokio::sync::Semaphore::new(REVIEW_SLOTS)),
         }
     }
 
@@ -1002,6 +1012,15 @@ impl Access {
         Ok((data, commands))
     }
 
+    /// A place for a replay or an export, or a refusal when `REVIEW_SLOTS` run already.
+    pub fn review_slot(&self) -> Result<ReviewSlot, AccessError> {
+        self.review_slots.clone().try_acquire_owned().map_err(|_| {
+            AccessError::Recording(format!(
+                "{REVIEW_SLOTS} replays and exports are running; try again when one ends"
+            ))
+        })
+    }
+
     /// Sessions' notices (kills, watchers) told in this process.
     pub fn subscribe_notices(&self) -> broadcast::Receiver<SessionNotice> {
         self.notices.subscribe()
@@ -1041,7 +1060,7 @@ impl Access {
         &self,
         viewer: &Viewer,
         session_id: &str,
-    ) -> Result<(u32, String, broadcast::Receiver<bytes::Bytes>), AccessError> {
+    ) -> Result<(u32, String, broadcast::Receiver<bytes::Bytes>, Attach), AccessError> {
         let (session_id, channel) = match session_id.split_once('/') {
             Some((session, channel)) => (session, Some(channel)),
             None => (session_id, None),
@@ -1073,7 +1092,8 @@ impl Access {
             )));
         }
         let attached = live.iter().find_map(|screen| {
-            (screen.attach)().map(|(dump, output)| (screen.channel, dump, output))
+            (screen.attach)()
+                .map(|(dump, output)| (screen.channel, dump, output, screen.attach.clone()))
         });
         let Some(attached) = attached else {
             return Err(AccessError::NothingToWatch(session_id.to_string()));

@@ -386,7 +386,7 @@ pub async fn drive(
 ) {
     let mut paused = false;
     let mut input_open = true;
-    if start > 0.0 && output.send(player.seek(start)).await.is_err() {
+    if start > 0.0 && output.send(seek(&mut player, start)).await.is_err() {
         return;
     }
     loop {
@@ -404,7 +404,7 @@ pub async fn drive(
                                     SEEK_STEP
                                 };
                                 let to = player.now() + step;
-                                if output.send(player.seek(to)).await.is_err() {
+                                if output.send(seek(&mut player, to)).await.is_err() {
                                     return;
                                 }
                             }
@@ -454,13 +454,20 @@ pub async fn drive(
                         SEEK_STEP
                     };
                     let to = player.now() + step;
-                    if output.send(player.seek(to)).await.is_err() {
+                    if output.send(seek(&mut player, to)).await.is_err() {
                         return;
                     }
                 }
             }
         }
     }
+}
+
+/// `Player::seek` off the async workers: it renders the recording from its start, which for a
+/// long one takes long enough to hold up the other tasks of a worker (the runtime must be
+/// multi-threaded; the host CLI's and the server's are).
+fn seek(player: &mut Player, to: f64) -> String {
+    tokio::task::block_in_place(|| player.seek(to))
 }
 
 /// A query log as a psql-like transcript: the prompt and statement, its parameters, its result

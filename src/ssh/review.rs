@@ -41,8 +41,13 @@ pub async fn run(
                 Ok(Ok(Replay::Text(text))) => {
                     finish(&handle, channel, output(text, 0), true).await;
                 }
-                Ok(Ok(Replay::Terminal { player, start })) => {
+                Ok(Ok(Replay::Terminal {
+                    player,
+                    start,
+                    slot,
+                })) => {
                     play(&handle, channel, input, player, start).await;
+                    drop(slot);
                     finish(&handle, channel, output(String::new(), 0), true).await;
                 }
                 Ok(Err(refusal)) => refuse(&handle, channel, refusal).await,
@@ -60,8 +65,8 @@ pub async fn run(
                 .await
             };
             match attached {
-                Ok(Ok((session, (_, screen, output)))) => {
-                    watch(&handle, channel, input, &session, screen, output).await;
+                Ok(Ok((session, (_, screen, output, attach)))) => {
+                    watch(&handle, channel, input, &session, (screen, output), attach).await;
                     finish(&handle, channel, self::output(String::new(), 0), true).await;
                 }
                 Ok(Err(refusal)) => refuse(&handle, channel, refusal).await,
@@ -117,8 +122,8 @@ async fn watch(
     channel: ChannelId,
     mut input: mpsc::Receiver<ClientEvent>,
     session: &str,
-    screen: String,
-    mut output: broadcast::Receiver<bytes::Bytes>,
+    (screen, mut output): (String, broadcast::Receiver<bytes::Bytes>),
+    attach: crate::access::Attach,
 ) {
     let mut reading = true;
     let banner = format!("\x1bc{screen}");
@@ -133,9 +138,15 @@ async fn watch(
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                    let note = format!("\r\n[portcullis: this view fell behind; {skipped} packets of {session} not shown]\r\n");
-                    if handle.data(channel, note.into_bytes()).await.is_err() {
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind: start again from the current screen, as a new watch would.
+                    let Some((screen, again)) = attach() else {
+                        let note = format!("\r\n\x1b[0m[portcullis: session {session} ended]\r\n");
+                        let _ = handle.data(channel, note.into_bytes()).await;
+                        return;
+                    };
+                    output = again;
+                    if handle.data(channel, format!("\x1bc{screen}").into_bytes()).await.is_err() {
                         return;
                     }
                 }
