@@ -32,6 +32,10 @@ pub const DATABASE_FILE: &str = "portcullis.db";
 /// indexing and searching never hold the state database's write lock.
 pub const INDEX_FILE: &str = "index.sqlite";
 
+/// How often the server looks for kills asked from another process (issue #19: a live
+/// session ends within a second of `portcullis kill`).
+const KILL_POLL: Duration = Duration::from_millis(250);
+
 /// How often the expiry task looks for requests and grants that are due.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -195,6 +199,7 @@ impl Server {
             index,
             shutdown_rx.clone(),
         )));
+        tasks.push(tokio::spawn(kill_task(access.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(expiry_task(access.clone(), shutdown_rx)));
         Ok(Server {
             http_addr,
@@ -286,6 +291,24 @@ async fn expiry_task(access: Access, mut shutdown: watch::Receiver<bool>) {
             Ok(Ok(now)) => since = now - Duration::from_secs(2),
             Ok(Err(error)) => tracing::error!(%error, "expiry task failed; retrying"),
             Err(error) => tracing::error!(%error, "expiry task panicked; retrying"),
+        }
+    }
+}
+
+/// Hands kills asked from another process to the live sessions they name.
+async fn kill_task(access: Access, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(KILL_POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let worker = access.clone();
+        match tokio::task::spawn_blocking(move || worker.announce_kills()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "kill poll failed; retrying"),
+            Err(error) => tracing::error!(%error, "kill poll panicked; retrying"),
         }
     }
 }

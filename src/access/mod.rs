@@ -1026,6 +1026,20 @@ impl Access {
         self.notices.subscribe()
     }
 
+    /// Tells this process's live sessions of the kills in the store: those asked from another
+    /// process (the host CLI) reach the sessions this way. Run by the server four times a second.
+    pub fn announce_kills(&self) -> Result<(), AccessError> {
+        let pending = self.store.read(|tx| tx.pending_kills())?;
+        for (session_id, by, reason) in pending {
+            let _ = self.notices.send(SessionNotice::Kill {
+                session_id,
+                by,
+                reason,
+            });
+        }
+        Ok(())
+    }
+
     /// Who asked for `session_id` to end, and why, if anyone did (the store is the truth for
     /// kills asked from another process).
     pub fn kill_request(&self, session_id: &str) -> Result<Option<(String, String)>, AccessError> {

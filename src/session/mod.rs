@@ -793,14 +793,13 @@ impl GrantWatch {
                     // The broadcast is the fast path; the store is the truth. Checking it every
                     // second also catches an end that happened before this watch subscribed.
                     self.ticks += 1;
-                    if self.ticks % STORE_CHECK_EVERY == 1 {
-                        if let Some(state) = self.stored_end().await {
-                            return self.ended_notice(state).await;
-                        }
-                        // A kill asked from another process (the host CLI).
-                        if let Some(notice) = self.stored_kill().await {
-                            return notice;
-                        }
+                    // A kill asked from another process (the host CLI) comes as a notice from
+                    // the server's poll of the store (`Access::announce_kills`), or from the
+                    // store when notices were missed.
+                    if self.ticks % STORE_CHECK_EVERY == 1
+                        && let Some(state) = self.stored_end().await
+                    {
+                        return self.ended_notice(state).await;
                     }
                     let now = inner.access.now();
                     if now >= inner.grant.ends_at {

@@ -181,6 +181,8 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE sessions ADD COLUMN kill_requested_by TEXT;
     ALTER TABLE sessions ADD COLUMN kill_reason TEXT;
+    CREATE INDEX sessions_kill_pending ON sessions (id)
+        WHERE kill_requested_by IS NOT NULL AND ended_at IS NULL;
     ",
 ];
 

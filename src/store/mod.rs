@@ -1637,6 +1637,19 @@ impl Tx<'_> {
         Ok(changed == 1)
     }
 
+    /// Live sessions whose end was asked for: (id, by, reason). Read by the server four times a
+    /// second (a partial index keeps it to the few pending).
+    pub fn pending_kills(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut statement = self.transaction.prepare_cached(
+            "SELECT id, kill_requested_by, coalesce(kill_reason, '') FROM sessions
+             WHERE kill_requested_by IS NOT NULL AND ended_at IS NULL",
+        )?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Who asked for a session's end, and why, if anyone did.
     pub fn kill_request(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
         Ok(self
