@@ -14,5 +14,6 @@ cd "$(dirname "$0")/.."
 MB=${MB:-1024}
 SESSIONS=${SESSIONS:-1000}
 NEEDLES=${NEEDLES:-50}
+STATEMENTS=${STATEMENTS:-1000000}
 cargo build --release --quiet --example index_bench
-./target/release/examples/index_bench "$MB" "$SESSIONS" "$NEEDLES"
+./target/release/examples/index_bench "$MB" "$SESSIONS" "$NEEDLES" "$STATEMENTS"

@@ -128,6 +128,59 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
+    let statements = args.get(3).copied().unwrap_or(0);
+    if statements > 0 {
+        let (text, bytes) = query_log(statements);
+        let id = "s-bstatmnt".to_string();
+        let path = dir.path().join(format!("{id}.pg.jsonl"));
+        std::fs::write(&path, &text).expect("write query log");
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+        store
+            .write(|tx| {
+                tx.insert_session(&SessionRow {
+                    id: id.clone(),
+                    grant_id: None,
+                    user: "alice".into(),
+                    target: "prod-db".into(),
+                    protocol: "postgres".into(),
+                    client_address: "127.0.0.1".into(),
+                    started_at: now,
+                    ended_at: None,
+                    end_reason: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    statements,
+                })?;
+                tx.insert_recording(
+                    &RecordingRow {
+                        session_id: id.clone(),
+                        channel: 0,
+                        kind: portcullis::recording::QUERY_LOG_KIND.into(),
+                        path: path.display().to_string(),
+                        sha256: None,
+                        size: None,
+                    },
+                    now,
+                )?;
+                tx.finalize_recording(&id, 0, &sha256, text.len() as u64, now)
+            })
+            .expect("store rows");
+        let started = Instant::now();
+        let mut indexer = Indexer::new(store.clone(), index.clone());
+        loop {
+            let more = indexer.pass().expect("index pass");
+            if !more && index.open_sources().expect("sources").is_empty() {
+                break;
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "| statements indexed (one query log, {:.0} MB) | {statements} in {wall:.1} s: {:.0} a second |",
+            bytes as f64 / 1e6,
+            statements as f64 / wall
+        );
+    }
+
     let mut indexer = Indexer::new(store.clone(), index.clone());
     let cpu = cpu_seconds();
     let started = Instant::now();
@@ -203,6 +256,29 @@ fn main() {
         grep[1],
         grep[1] / times[times.len() / 2]
     );
+}
+
+/// A query log of `count` pgbench-like statements, as the bastion writes one.
+fn query_log(count: u64) -> (String, usize) {
+    let mut text = String::new();
+    for number in 0..count {
+        let line = serde_json::json!({
+            "t": number as f64 / 20_000.0,
+            "protocol": "extended",
+            "sql": "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            "params": [((number * 7919) % 100_000).to_string()],
+            "duration_ms": 0.05,
+            "tags": ["SELECT 1"],
+            "rows": 1,
+            "error": null,
+            "copy_bytes": 0,
+            "h": format!("{number:064x}"),
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let bytes = text.len();
+    (text, bytes)
 }
 
 fn file_size(path: &std::path::Path) -> u64 {

@@ -240,7 +240,6 @@ impl Indexer {
             }
             // Those lines were indexed before the restart.
             reader.block.clear();
-            reader.block_bytes = 0;
             self.screens.insert(key.clone(), reader);
         }
         let size = match std::fs::metadata(&source.path) {
@@ -276,6 +275,7 @@ impl Indexer {
             source.offset = skipped;
             return Ok(budget);
         }
+        let mut statements = Block::of(EntryKind::Statement);
         for line in bytes[..whole].split(|byte| *byte == b'\n') {
             if line.is_empty() {
                 continue;
@@ -285,9 +285,11 @@ impl Indexer {
                     reader.line(line, entries, source);
                 }
             } else {
-                statement(line, entries, source);
+                statement(line, &mut statements, entries, source);
             }
         }
+        // Every pass ends its blocks: the offset is committed past their lines.
+        statements.flush(entries, source);
         source.offset += whole as u64;
         if finalized && source.offset >= size {
             if let Some(reader) = self.screens.remove(&key) {
@@ -314,8 +316,7 @@ struct CastReader {
     /// ends lines with LF alone, which a terminal needs as CR LF.
     pty: bool,
     at_ms: i64,
-    block: Vec<(i64, String)>,
-    block_bytes: usize,
+    block: Block,
     /// When a full-screen program's screen was last taken, and a hash of what it showed.
     alternate_at: Option<i64>,
     alternate_seen: u64,
@@ -435,17 +436,8 @@ impl CastReader {
 
     fn screen_lines(&mut self, lines: Vec<String>, entries: &mut Vec<Entry>, source: &Source) {
         for line in lines {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let mut pieces = Vec::new();
-            push_entries(&mut pieces, "", 0, EntryKind::Screen, self.at_ms, &line);
-            for piece in pieces {
-                self.block_bytes += piece.text.len() + 1;
-                self.block.push((self.at_ms, piece.text));
-                if self.block_bytes >= BLOCK {
-                    self.flush(entries, source);
-                }
+            if !line.trim().is_empty() {
+                self.block.push(self.at_ms, &line, entries, source);
             }
         }
     }
@@ -453,22 +445,7 @@ impl CastReader {
     /// The pending screen lines as one entry. Called at the end of every pass, since the
     /// source's offset is committed past them.
     fn flush(&mut self, entries: &mut Vec<Entry>, source: &Source) {
-        let block = std::mem::take(&mut self.block);
-        self.block_bytes = 0;
-        let Some((first, _)) = block.first() else {
-            return;
-        };
-        let first = *first;
-        let line_ms = block.iter().map(|(at, _)| at - first).collect();
-        let text: Vec<String> = block.into_iter().map(|(_, line)| line).collect();
-        entries.push(Entry {
-            session_id: source.session_id.clone(),
-            channel: source.channel,
-            kind: EntryKind::Screen,
-            at_ms: first,
-            text: text.join("\n"),
-            line_ms,
-        });
+        self.block.flush(entries, source);
     }
 
     fn finish(mut self, entries: &mut Vec<Entry>, source: &Source) {
@@ -480,22 +457,82 @@ impl CastReader {
     }
 }
 
-/// A query log line: its statement.
-fn statement(line: &[u8], entries: &mut Vec<Entry>, source: &Source) {
+/// Lines of one kind waiting to become one entry: each line with its time, the entry cut at
+/// about `BLOCK` bytes.
+struct Block {
+    kind: EntryKind,
+    lines: Vec<(i64, String)>,
+    bytes: usize,
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block::of(EntryKind::Screen)
+    }
+}
+
+impl Block {
+    fn of(kind: EntryKind) -> Block {
+        Block {
+            kind,
+            lines: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds a line (in pieces of at most `MAX_ENTRY` when longer), flushing a full block.
+    fn push(&mut self, at_ms: i64, line: &str, entries: &mut Vec<Entry>, source: &Source) {
+        let mut pieces = Vec::new();
+        push_entries(&mut pieces, "", 0, self.kind, at_ms, line);
+        for piece in pieces {
+            self.bytes += piece.text.len() + 1;
+            self.lines.push((at_ms, piece.text));
+            if self.bytes >= BLOCK {
+                self.flush(entries, source);
+            }
+        }
+    }
+
+    fn flush(&mut self, entries: &mut Vec<Entry>, source: &Source) {
+        let lines = std::mem::take(&mut self.lines);
+        self.bytes = 0;
+        let Some((first, _)) = lines.first() else {
+            return;
+        };
+        let first = *first;
+        let line_ms = lines.iter().map(|(at, _)| at - first).collect();
+        let text: Vec<String> = lines.into_iter().map(|(_, line)| line).collect();
+        entries.push(Entry {
+            session_id: source.session_id.clone(),
+            channel: source.channel,
+            kind: self.kind,
+            at_ms: first,
+            text: text.join("\n"),
+            line_ms,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A query log line: its statement, on one line (its line breaks as spaces), into `block`. A
+/// session under `pgbench` runs 20,000 statements a second: a row each would be 20,000 rows
+/// of the index a second.
+fn statement(line: &[u8], block: &mut Block, entries: &mut Vec<Entry>, source: &Source) {
     let Ok(value) = serde_json::from_slice::<Value>(line) else {
         return;
     };
     let (Some(at), Some(sql)) = (value["t"].as_f64(), value["sql"].as_str()) else {
         return;
     };
-    push_entries(
-        entries,
-        &source.session_id,
-        source.channel,
-        EntryKind::Statement,
-        (at * 1000.0) as i64,
-        sql,
-    );
+    let flat: String = sql
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    block.push((at * 1000.0) as i64, &flat, entries, source);
 }
 
 /// `text` as one entry, or as overlapping pieces when longer than `MAX_ENTRY`.
