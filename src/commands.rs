@@ -304,7 +304,7 @@ pub fn replay(
             ))
         })?,
     };
-    let slot = access.review_slot()?;
+    let slot = access.review_slot(viewer)?;
     let (found, row) = recording_of(access, viewer, &args.recording, ViewKind::Replay)?;
     let review =
         |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
@@ -373,7 +373,7 @@ pub fn export(
     args: &ExportArgs,
 ) -> Result<(Value, String), AccessError> {
     use crate::review::export::{self, ExportFormat};
-    let _slot = access.review_slot()?;
+    let _slot = access.review_slot(viewer)?;
     let review =
         |error: crate::review::replay::ReviewError| AccessError::Recording(error.to_string());
     match args.format {

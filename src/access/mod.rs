@@ -193,14 +193,38 @@ pub struct Access {
     screens: Arc<Mutex<HashMap<String, Vec<LiveScreen>>>>,
     /// Replays and exports running at once, at most: each reads its recording whole (issue
     /// #19 review: any user can replay their own sessions, and memory would have no bound).
+    /// Reviewers and the operator have slots of their own, so users replaying their own
+    /// sessions cannot take them all; a user has one at a time.
     review_slots: Arc<tokio::sync::Semaphore>,
+    user_slots: Arc<tokio::sync::Semaphore>,
+    slot_holders: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Pending kills the server has told, with when it first saw each.
+    kills_seen: Arc<Mutex<HashMap<String, std::time::Instant>>>,
 }
 
-/// Replays and exports that may run at once.
+/// How long a pending kill is told to this process's sessions (four times a second).
+const KILL_ANNOUNCED_FOR: Duration = Duration::from_secs(10);
+
+/// Replays and exports that may run at once: for reviewers and the operator, and for the
+/// other users together.
 const REVIEW_SLOTS: usize = 4;
+const USER_SLOTS: usize = 2;
 
 /// A running replay's or export's place; the slot frees when this is dropped.
-pub type ReviewSlot = tokio::sync::OwnedSemaphorePermit;
+pub struct ReviewSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    holder: Option<(String, Arc<Mutex<std::collections::HashSet<String>>>)>,
+}
+
+impl Drop for ReviewSlot {
+    fn drop(&mut self) {
+        if let Some((user, holders)) = &self.holder
+            && let Ok(mut holders) = holders.lock()
+        {
+            holders.remove(user);
+        }
+    }
+}
 
 /// What a reviewer tells a live session (issue #19).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +291,9 @@ impl Access {
             notices: broadcast::channel(256).0,
             screens: Arc::default(),
             review_slots: Arc::new(tokio::sync::Semaphore::new(REVIEW_SLOTS)),
+            user_slots: Arc::new(tokio::sync::Semaphore::new(USER_SLOTS)),
+            slot_holders: Arc::default(),
+            kills_seen: Arc::default(),
         }
     }
 
@@ -823,6 +850,8 @@ impl Access {
         filter: &mut SessionFilter,
         grep: Option<&str>,
     ) -> Result<Vec<SessionSummary>, AccessError> {
+        // What the viewer may see first: a refused search is audited with its scope too.
+        filter.visible_to = self.visibility(viewer)?;
         for (flag, name) in [("--user", &filter.user), ("--target", &filter.target)] {
             if let Some(name) = name
                 && !crate::config::is_valid_name(name)
@@ -832,7 +861,6 @@ impl Access {
                 )));
             }
         }
-        filter.visible_to = self.visibility(viewer)?;
         if let Viewer::User(name) = viewer
             && self.store.read(|tx| tx.user_lock(name))?.is_some()
         {
@@ -1012,12 +1040,49 @@ impl Access {
         Ok((data, commands))
     }
 
-    /// A place for a replay or an export, or a refusal when `REVIEW_SLOTS` run already.
-    pub fn review_slot(&self) -> Result<ReviewSlot, AccessError> {
-        self.review_slots.clone().try_acquire_owned().map_err(|_| {
-            AccessError::Recording(format!(
-                "{REVIEW_SLOTS} replays and exports are running; try again when one ends"
-            ))
+    /// A place for `viewer`'s replay or export, or a refusal when the slots are taken (or,
+    /// for a user without a reviewer role, when they hold one already).
+    pub fn review_slot(&self, viewer: &Viewer) -> Result<ReviewSlot, AccessError> {
+        let busy = || {
+            AccessError::Recording(
+                "as many replays and exports as the bastion allows are running; try again when \
+                 one ends"
+                    .to_string(),
+            )
+        };
+        let restricted = match viewer {
+            Viewer::User(name) if self.visibility(viewer)?.is_some() => Some(name.clone()),
+            _ => None,
+        };
+        let Some(user) = restricted else {
+            let permit = self
+                .review_slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| busy())?;
+            return Ok(ReviewSlot {
+                _permit: permit,
+                holder: None,
+            });
+        };
+        let mut holders = self
+            .slot_holders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if holders.contains(&user) {
+            return Err(AccessError::Recording(
+                "one replay or export at a time; end the one running first".to_string(),
+            ));
+        }
+        let permit = self
+            .user_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        holders.insert(user.clone());
+        Ok(ReviewSlot {
+            _permit: permit,
+            holder: Some((user, self.slot_holders.clone())),
         })
     }
 
@@ -1028,14 +1093,25 @@ impl Access {
 
     /// Tells this process's live sessions of the kills in the store: those asked from another
     /// process (the host CLI) reach the sessions this way. Run by the server four times a second.
+    /// A kill is told for `KILL_ANNOUNCED_FOR` after it is first seen: a session left open by
+    /// a crash (its row never ended) is not told again and again.
     pub fn announce_kills(&self) -> Result<(), AccessError> {
         let pending = self.store.read(|tx| tx.pending_kills())?;
+        let now = std::time::Instant::now();
+        let mut seen = self
+            .kills_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.retain(|id, _| pending.iter().any(|(pending, ..)| pending == id));
         for (session_id, by, reason) in pending {
-            let _ = self.notices.send(SessionNotice::Kill {
-                session_id,
-                by,
-                reason,
-            });
+            let first = *seen.entry(session_id.clone()).or_insert(now);
+            if now.duration_since(first) < KILL_ANNOUNCED_FOR {
+                let _ = self.notices.send(SessionNotice::Kill {
+                    session_id,
+                    by,
+                    reason,
+                });
+            }
         }
         Ok(())
     }

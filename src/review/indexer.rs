@@ -310,8 +310,12 @@ struct CastReader {
     screen: Option<Screen>,
     /// The header was read.
     started: bool,
-    /// Output bytes fed to the emulator, to tell output made to be costly.
+    /// Output bytes fed to the emulator, and bytes of screen text it gave, to tell output
+    /// made to be costly: to render, or in text (a few bytes that repaint a whole screen).
     fed: u64,
+    emitted: u64,
+    /// Prints output's text once it is no longer rendered.
+    stripper: crate::recording::screen::Stripper,
     /// Whether the channel had a pty (its header names a terminal type): output without one
     /// ends lines with LF alone, which a terminal needs as CR LF.
     pty: bool,
@@ -353,10 +357,11 @@ impl CastReader {
             return;
         };
         self.at_ms = (at * 1000.0) as i64;
+        let too_much_text = self.emitted > self.fed.saturating_mul(8) + (4 << 20);
         if self
             .screen
             .as_ref()
-            .is_some_and(|screen| screen.too_costly_for(self.fed))
+            .is_some_and(|screen| too_much_text || screen.too_costly_for(self.fed))
         {
             // From here on its output is indexed as the text it holds, without rendering.
             if let Some(screen) = self.screen.take() {
@@ -366,9 +371,11 @@ impl CastReader {
         }
         let Some(screen) = self.screen.as_mut() else {
             if code == "o" {
-                let lines = data
+                let lines = self
+                    .stripper
+                    .strip(data)
                     .split('\n')
-                    .map(|line| line.chars().filter(|c| !c.is_control()).collect())
+                    .map(str::to_string)
                     .collect();
                 self.screen_lines(lines, entries, source);
             } else if code == "m" {
@@ -436,6 +443,7 @@ impl CastReader {
 
     fn screen_lines(&mut self, lines: Vec<String>, entries: &mut Vec<Entry>, source: &Source) {
         for line in lines {
+            self.emitted += line.len() as u64 + 1;
             if !line.trim().is_empty() {
                 self.block.push(self.at_ms, &line, entries, source);
             }

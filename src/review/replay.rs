@@ -21,6 +21,9 @@ use crate::store::RecordingRow;
 /// The largest recording replayed or exported; it is read whole into memory.
 pub const MAX_RECORDING: u64 = 1 << 30;
 
+/// Output a costly seek draws the screen from.
+const SEEK_TAIL: usize = 64 * 1024;
+
 /// How far the arrow keys seek.
 const SEEK_STEP: f64 = 5.0;
 
@@ -185,9 +188,29 @@ impl Cast {
     }
 
     /// The screen after the first `count` events.
+    ///
+    /// Rendering is bounded like the recorder's (`Screen::too_costly_for`): output made to be
+    /// costly is drawn from its last `SEEK_TAIL` bytes instead, which redraw a shell's screen.
     pub fn screen_after(&self, count: usize) -> Screen {
+        let events = &self.events[..count.min(self.events.len())];
+        if let Some(screen) = self.render(events) {
+            return screen;
+        }
+        let mut tail = 0;
+        let mut start = events.len();
+        while start > 0 && tail < SEEK_TAIL {
+            start -= 1;
+            tail += events[start].data.len();
+        }
+        self.render(&events[start..])
+            .unwrap_or_else(|| Screen::new(self.width, self.height, false))
+    }
+
+    /// The screen after `events`, or `None` once rendering them costs too much.
+    fn render(&self, events: &[CastEvent]) -> Option<Screen> {
         let mut screen = Screen::new(self.width, self.height, false);
-        for event in self.events.iter().take(count) {
+        let mut fed = 0u64;
+        for event in events {
             match event.code {
                 Code::Resize => {
                     let (width, height) = parse_size(&event.data);
@@ -195,12 +218,16 @@ impl Cast {
                 }
                 _ => {
                     if let Some(text) = self.shown(event, true) {
+                        fed += text.len() as u64;
                         screen.feed(&text);
+                        if screen.too_costly_for(fed) {
+                            return None;
+                        }
                     }
                 }
             }
         }
-        screen
+        Some(screen)
     }
 }
 
@@ -491,11 +518,14 @@ pub fn transcript(target: &str, row: &RecordingRow) -> Result<String, ReviewErro
             crate::text::visible_lines(sql.trim_end())
         ));
         // JSON strings: control characters are already escaped.
+        // JSON escapes controls below U+0020 only: C1 controls (CSI, OSC) are escaped too.
         if let Some(params) = record["params"].as_array() {
             let shown: Vec<String> = params.iter().map(Value::to_string).collect();
-            out.push_str(&format!("   parameters: {}\n", shown.join(", ")));
+            let shown = crate::text::visible(&shown.join(", "));
+            out.push_str(&format!("   parameters: {shown}\n"));
         } else if record["params"].is_string() {
-            out.push_str(&format!("   parameters: {}\n", record["params"]));
+            let shown = crate::text::visible(&record["params"].to_string());
+            out.push_str(&format!("   parameters: {shown}\n"));
         }
         let duration = record["duration_ms"]
             .as_f64()

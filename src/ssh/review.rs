@@ -140,7 +140,13 @@ async fn watch(
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Fell behind: start again from the current screen, as a new watch would.
-                    let Some((screen, again)) = attach() else {
+                    // `attach` waits for the recorder's lock, which the cast writer holds
+                    // across disk writes: off the async workers.
+                    let again = {
+                        let attach = attach.clone();
+                        tokio::task::spawn_blocking(move || attach()).await.ok().flatten()
+                    };
+                    let Some((screen, again)) = again else {
                         let note = format!("\r\n\x1b[0m[portcullis: session {session} ended]\r\n");
                         let _ = handle.data(channel, note.into_bytes()).await;
                         return;

@@ -181,6 +181,9 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE sessions ADD COLUMN kill_requested_by TEXT;
     ALTER TABLE sessions ADD COLUMN kill_reason TEXT;
+    ",
+    // 11: the kills still pending, which the server reads four times a second (issue #19).
+    "
     CREATE INDEX sessions_kill_pending ON sessions (id)
         WHERE kill_requested_by IS NOT NULL AND ended_at IS NULL;
     ",

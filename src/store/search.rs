@@ -110,10 +110,13 @@ pub fn literal_run(text: &str) -> Option<&str> {
         .filter(|run| run.chars().count() >= MIN_SEARCH)
 }
 
-/// A handle to the index; clones share one connection.
+/// A handle to the index; clones share its connections: one that writes (the indexer,
+/// retention) and one that searches, so a long search never holds up indexing (WAL lets them
+/// run at once).
 #[derive(Clone)]
 pub struct SearchIndex {
     connection: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -188,8 +191,15 @@ impl SearchIndex {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_error)?;
         connection.execute_batch(SCHEMA)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        reader.busy_timeout(Duration::from_secs(10))?;
         Ok(SearchIndex {
             connection: Arc::new(Mutex::new(connection)),
+            reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
         })
     }
@@ -211,8 +221,10 @@ impl SearchIndex {
             source,
         })?;
         connection.busy_timeout(Duration::from_secs(10))?;
+        let connection = Arc::new(Mutex::new(connection));
         Ok(Some(SearchIndex {
-            connection: Arc::new(Mutex::new(connection)),
+            reader: connection.clone(),
+            connection,
             path: path.to_path_buf(),
         }))
     }
@@ -223,6 +235,12 @@ impl SearchIndex {
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -331,7 +349,7 @@ impl SearchIndex {
         let mut per_session: std::collections::HashMap<String, usize> =
             std::collections::HashMap::new();
         let within = within.map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
-        let connection = self.lock();
+        let connection = self.lock_reader();
         let mut statement = connection.prepare(
             "SELECT l.session_id, l.channel, l.kind, l.at_ms, l.text, l.line_ms
              FROM entries JOIN lines AS l ON l.id = entries.rowid
