@@ -79,8 +79,8 @@ pub fn text(found: &SessionSummary, rows: &[RecordingRow]) -> Result<String, Rev
             }
             let new = match (&mut screen, event.code) {
                 (Some(screen), Code::Resize) => {
-                    let (width, height) = event.data.split_once('x').unwrap_or(("80", "24"));
-                    screen.resize(width.parse().unwrap_or(80), height.parse().unwrap_or(24))
+                    let (width, height) = super::replay::parse_size(&event.data);
+                    screen.resize(width, height)
                 }
                 (Some(emulated), _) => match recording.shown(event, true) {
                     Some(shown) => {

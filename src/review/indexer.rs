@@ -397,8 +397,8 @@ impl CastReader {
             "o" if self.pty => screen.feed(data),
             "o" => screen.feed(&data.replace("\r\n", "\n").replace('\n', "\r\n")),
             "r" => {
-                let (width, height) = data.split_once('x').unwrap_or(("80", "24"));
-                screen.resize(width.parse().unwrap_or(80), height.parse().unwrap_or(24))
+                let (width, height) = crate::review::replay::parse_size(data);
+                screen.resize(width, height)
             }
             "m" => {
                 push_entries(

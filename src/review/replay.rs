@@ -582,7 +582,8 @@ pub fn parse_offset(text: &str) -> Option<f64> {
         .map(|duration| duration.as_secs_f64())
 }
 
-fn parse_size(text: &str) -> (u32, u32) {
+/// A resize event's `WIDTHxHEIGHT` (80 × 24 where it is not one).
+pub fn parse_size(text: &str) -> (u32, u32) {
     let (width, height) = text.split_once('x').unwrap_or(("80", "24"));
     (width.parse().unwrap_or(80), height.parse().unwrap_or(24))
 }
