@@ -357,6 +357,18 @@ impl CastReader {
             return;
         };
         self.at_ms = (at * 1000.0) as i64;
+        if code == "m" {
+            // A command, rendered or not.
+            push_entries(
+                entries,
+                &source.session_id,
+                source.channel,
+                EntryKind::Command,
+                self.at_ms,
+                data,
+            );
+            return;
+        }
         let too_much_text = self.emitted > self.fed.saturating_mul(8) + (4 << 20);
         if self
             .screen
@@ -378,15 +390,6 @@ impl CastReader {
                     .map(str::to_string)
                     .collect();
                 self.screen_lines(lines, entries, source);
-            } else if code == "m" {
-                push_entries(
-                    entries,
-                    &source.session_id,
-                    source.channel,
-                    EntryKind::Command,
-                    self.at_ms,
-                    data,
-                );
             }
             return;
         };
@@ -399,17 +402,6 @@ impl CastReader {
             "r" => {
                 let (width, height) = crate::review::replay::parse_size(data);
                 screen.resize(width, height)
-            }
-            "m" => {
-                push_entries(
-                    entries,
-                    &source.session_id,
-                    source.channel,
-                    EntryKind::Command,
-                    self.at_ms,
-                    data,
-                );
-                return;
             }
             _ => return,
         };

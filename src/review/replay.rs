@@ -420,22 +420,8 @@ pub async fn drive(
         if paused {
             match input.recv().await {
                 Some(bytes) => {
-                    for key in keys(&bytes) {
-                        match key {
-                            Key::Pause => paused = false,
-                            Key::Quit => return,
-                            Key::Back | Key::Forward => {
-                                let step = if key == Key::Back {
-                                    -SEEK_STEP
-                                } else {
-                                    SEEK_STEP
-                                };
-                                let to = player.now() + step;
-                                if output.send(seek(&mut player, to)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
+                    if !obey(&bytes, &mut player, &mut paused, &output).await {
+                        return;
                     }
                 }
                 None => paused = false,
@@ -470,24 +456,36 @@ pub async fn drive(
         // A key during a wait: the event waits again, and the clock moved by what passed.
         player.next -= 1;
         player.advance(started.elapsed());
-        for key in keys(&bytes) {
-            match key {
-                Key::Pause => paused = true,
-                Key::Quit => return,
-                Key::Back | Key::Forward => {
-                    let step = if key == Key::Back {
-                        -SEEK_STEP
-                    } else {
-                        SEEK_STEP
-                    };
-                    let to = player.now() + step;
-                    if output.send(seek(&mut player, to)).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        if !obey(&bytes, &mut player, &mut paused, &output).await {
+            return;
         }
     }
+}
+
+/// Does what the keys in `bytes` ask: space toggles the pause, the arrows seek; false to stop
+/// (a quit, or the output closed).
+async fn obey(
+    bytes: &[u8],
+    player: &mut Player,
+    paused: &mut bool,
+    output: &mpsc::Sender<String>,
+) -> bool {
+    for key in keys(bytes) {
+        let step = match key {
+            Key::Pause => {
+                *paused = !*paused;
+                continue;
+            }
+            Key::Quit => return false,
+            Key::Back => -SEEK_STEP,
+            Key::Forward => SEEK_STEP,
+        };
+        let to = player.now() + step;
+        if output.send(seek(player, to)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// `Player::seek` off the async workers: it renders the recording from its start, which for a
