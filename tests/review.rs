@@ -6,7 +6,6 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,23 +121,6 @@ impl Shell {
         self.shown()
     }
 }
-
-/// The finalized terminal recordings, as (path, parsed lines).
-fn casts(bastion: &Bastion) -> Vec<(PathBuf, Vec<Value>)> {
-    let recordings = bastion.config.dir.path().join("recordings");
-    support::files_under(&recordings, ".cast")
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).expect("read cast");
-            let lines = text
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-                .collect();
-            (path, lines)
-        })
-        .collect()
-}
-
 fn wait_for_finalized(bastion: &Bastion, count: usize) {
     wait_for("the recordings", Duration::from_secs(15), || {
         let done = bastion
@@ -163,7 +145,7 @@ fn issue_19_typed_commands_become_markers_in_the_recording() {
     shell.exit();
     wait_for_finalized(&bastion, 1);
 
-    let casts = casts(&bastion);
+    let casts = bastion.casts();
     let (path, lines) = &casts[0];
     let markers: Vec<(f64, String)> = lines[1..]
         .iter()
@@ -401,7 +383,7 @@ fn issue_19_a_replay_ends_on_the_screen_the_user_saw() {
     let seen = shell.exit();
     wait_for_finalized(&bastion, 1);
     let session = newest_session(&bastion, "ssh");
-    let (path, lines) = casts(&bastion).remove(0);
+    let (path, lines) = bastion.casts().remove(0);
     let (width, height) = (
         lines[0]["width"].as_u64().unwrap() as u32,
         lines[0]["height"].as_u64().unwrap() as u32,

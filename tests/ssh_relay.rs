@@ -41,22 +41,6 @@ fn hour() -> Duration {
     Duration::from_secs(3_600)
 }
 
-/// The recordings of a session, as (path, parsed lines).
-fn recordings(bastion: &Bastion) -> Vec<(PathBuf, Vec<Value>)> {
-    let recordings = bastion.config.dir.path().join("recordings");
-    support::files_under(&recordings, ".cast")
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).expect("read cast");
-            let lines = text
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each line is JSON"))
-                .collect();
-            (path, lines)
-        })
-        .collect()
-}
-
 #[test]
 fn exec_keeps_stdout_stderr_and_exit_status_and_is_recorded() {
     let (bastion, _sshd) = bastion_and_sshd(None);
@@ -84,7 +68,7 @@ fn exec_keeps_stdout_stderr_and_exit_status_and_is_recorded() {
                 .iter()
                 .filter(|event| event["type"] == "recording.finalized")
                 .collect();
-            (finalized.len() >= 2).then(|| recordings(&bastion))
+            (finalized.len() >= 2).then(|| bastion.casts())
         },
     );
     let (path, lines) = casts
@@ -174,7 +158,7 @@ fn a_pty_shell_is_recorded_with_input_output_and_terminal_type() {
             .audit_types()
             .iter()
             .any(|kind| kind == "recording.finalized");
-        done.then(|| recordings(&bastion))
+        done.then(|| bastion.casts())
     });
     let (_, lines) = &casts[0];
     assert!(lines[0]["env"]["TERM"].is_string(), "{}", lines[0]);
@@ -486,7 +470,7 @@ fn locale_and_terminal_env_reach_the_target_and_nothing_else() {
     assert_eq!(stdout.trim(), "lang=C.UTF-8 sneaky=unset");
     // Issue #17: what was forwarded is in the recording; what was refused is not.
     let (_, lines) = wait_for("the recording", Duration::from_secs(10), || {
-        recordings(&bastion).into_iter().next()
+        bastion.casts().into_iter().next()
     });
     assert_eq!(lines[0]["env"]["LANG"], "C.UTF-8", "{}", lines[0]);
     assert!(lines[0]["env"].get("PORTCULLIS_SNEAKY").is_none());
@@ -545,7 +529,7 @@ fn several_channels_share_one_connection() {
         .count();
     assert_eq!(started, 1);
     wait_for("three recordings", Duration::from_secs(10), || {
-        let casts = recordings(&bastion);
+        let casts = bastion.casts();
         (casts.len() == 3).then_some(())
     });
 }
@@ -776,7 +760,7 @@ fn a_100_mb_binary_stream_crosses_intact_both_ways() {
             .iter()
             .filter(|event| event["type"] == "recording.finalized")
             .count();
-        (finalized >= 2).then(|| recordings(&bastion))
+        (finalized >= 2).then(|| bastion.casts())
     });
     let data = std::fs::read(&source).expect("read the file");
     for (command, codes) in [("cat >", ["i", "I"]), ("cat /", ["o", "O"])] {
@@ -1017,7 +1001,7 @@ fn a_terminal_without_a_grant_requests_waits_and_connects_once_approved() {
             .audit_types()
             .iter()
             .any(|kind| kind == "recording.finalized");
-        done.then(|| recordings(&bastion))
+        done.then(|| bastion.casts())
     });
     let output: String = casts[0].1[1..]
         .iter()
@@ -1100,7 +1084,8 @@ fn issue_17_data_sent_before_the_command_is_recorded_as_input() {
         "the early input in the recording",
         Duration::from_secs(10),
         || {
-            let input: String = recordings(&bastion)
+            let input: String = bastion
+                .casts()
                 .into_iter()
                 .flat_map(|(_, lines)| lines)
                 .filter(|line| line[1] == "i")
@@ -1391,7 +1376,7 @@ fn issue_18_audit_verify_names_a_tampered_or_cut_recording() {
     assert!(!checkpoints.is_empty(), "a checkpoint while it ran");
     let verify = || bastion.audit_verify();
     assert_eq!(verify(), (true, String::new()));
-    let (path, _) = recordings(&bastion).pop().expect("a recording");
+    let (path, _) = bastion.casts().pop().expect("a recording");
     let original = std::fs::read_to_string(&path).unwrap();
     let cases = [
         (

@@ -111,6 +111,33 @@ pub enum Code {
     InputBytes,
 }
 
+impl Code {
+    /// The code as a line writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Output => "o",
+            Code::Input => "i",
+            Code::Resize => "r",
+            Code::Marker => "m",
+            Code::OutputBytes => "O",
+            Code::InputBytes => "I",
+        }
+    }
+
+    /// The code a line names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<Code> {
+        Some(match text {
+            "o" => Code::Output,
+            "i" => Code::Input,
+            "r" => Code::Resize,
+            "m" => Code::Marker,
+            "O" => Code::OutputBytes,
+            "I" => Code::InputBytes,
+            _ => return None,
+        })
+    }
+}
+
 /// Appends the start of an event line, up to the opening quote of its data:
 /// `[1.500000,"o","`.
 ///
@@ -121,14 +148,7 @@ pub enum Code {
 pub fn begin_event(line: &mut Vec<u8>, elapsed: Duration, code: Code) {
     // Microsecond precision, as asciinema writes it.
     let micros = elapsed.as_micros();
-    let code = match code {
-        Code::Output => "o",
-        Code::Input => "i",
-        Code::Resize => "r",
-        Code::Marker => "m",
-        Code::OutputBytes => "O",
-        Code::InputBytes => "I",
-    };
+    let code = code.as_str();
     let _ = write!(
         line,
         "[{}.{:06},\"{code}\",\"",

@@ -9,8 +9,9 @@
 
 use serde_json::{Value, json};
 
-use super::replay::{Cast, Code, ReviewError, read_checked, transcript};
+use super::replay::{Cast, ReviewError, read_checked, transcript};
 use crate::audit::AuditRecord;
+use crate::recording::asciicast::Code;
 use crate::recording::screen::{Screen, Stripper};
 use crate::store::{RecordingRow, SessionSummary};
 
@@ -28,10 +29,9 @@ pub fn cast(row: &RecordingRow) -> Result<String, ReviewError> {
     let mut out = format!("{}\n", recording.header);
     for event in &recording.events {
         let (code, data) = match event.code {
-            Code::Output => ("o", event.data.clone()),
-            Code::Input => ("i", event.data.clone()),
-            Code::Resize => ("r", event.data.clone()),
-            Code::Marker => ("m", event.data.clone()),
+            Code::Output | Code::Input | Code::Resize | Code::Marker => {
+                (event.code.as_str(), event.data.clone())
+            }
             Code::OutputBytes | Code::InputBytes => {
                 let stream = if event.code == Code::OutputBytes {
                     "stdout"

@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::recording::asciicast::Code;
 use crate::recording::screen::Screen;
 use crate::store::RecordingRow;
 
@@ -45,32 +46,6 @@ pub enum ReviewError {
     BadLine { path: String, line: usize },
     #[error("session {session} has no recording {channel}")]
     NoRecording { session: String, channel: String },
-}
-
-/// The code of a recorded event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    Output,
-    Input,
-    Resize,
-    Marker,
-    /// Bytes that are not text (`O`, `I`), base64.
-    OutputBytes,
-    InputBytes,
-}
-
-impl Code {
-    fn parse(text: &str) -> Option<Code> {
-        Some(match text {
-            "o" => Code::Output,
-            "i" => Code::Input,
-            "r" => Code::Resize,
-            "m" => Code::Marker,
-            "O" => Code::OutputBytes,
-            "I" => Code::InputBytes,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -298,6 +298,22 @@ impl Bastion {
         self.ssh_with(&self.key(user), user, args)
     }
 
+    /// The terminal recordings under the recordings folder, as (path, parsed lines).
+    pub fn casts(&self) -> Vec<(PathBuf, Vec<Value>)> {
+        let recordings = self.config.dir.path().join("recordings");
+        super::files_under(&recordings, ".cast")
+            .into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).expect("read cast");
+                let lines = text
+                    .lines()
+                    .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+                    .collect();
+                (path, lines)
+            })
+            .collect()
+    }
+
     /// The audit events, oldest first.
     pub fn audit(&self) -> Vec<Value> {
         let (_, stdout, _) = run(&mut self
